@@ -1,0 +1,1 @@
+"""Export stage: ONNX, parity, TensorRT engines, bundles (crab_rt.export)."""

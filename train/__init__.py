@@ -1,0 +1,1 @@
+"""Training stage: MLCS recipe (crab_rt.train)."""
