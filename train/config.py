@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = [
     "DataConfig", "OptimConfig", "LossConfig", "RunConfig", "TrainConfig",
-    "load_recipe", "recipe_path", "RECIPES_DIR", "LEG_LOSSES", "METRICS",
+    "load_recipe", "recipe_path", "RECIPES_DIR", "LEG_LOSSES", "METRICS", "ABLATIONS",
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -168,6 +168,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# The paper's ablations (Tables III-VI) as overrides on any recipe: `crab-rt train --recipe meld --ablation ce_only`.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "speech_only": ("model.head.modality='speech'", "loss.legs=['speech_unimodal','speech_pooled','classifier']"),
+    "text_only": ("model.head.modality='text'", "loss.legs=['text_unimodal','text_pooled','classifier']"),
+    "ce_only": ("loss.legs=[]",),
+    "ce_mpcl_classifier": ("loss.legs=['classifier']",),
+    "mls_ce": ("loss.leg_loss='ce'",),
+    "scl": ("loss.leg_loss='scl'",),
+    "single_lr": ("optim.encoder_lr=1e-5", "optim.encoder_eta_min=1e-6"),
+    "hubert": ("model.speech_encoder='facebook/hubert-large-ll60k'",),
+    "wav2vec2": ("model.speech_encoder='facebook/wav2vec2-large-robust'",),
+}
+
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "run": RunConfig}
 
 
@@ -231,13 +244,17 @@ def recipe_path(name_or_path: str) -> Path:
     return candidate
 
 
-def load_recipe(name_or_path: str | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a recipe, apply `section.key=value` overrides, validate.
+def load_recipe(name_or_path: str | None, overrides: Sequence[str] = (), ablation: str | None = None) -> TrainConfig:
+    """Load a recipe, apply an ablation from `ABLATIONS`, then `section.key=value` overrides; validate.
 
     Raises:
         ConfigError: unreadable TOML, unknown section or key, bad value.
     """
     raw: dict = {}
+    if ablation is not None:
+        if ablation not in ABLATIONS:
+            raise ConfigError(f"unknown ablation {ablation!r} (known: {', '.join(ABLATIONS)})")
+        overrides = [*ABLATIONS[ablation], *overrides]
     if name_or_path:
         path = recipe_path(name_or_path)
         try:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from crab_rt.errors import ConfigError
+from crab_rt.errors import ConfigError, ManifestError
 from crab_rt.manifest import ManifestRow, check_labels, read_manifest
 from crab_rt.model.crab import CrabModel
 from crab_rt.model.presets import RANDOM_PREFIX
@@ -54,6 +54,14 @@ def load_tokenizer(spec: str, texts: list[str], vocab_size: int, max_length: int
     return TextTokenizer(AutoTokenizer.from_pretrained(spec).backend_tokenizer, max_length)
 
 
+def _comparable(config: dict | None) -> dict | None:
+    """A config without the keys that may change between a run and its resume."""
+    if config is None:
+        return None
+    run = {k: v for k, v in config["run"].items() if k not in ("out_dir", "progress")}
+    return {**config, "run": run}
+
+
 def _cosine_factor(epoch: int, total: int, base: float, eta_min: float) -> float:
     lr = eta_min + (base - eta_min) * (1 + math.cos(math.pi * epoch / total)) / 2
     return lr / base
@@ -80,6 +88,11 @@ class Trainer:
         check_labels(rows, labels, config.data.manifest)
         self.train_rows = self._split(rows, config.data.train_splits, "train_splits")
         self.dev_rows = self._split(rows, config.data.dev_splits, "dev_splits")
+        if config.model.head.modality != "text":
+            missing = [str(r.audio) for r in self.train_rows + self.dev_rows if not r.audio.is_file()]
+            if missing:
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise ManifestError(f"{config.data.manifest}: audio file(s) not found: {', '.join(missing[:3])}{more}")
 
         self.model = CrabModel.build(config.model, labels).to(self.device)
         self.tokenizer = None
@@ -163,7 +176,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         payload = read_checkpoint(path, self.device)
-        if payload.get("config") != self.config.to_dict():
+        if _comparable(payload.get("config")) != _comparable(self.config.to_dict()):
             raise ConfigError(f"{path}: was written with a different config; use a new run.out_dir or the same recipe")
         self.model.load_state_dict(payload["model_state"])
         self.legs.load_state_dict(payload["legs_state"])
@@ -252,12 +265,13 @@ class Trainer:
         report = classification_report(y_true.tolist(), probs.argmax(1).tolist(), self.model.labels)
         return {"war": report["war"], "uar": report["uar"], "macro_f1": report["macro_f1"]}
 
-    def fit(self) -> dict:
-        """Train until `optim.epochs`; returns the best dev result."""
+    def fit(self, stop_after_epoch: int | None = None) -> dict:
+        """Train until `optim.epochs` (or until `stop_after_epoch`); returns the best dev result."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         metric = self.config.run.best_metric
-        while self.epoch < self.config.optim.epochs:
+        last = self.config.optim.epochs if stop_after_epoch is None else min(stop_after_epoch, self.config.optim.epochs)
+        while self.epoch < last:
             started = time.perf_counter()
             lrs = [g["lr"] for g in self.optimizer.param_groups]
             train = self.train_epoch()

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="shortcut for --set run.device=auto|cpu|cuda|cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set loss.legs=[] (repeatable)")
+    p.add_argument("--ablation", help="one of the paper's ablations: speech_only, text_only, ce_only, "
+                   "ce_mpcl_classifier, mls_ce, scl, single_lr, hubert, wav2vec2")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={flag!r}" if isinstance(flag, str) else f"{key}={flag}")
     if args.no_progress:
         overrides.append("run.progress=false")
-    config = load_recipe(args.recipe, overrides)
+    config = load_recipe(args.recipe, overrides, ablation=args.ablation)
     trainer = Trainer(config, resume=args.resume)
     print(f"training on {trainer.device}: {len(trainer.train_rows)} train / {len(trainer.dev_rows)} dev utterances, "
           f"legs {list(config.loss.legs) or 'none'} ({config.loss.leg_loss}), out {config.run.out_dir}")

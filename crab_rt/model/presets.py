@@ -4,6 +4,11 @@
 random weights and downloads nothing. The large and base presets have the real
 published sizes (same compute as the pretrained models, for benchmarks); the
 tiny presets exist so tests and the demo train in seconds on a CPU.
+
+Note: encoders whose CNN uses GroupNorm (`feat_extract_norm="group"`, e.g.
+wavlm-base-plus, wav2vec2-base) normalise over the whole padded waveform, so
+their output for a sample depends on the batch's padding. LayerNorm CNNs
+(WavLM Large and the tiny presets) do not.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ SPEECH_PRESETS: dict[str, tuple[str, dict]] = {
         "wavlm",
         dict(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            conv_dim=(32,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+            conv_dim=(16,) * 7, feat_extract_norm="layer", do_stable_layer_norm=False, conv_bias=True,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32,
             max_bucket_distance=100, layerdrop=0.0, mask_time_prob=0.0, **_WAVLM_CONV,
         ),

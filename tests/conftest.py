@@ -1,0 +1,59 @@
+"""Shared fixtures: real speech clips, generated signals, a small synthetic corpus, tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    """`../shared/data/speech` (real human speech); skips when absent, as in a user's clone."""
+    if not (SPEECH_DIR / "jfk.flac").is_file():
+        pytest.skip(f"real speech clips not found at {SPEECH_DIR}")
+    return SPEECH_DIR
+
+
+@pytest.fixture
+def silence() -> np.ndarray:
+    return np.zeros(16000, dtype=np.float32)
+
+
+@pytest.fixture
+def tone() -> np.ndarray:
+    t = np.arange(16000, dtype=np.float32) / 16000
+    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> Path:
+    """A small synthetic corpus (200 clips); returns its manifest path."""
+    from crab_rt.synth import SynthConfig, synthesize_corpus
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return synthesize_corpus(SynthConfig(num_utterances=200, seed=3), out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_parts():
+    """A tiny random Crab model (eval mode) and its tokenizer, labels a..d."""
+    torch = pytest.importorskip("torch")
+    from crab_rt.model.config import HeadConfig, ModelConfig
+    from crab_rt.model.crab import CrabModel
+    from crab_rt.text import train_bpe_tokenizer
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        speech_encoder="random:wavlm-tiny",
+        text_encoder="random:roberta-tiny",
+        head=HeadConfig(hidden_dim=16, classifier_dim=16),
+        max_text_tokens=32,
+    )
+    model = CrabModel.build(config, ["a", "b", "c", "d"]).eval()
+    tokenizer = train_bpe_tokenizer(["i love this so much", "this is terrible", "okay fine then", "so sad today"],
+                                    vocab_size=300, max_length=32)
+    return model, tokenizer
