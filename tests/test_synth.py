@@ -271,3 +271,25 @@ def test_cli_synth_bad_values_exit_2(tmp_path, capsys, argv, message):
     assert rc == 2
     assert err.startswith("crab-rt: error:") and message in err
     assert not (tmp_path / "x" / "manifest.csv").exists()
+
+
+def test_conversation_turns_are_found_by_silero_segmenter(tmp_path):
+    """Each synthetic turn is one utterance of the default segmenter, boundaries within 0.3 s."""
+    from crab_rt.errors import CrabError
+
+    try:
+        from crab_rt.runtime.segmenter import SegmenterConfig, StreamFrontEnd
+        from crab_rt.runtime.vad import SileroVad
+
+        vad = SileroVad()
+    except (CrabError, ImportError) as e:
+        pytest.skip(f"Silero VAD model not available: {e}")
+    for seed in (0, 1):
+        wav = tmp_path / f"conv{seed}.wav"
+        turns = synthesize_conversation(wav, SynthConfig(seed=seed), num_turns=6)
+        fe = StreamFrontEnd(vad, SegmenterConfig())
+        utts = fe.accept(load_audio(wav)) + fe.flush()
+        assert len(utts) == len(turns), (seed, [(u.speech_start_s, u.speech_end_s) for u in utts])
+        for t, u in zip(turns, utts):
+            assert u.speech_start_s == pytest.approx(t["start_s"], abs=0.3), (seed, t["label"])
+            assert u.speech_end_s == pytest.approx(t["end_s"], abs=0.3), (seed, t["label"])

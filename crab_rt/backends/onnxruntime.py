@@ -1,0 +1,122 @@
+"""ONNX Runtime backend: CPU, and the CUDA / TensorRT execution providers.
+
+The CUDA and TensorRT providers come with `onnxruntime-gpu` (which replaces
+the CPU `onnxruntime` package; never install both). On a GPU, inputs and
+outputs go through IOBinding so the session does the copies on its own
+device; on the CPU plain `run` is already zero-copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from crab_rt.backends.base import GraphSession, check_inputs
+from crab_rt.errors import BackendError, BundleError
+
+__all__ = ["OrtSession", "ort_providers", "available_providers"]
+
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def ort_providers(provider: str, gpu: int, trt_cache_dir: Path | None, fp16: bool, profile: str | None) -> list:
+    """The providers list for `InferenceSession`, best first, CPU last as fallback.
+
+    Raises:
+        BackendError: the provider is not in this onnxruntime build.
+    """
+    have = available_providers()
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in have:
+            raise BackendError("onnxruntime has no CUDA provider here: pip uninstall onnxruntime && pip install onnxruntime-gpu")
+        return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+    if provider == "tensorrt":
+        if "TensorrtExecutionProvider" not in have:
+            raise BackendError("onnxruntime has no TensorRT provider here (needs onnxruntime-gpu and TensorRT libraries)")
+        options: dict = {"device_id": gpu, "trt_fp16_enable": fp16}
+        if trt_cache_dir is not None:
+            trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir),
+                           trt_timing_cache_enable=True)
+        if profile:
+            options.update(profile)
+        return [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+    raise BackendError(f"unknown onnxruntime provider {provider!r} (choose from {', '.join(PROVIDERS)})")
+
+
+class OrtSession(GraphSession):
+    """One ONNX graph in an `onnxruntime.InferenceSession`.
+
+    Args:
+        path: the .onnx file.
+        name: graph name.
+        provider: "cpu", "cuda" or "tensorrt".
+        gpu: CUDA device index for the GPU providers.
+        expected_io: the bundle's recorded I/O; names are checked on load.
+        threads: intra-op threads on the CPU (0 = onnxruntime's default).
+        providers: a ready providers list (overrides `provider`).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        provider: str = "cpu",
+        gpu: int = 0,
+        expected_io: dict | None = None,
+        threads: int = 0,
+        providers: list | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.name = name
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=providers or ort_providers(provider, gpu, None, False, None)
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"{path}: onnxruntime cannot load the graph ({str(e).splitlines()[0]})") from e
+        self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+        if expected_io is not None:
+            want_in, want_out = tuple(expected_io["inputs"]), tuple(expected_io["outputs"])
+            if set(want_in) != set(self.input_names) or set(want_out) != set(self.output_names):
+                raise BundleError(
+                    f"{path}: graph I/O {list(self.input_names)} -> {list(self.output_names)} does not match the "
+                    f"bundle manifest {list(want_in)} -> {list(want_out)}"
+                )
+        active = self._session.get_providers()[0]
+        self.provider = active
+        self.device = "cpu" if active == "CPUExecutionProvider" else f"cuda:{gpu}"
+        self._gpu = gpu
+        self._use_binding = self.device != "cpu"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_inputs(self, inputs)
+        if not self._use_binding:
+            outputs = self._session.run(list(self.output_names), {k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            return dict(zip(self.output_names, outputs))
+        binding = self._session.io_binding()
+        for k, v in inputs.items():
+            binding.bind_cpu_input(k, np.ascontiguousarray(v))
+        for k in self.output_names:
+            binding.bind_output(k, "cuda", self._gpu)
+        self._session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))

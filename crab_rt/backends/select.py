@@ -1,0 +1,135 @@
+"""Backend choice: load a bundle's graphs on the best backend present, or the one asked for.
+
+`auto` prefers native TensorRT engines (built for this GPU), then ONNX Runtime
+with the TensorRT or CUDA execution provider, then ONNX Runtime on the CPU.
+torch is the reference backend and only runs when asked for (`--backend
+torch`), so an `auto` runtime never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crab_rt.backends.base import BACKEND_NAMES, GraphSession
+from crab_rt.bundle import Bundle
+from crab_rt.errors import BackendError, ConfigError
+
+__all__ = ["BackendChoice", "load_sessions"]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What was picked and why (printed by the CLI)."""
+
+    backend: str
+    device: str
+    provider: str
+    precision: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"backend {self.backend} ({self.provider}, {self.precision}) on {self.device}: {self.reason}"
+
+
+def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int) -> dict[str, GraphSession]:
+    from crab_rt.backends.onnxruntime import OrtSession, ort_providers
+
+    sessions = {}
+    for name in bundle.graph_names:
+        providers = None
+        if provider == "tensorrt":
+            providers = ort_providers("tensorrt", gpu, bundle.root / "engines" / "ort-trt-cache", precision == "fp16", None)
+        sessions[name] = OrtSession(bundle.graph_path(name, precision), name, provider, gpu,
+                                    bundle.graph_io(name, precision), threads, providers)
+    return sessions
+
+
+def load_sessions(
+    bundle: Bundle,
+    backend: str = "auto",
+    gpu: int | None = None,
+    precision: str = "fp32",
+    threads: int = 0,
+) -> tuple[dict[str, GraphSession], BackendChoice]:
+    """Load every graph of `bundle` on one backend.
+
+    Args:
+        bundle: a loaded bundle.
+        backend: "auto", "tensorrt", "onnxruntime" or "torch".
+        gpu: CUDA device index; None means CPU for explicit backends and "any GPU
+            0 if present" for auto.
+        precision: "fp32" or "fp16" (fp16 needs the bundle's fp16 graphs; on the
+            CPU it is refused, since ONNX Runtime's CPU kernels gain nothing from it).
+        threads: CPU threads for ONNX Runtime (0 = its default).
+
+    Raises:
+        ConfigError: unknown backend or precision.
+        BackendError / DependencyError / BundleError: the backend cannot run here.
+    """
+    if backend not in BACKEND_NAMES:
+        raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"unknown precision {precision!r} (choose fp32 or fp16)")
+    if backend == "auto":
+        return _auto(bundle, gpu, precision, threads)
+    if backend == "tensorrt":
+        from crab_rt.backends.tensorrt import load_tensorrt_sessions
+
+        index = 0 if gpu is None else gpu
+        sessions = load_tensorrt_sessions(bundle, index, precision)
+        return sessions, BackendChoice("tensorrt", f"cuda:{index}", "TensorRT engines", precision, "requested")
+    if backend == "torch":
+        from crab_rt.backends.torch import load_torch_sessions
+
+        device = "cpu" if gpu is None else f"cuda:{gpu}"
+        if precision != "fp32":
+            raise ConfigError("the torch backend runs the fp32 weights; use --precision fp32")
+        return load_torch_sessions(bundle, device), BackendChoice("torch", device, "torch eager", "fp32", "requested")
+    provider = "cpu"
+    if gpu is not None:
+        from crab_rt.backends.onnxruntime import available_providers
+
+        provider = "cuda" if "CUDAExecutionProvider" in available_providers() else None
+        if provider is None:
+            raise BackendError(f"--gpu {gpu} with onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider is absent)")
+    if provider == "cpu" and precision == "fp16":
+        raise ConfigError("fp16 graphs are for GPUs; on the CPU use --precision fp32")
+    sessions = _ort(bundle, provider, gpu or 0, precision, threads)
+    first = next(iter(sessions.values()))
+    return sessions, BackendChoice("onnxruntime", first.device, first.provider, precision, "requested")
+
+
+def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int):
+    from crab_rt.backends.onnxruntime import available_providers
+
+    index = 0 if gpu is None else gpu
+    reasons = []
+    try:
+        from crab_rt.backends.tensorrt import load_tensorrt_sessions, tensorrt_available
+
+        ok, why = tensorrt_available()
+    except ImportError as e:  # pragma: no cover - the module itself is always present
+        ok, why = False, str(e)
+    if ok:
+        try:
+            sessions = load_tensorrt_sessions(bundle, index, precision)
+            return sessions, BackendChoice("tensorrt", f"cuda:{index}", "TensorRT engines", precision,
+                                           "auto: TensorRT engines for this GPU are built")
+        except Exception as e:  # any failure falls through to the next backend, reported
+            reasons.append(f"TensorRT: {str(e).splitlines()[0]}")
+    else:
+        reasons.append(f"TensorRT: {why}")
+    have = available_providers()
+    for provider, ep in (("tensorrt", "TensorrtExecutionProvider"), ("cuda", "CUDAExecutionProvider")):
+        if ep in have:
+            try:
+                sessions = _ort(bundle, provider, index, precision, threads)
+                return sessions, BackendChoice("onnxruntime", f"cuda:{index}", ep, precision,
+                                               "auto: " + "; ".join(reasons + [f"using {ep}"]))
+            except Exception as e:
+                reasons.append(f"onnxruntime {ep}: {str(e).splitlines()[0]}")
+    if gpu is not None:
+        reasons.append("no GPU backend could start, running on the CPU")
+    sessions = _ort(bundle, "cpu", 0, "fp32", threads)
+    return sessions, BackendChoice("onnxruntime", "cpu", "CPUExecutionProvider", "fp32",
+                                   "auto: " + "; ".join(reasons + ["no GPU provider in onnxruntime, using the CPU"]))

@@ -1,0 +1,665 @@
+"""The native TensorRT backend: engine lookup, cache-key checks, and `TensorRTSession`.
+
+Engines live in `<bundle>/engines/<key>/` (written by `crab-rt build-engines`),
+`<key>` a readable slug such as `h100-sm90-trt10.9-fp16`, next to an
+`engine.json` that records the cache key: GPU name, compute capability, exact
+TensorRT version, precision, and per graph the source ONNX sha256, the shape
+profile, the I/O signature and the engine file's sha256. An engine runs only on
+the GPU architecture and TensorRT version that built it, so the key is checked
+on every load and a stale engine is refused with what differs and how to
+rebuild. The pure parts (slugs, profiles, staleness, I/O and shape checks) need
+neither TensorRT nor a GPU; `tensorrt` and `cuda-python` are imported only
+inside the functions that need them. Uses TensorRT 10/11's name-based tensor
+API (`set_input_shape`, `set_tensor_address`, `execute_async_v3`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from crab_rt.backends.base import GraphSession, check_inputs
+from crab_rt.bundle import PRECISIONS, Bundle
+from crab_rt.errors import BackendError, BundleError, CrabError, DependencyError
+
+__all__ = [
+    "ENGINES_DIR",
+    "ENGINE_RECORD",
+    "ENGINE_FORMAT",
+    "ENGINE_FORMAT_VERSION",
+    "TENSORRT_HINT",
+    "Profile",
+    "import_tensorrt",
+    "tensorrt_available",
+    "gpu_slug",
+    "engine_key",
+    "graph_profiles",
+    "profile_to_json",
+    "profile_from_json",
+    "expected_record",
+    "stale_reasons",
+    "read_engine_record",
+    "select_engines",
+    "rebuild_hint",
+    "find_engines",
+    "check_shape_in_profile",
+    "numpy_dtype_name",
+    "check_engine_io",
+    "TensorRTSession",
+    "load_tensorrt_sessions",
+]
+
+ENGINES_DIR = "engines"
+ENGINE_RECORD = "engine.json"
+ENGINE_FORMAT = "crab-rt-engines"
+ENGINE_FORMAT_VERSION = 1
+MIN_TENSORRT_MAJOR = 10
+
+TENSORRT_HINT = (
+    "on Jetson it ships with JetPack (python3-libnvinfer); on x86 install it from NVIDIA's index "
+    "(pip install tensorrt --extra-index-url https://pypi.nvidia.com) or the TensorRT tarball's python wheel"
+)
+
+# Symbolic ONNX dimension -> key of the bundle's shape_ranges.
+SYMBOLIC_DIMS = {"batch": "batch", "samples": "audio_samples", "tokens": "text_tokens", "frames": "speech_frames"}
+
+# Engine dtype allowed for a bundle dtype, with a cast on the way in and out
+# (engines whose integer I/O was narrowed to int32 by an older parser).
+_COMPATIBLE_DTYPES = {("int64", "int32")}
+
+# {input name: (min shape, opt shape, max shape)}
+Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+# --------------------------------------------------------------------------- imports
+
+
+def import_tensorrt() -> Any:
+    """Import the `tensorrt` module, version 10 or newer.
+
+    Raises:
+        DependencyError: TensorRT is missing (says how to install it) or too old.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise DependencyError(f"the TensorRT backend needs 'tensorrt', which is not installed: {TENSORRT_HINT}") from e
+    version = str(getattr(trt, "__version__", "0"))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < MIN_TENSORRT_MAJOR:
+        raise DependencyError(
+            f"TensorRT {version} is too old: crab-rt needs TensorRT {MIN_TENSORRT_MAJOR} or newer "
+            f"(name-based tensor API); {TENSORRT_HINT}"
+        )
+    return trt
+
+
+def tensorrt_available(gpu_index: int = 0) -> tuple[bool, str]:
+    """Whether the TensorRT backend can run here (for backend auto-selection).
+
+    Args:
+        gpu_index: CUDA device that would be used.
+
+    Returns:
+        (True, "TensorRT 10.9.0 on NVIDIA H100 ... (sm90)") or (False, the one-line reason).
+    """
+    try:
+        trt = import_tensorrt()
+        from crab_rt.backends.cuda_memory import require_device
+
+        info = require_device(gpu_index)
+    except CrabError as e:
+        return False, str(e)
+    return True, f"TensorRT {trt.__version__} on {info.name} ({info.sm})"
+
+
+# --------------------------------------------------------------------------- cache key
+
+
+_VENDOR_WORDS = {"nvidia", "geforce", "tesla", "quadro", "jetson"}
+_SKU_TOKEN = re.compile(r"^(\d+gb|sxm\d*|pcie|hbm\d*e?|nvl|mig|max-q|laptop|gpu)$")
+
+
+def gpu_slug(name: str) -> str:
+    """A short, path-safe GPU tag: "NVIDIA H100 80GB HBM3" -> "h100", "NVIDIA GeForce RTX 4090" -> "rtx-4090".
+
+    Vendor words are dropped, and everything from the first memory-size or
+    form-factor token on ("80GB", "SXM4", "PCIe"); the full name is still
+    recorded and checked, the slug only names the folder.
+    """
+    tokens = [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+    kept: list[str] = []
+    for token in tokens:
+        if token in _VENDOR_WORDS:
+            continue
+        if _SKU_TOKEN.match(token):
+            break
+        kept.append(token)
+    return "-".join(kept) or "gpu"
+
+
+def engine_key(gpu_name: str, compute_capability: str, tensorrt_version: str, precision: str) -> str:
+    """The engine folder name, e.g. "h100-sm90-trt10.9-fp16".
+
+    Args:
+        gpu_name: device name as CUDA reports it.
+        compute_capability: "9.0".
+        tensorrt_version: full version, e.g. "10.9.0.34" (the slug keeps major.minor).
+        precision: "fp32" or "fp16".
+    """
+    sm = "sm" + compute_capability.replace(".", "")
+    trt = ".".join(tensorrt_version.split(".")[:2])
+    return f"{gpu_slug(gpu_name)}-{sm}-trt{trt}-{precision}"
+
+
+def graph_profiles(manifest: Mapping, precision: str = "fp32") -> dict[str, Profile]:
+    """TensorRT optimisation profiles from a bundle manifest's shape_ranges.
+
+    Each input's symbolic dims map to a shape range ("batch" -> batch,
+    "samples" -> audio_samples, "tokens" -> text_tokens, "frames" ->
+    speech_frames); fixed dims (hidden sizes) stay fixed.
+
+    Args:
+        manifest: a bundle manifest dict (`Bundle.manifest`).
+        precision: which graphs' I/O to read ("fp32" or "fp16").
+
+    Returns:
+        {graph: {input name: (min, opt, max)}} for every graph at `precision`.
+
+    Raises:
+        BundleError: a graph lacks that precision, a symbolic dim is unknown, or its range is missing.
+    """
+    ranges = manifest["shape_ranges"]
+    out: dict[str, Profile] = {}
+    for graph, per_precision in manifest["graphs"].items():
+        if precision not in per_precision:
+            raise BundleError(f"bundle has no {precision} {graph} graph; re-export with --precision {precision}")
+        profile: Profile = {}
+        for name, spec in per_precision[precision]["inputs"].items():
+            lo, opt, hi = [], [], []
+            for dim in spec["shape"]:
+                if isinstance(dim, int):
+                    lo.append(dim), opt.append(dim), hi.append(dim)
+                    continue
+                key = SYMBOLIC_DIMS.get(dim)
+                if key is None:
+                    raise BundleError(
+                        f"{graph} input {name}: unknown symbolic dim {dim!r} (known: {', '.join(SYMBOLIC_DIMS)})"
+                    )
+                if key not in ranges:
+                    raise BundleError(
+                        f"{graph} input {name}: manifest shape_ranges lacks {key!r} (needed for dim {dim!r})"
+                    )
+                r = ranges[key]
+                lo.append(int(r["min"])), opt.append(int(r["opt"])), hi.append(int(r["max"]))
+            profile[name] = (tuple(lo), tuple(opt), tuple(hi))
+        out[graph] = profile
+    return out
+
+
+def profile_to_json(profile: Profile) -> dict:
+    """{input: {"min": [...], "opt": [...], "max": [...]}} for engine.json."""
+    return {name: {"min": list(lo), "opt": list(opt), "max": list(hi)} for name, (lo, opt, hi) in profile.items()}
+
+
+def profile_from_json(data: Mapping) -> Profile:
+    """Inverse of `profile_to_json`."""
+    return {name: (tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for name, v in data.items()}
+
+
+def expected_record(
+    manifest: Mapping, precision: str, gpu_name: str, compute_capability: str, tensorrt_version: str
+) -> dict:
+    """The cache key that engines for this bundle, device and TensorRT must carry.
+
+    Returns:
+        {"key", "gpu_name", "compute_capability", "tensorrt_version", "precision",
+        "graphs": {graph: {"onnx_file", "onnx_sha256", "profile", "io"}}}.
+
+    Raises:
+        BundleError: as `graph_profiles`.
+    """
+    profiles = graph_profiles(manifest, precision)
+    graphs = {}
+    for graph, per_precision in manifest["graphs"].items():
+        entry = per_precision[precision]
+        graphs[graph] = {
+            "onnx_file": entry["file"],
+            "onnx_sha256": entry["sha256"],
+            "profile": profile_to_json(profiles[graph]),
+            "io": {"inputs": entry["inputs"], "outputs": entry["outputs"]},
+        }
+    return {
+        "key": engine_key(gpu_name, compute_capability, tensorrt_version, precision),
+        "gpu_name": gpu_name,
+        "compute_capability": compute_capability,
+        "tensorrt_version": tensorrt_version,
+        "precision": precision,
+        "graphs": graphs,
+    }
+
+
+def stale_reasons(expected: Mapping, recorded: Mapping) -> list[str]:
+    """What differs between the key engines must have and the one they carry.
+
+    Args:
+        expected: from `expected_record` (this device, this TensorRT, this bundle).
+        recorded: a parsed engine.json.
+
+    Returns:
+        one short phrase per difference; empty when the engines are current.
+    """
+    reasons = []
+    labels = {
+        "gpu_name": "GPU",
+        "compute_capability": "compute capability",
+        "tensorrt_version": "TensorRT version",
+        "precision": "precision",
+    }
+    for field, label in labels.items():
+        if recorded.get(field) != expected[field]:
+            reasons.append(f"{label}: built for {recorded.get(field)!r}, this is {expected[field]!r}")
+    rec_graphs = recorded.get("graphs") or {}
+    exp_graphs = expected["graphs"]
+    if set(rec_graphs) != set(exp_graphs):
+        reasons.append(f"graphs: engines have {sorted(rec_graphs)}, bundle has {sorted(exp_graphs)}")
+    for graph in sorted(set(rec_graphs) & set(exp_graphs)):
+        rec, exp = rec_graphs[graph], exp_graphs[graph]
+        if rec.get("onnx_sha256") != exp["onnx_sha256"]:
+            reasons.append(
+                f"{graph}: ONNX changed since the build (sha256 {str(rec.get('onnx_sha256'))[:12]}..., "
+                f"bundle has {exp['onnx_sha256'][:12]}...)"
+            )
+        if rec.get("profile") != exp["profile"]:
+            reasons.append(f"{graph}: shape profile {rec.get('profile')} differs from the bundle's {exp['profile']}")
+    return reasons
+
+
+def read_engine_record(folder: str | Path) -> dict:
+    """Parse `<folder>/engine.json`.
+
+    Raises:
+        BundleError: missing, not JSON, or not a crab-rt engine record of a known version.
+    """
+    path = Path(folder) / ENGINE_RECORD
+    if not path.is_file():
+        raise BundleError(f"{path}: not found (engine build incomplete?)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(record, dict) or record.get("format") != ENGINE_FORMAT:
+        raise BundleError(f"{path}: not a crab-rt engine record (format must be {ENGINE_FORMAT!r})")
+    if record.get("format_version") != ENGINE_FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: unsupported format_version {record.get('format_version')!r} (expected {ENGINE_FORMAT_VERSION})"
+        )
+    if not isinstance(record.get("graphs"), dict):
+        raise BundleError(f"{path}: lacks the graphs table")
+    return record
+
+
+def rebuild_hint(bundle_root: str | Path, gpu_index: int, precision: str | None = None) -> str:
+    """The command that (re)builds engines for this bundle and GPU."""
+    extra = f" --precision {precision}" if precision else ""
+    return f"run: crab-rt build-engines --bundle {bundle_root} --gpu {gpu_index}{extra}"
+
+
+def select_engines(engines_root: str | Path, expected: Sequence[Mapping], hint: str) -> Path:
+    """Pick the engine folder whose engine.json matches one of `expected` (first match wins).
+
+    Args:
+        engines_root: `<bundle>/engines`.
+        expected: `expected_record`s in order of preference (e.g. fp16, then fp32).
+        hint: the rebuild command to append to errors.
+
+    Returns:
+        the matching folder (every engine file in it exists).
+
+    Raises:
+        BundleError: no engines, or only stale ones: says which folder and exactly what differs.
+    """
+    root = Path(engines_root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    records: list[tuple[Path, dict]] = []
+    broken: list[str] = []
+    for folder in folders:
+        try:
+            records.append((folder, read_engine_record(folder)))
+        except BundleError as e:
+            broken.append(str(e))
+    best: tuple[int, Path, list[str]] | None = None
+    for want in expected:
+        for folder, record in records:
+            reasons = stale_reasons(want, record)
+            if not reasons:
+                missing = [g for g, e in record["graphs"].items() if not (folder / str(e.get("file", ""))).is_file()]
+                if not missing:
+                    return folder
+                reasons = [f"engine file(s) missing: {', '.join(missing)}"]
+            # Rank candidates: same precision first, then fewest differences.
+            rank = len(reasons) + (0 if record.get("precision") == want["precision"] else 100)
+            if best is None or rank < best[0]:
+                best = (rank, folder, reasons)
+    if best is not None:
+        _, folder, reasons = best
+        raise BundleError(f"{folder}: stale TensorRT engines ({'; '.join(reasons)}); {hint}")
+    if broken:
+        raise BundleError(f"{broken[0]}; {hint}")
+    wanted = " or ".join(str(e["key"]) for e in expected)
+    raise BundleError(f"{root}: no TensorRT engines for this GPU ({wanted}); {hint}")
+
+
+def find_engines(bundle: Bundle, gpu_index: int = 0, precision: str | None = None) -> Path:
+    """Locate the engine folder built for this GPU and TensorRT version.
+
+    Args:
+        bundle: the loaded bundle.
+        gpu_index: CUDA device the engines will run on.
+        precision: "fp32" or "fp16"; None takes fp16 engines when present, else fp32.
+
+    Returns:
+        `<bundle>/engines/<key>`.
+
+    Raises:
+        DependencyError: TensorRT or cuda-python missing.
+        BackendError: no such GPU.
+        BundleError: no engines, or stale ones (different GPU, compute capability,
+            TensorRT version, ONNX sha256 or shape profile), with the rebuild command.
+    """
+    from crab_rt.backends.cuda_memory import require_device
+
+    trt = import_tensorrt()
+    info = require_device(gpu_index)
+    cc = f"{info.compute_capability[0]}.{info.compute_capability[1]}"
+    if precision is not None and precision not in PRECISIONS:
+        raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision:
+        wanted = [precision]
+    else:
+        wanted = [p for p in ("fp16", "fp32") if all(bundle.has_graph(g, p) for g in bundle.graph_names)]
+    expected = [expected_record(bundle.manifest, p, info.name, cc, str(trt.__version__)) for p in wanted]
+    return select_engines(bundle.root / ENGINES_DIR, expected, rebuild_hint(bundle.root, gpu_index, precision))
+
+
+# --------------------------------------------------------------------------- I/O checks
+
+
+def check_shape_in_profile(graph: str, name: str, shape: Sequence[int], profile: tuple) -> None:
+    """Refuse an input shape outside the engine's optimisation profile.
+
+    Args:
+        graph: graph name (for the message).
+        name: input name.
+        shape: the input's shape.
+        profile: (min, opt, max) shapes of that input.
+
+    Raises:
+        BackendError: naming the input, its shape, the profile range and the offending dim.
+    """
+    lo, _, hi = profile
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != len(lo):
+        raise BackendError(
+            f"{graph}: input {name} has rank {len(shape)} (shape {shape}), the engine expects rank {len(lo)}"
+        )
+    for axis, (d, a, b) in enumerate(zip(shape, lo, hi)):
+        if not a <= d <= b:
+            advice = "; input longer than the engine's maximum, split it or rebuild with larger shape_ranges"
+            raise BackendError(
+                f"{graph}: input {name} shape {shape} is outside the engine's profile "
+                f"(min {tuple(lo)}, max {tuple(hi)}): dim {axis} = {d} not in [{a}, {b}]" + (advice if d > b else "")
+            )
+
+
+def numpy_dtype_name(trt: Any, dtype: Any) -> str:
+    """numpy dtype name ("float32", "int64", ...) of a TensorRT DataType."""
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except (TypeError, KeyError, ValueError):
+        pass
+    by_name = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64",
+               "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+    key = str(dtype).rsplit(".", 1)[-1].upper()
+    if key not in by_name:
+        raise BackendError(f"TensorRT dtype {dtype} has no numpy equivalent (bf16/fp8 I/O is not supported)")
+    return by_name[key]
+
+
+def check_engine_io(graph: str, engine_io: Mapping[str, Mapping], expected_io: Mapping[str, Mapping]) -> dict[str, str]:
+    """Check an engine's I/O tensors against the graph's recorded I/O.
+
+    Args:
+        graph: graph name (for messages).
+        engine_io: {tensor: {"mode": "input"|"output", "dtype": numpy name, "shape": [dims, -1 dynamic]}}.
+        expected_io: {"inputs": {name: {"dtype", "shape"}}, "outputs": {...}} (bundle graph_io).
+
+    Returns:
+        {tensor: engine dtype name} (differs from the bundle's only for allowed casts, e.g. int64 -> int32).
+
+    Raises:
+        BundleError: names, directions, dtypes or fixed dims differ.
+    """
+    hint = "rebuild the engines (crab-rt build-engines --force)"
+    for mode, key in (("input", "inputs"), ("output", "outputs")):
+        got = sorted(n for n, t in engine_io.items() if t["mode"] == mode)
+        want = sorted(expected_io[key])
+        if got != want:
+            raise BundleError(f"{graph} engine {key} {got} do not match the bundle graph's {want}; {hint}")
+    dtypes = {}
+    for name, spec in {**expected_io["inputs"], **expected_io["outputs"]}.items():
+        tensor = engine_io[name]
+        if tensor["dtype"] != spec["dtype"] and (spec["dtype"], tensor["dtype"]) not in _COMPATIBLE_DTYPES:
+            raise BundleError(
+                f"{graph} engine tensor {name} is {tensor['dtype']}, the bundle graph's is {spec['dtype']}; {hint}"
+            )
+        shape, want_shape = list(tensor["shape"]), list(spec["shape"])
+        fixed_mismatch = any(
+            isinstance(w, int) and d >= 0 and d != w for d, w in zip(shape, want_shape)
+        )
+        if len(shape) != len(want_shape) or fixed_mismatch:
+            raise BundleError(
+                f"{graph} engine tensor {name} has shape {shape}, the bundle graph's is {want_shape}; {hint}"
+            )
+        dtypes[name] = tensor["dtype"]
+    return dtypes
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- session
+
+
+class TensorRTSession(GraphSession):
+    """One TensorRT engine as a `GraphSession`: host numpy in, host numpy out.
+
+    Device buffers are kept between calls and grown only when a larger shape
+    arrives; each call sets the input shapes, checks them against the
+    profile, copies in, runs `execute_async_v3` on the session's own stream,
+    copies out and synchronizes. One thread at a time per session.
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, name: str, gpu_index: int = 0) -> None:
+        """Deserialize and check an engine.
+
+        Args:
+            engine_path: `<bundle>/engines/<key>/<graph>.engine`; its engine.json must sit beside it.
+            name: graph name (speech_encoder, text_encoder or head).
+            gpu_index: CUDA device to run on.
+
+        Raises:
+            DependencyError: TensorRT or cuda-python missing.
+            BackendError: no such GPU, or TensorRT cannot create an execution context.
+            BundleError: engine file missing or modified, not deserializable (built by
+                another TensorRT version or GPU), or its I/O differs from the graph's.
+        """
+        from crab_rt.backends import cuda_memory as cm
+
+        trt = import_tensorrt()
+        path = Path(engine_path)
+        record = read_engine_record(path.parent)
+        entry = record["graphs"].get(name)
+        if entry is None:
+            raise BundleError(
+                f"{path.parent / ENGINE_RECORD}: has no {name} engine (graphs: {', '.join(record['graphs'])})"
+            )
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"{path}: cannot read engine ({e.strerror or e})") from e
+        if _sha256_bytes(blob) != entry.get("sha256"):
+            raise BundleError(
+                f"{path}: sha256 differs from {ENGINE_RECORD} (file modified or corrupt); rebuild with --force"
+            )
+
+        info = cm.require_device(gpu_index)
+        cm.set_device(gpu_index)
+        self.name = name
+        self.gpu_index = gpu_index
+        self.device = f"cuda:{gpu_index}"
+        self.provider = f"TensorRT {trt.__version__} {record.get('precision')} on {info.name}"
+        self._trt = trt
+        self._cm = cm
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(blob)
+        if self._engine is None:
+            raise BundleError(
+                f"{path}: TensorRT {trt.__version__} cannot deserialize this engine (built with TensorRT "
+                f"{record.get('tensorrt_version')} on {record.get('gpu_name')}); rebuild with --force"
+            )
+        io = entry["io"]
+        self._engine_dtypes = check_engine_io(name, self._describe_io(), io)
+        self._bundle_dtypes = {n: s["dtype"] for n, s in {**io["inputs"], **io["outputs"]}.items()}
+        self.input_names = tuple(io["inputs"])
+        self.output_names = tuple(io["outputs"])
+        self._profile = profile_from_json(entry["profile"])
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise BackendError(
+                f"{name}: TensorRT could not create an execution context on {self.device} (out of GPU memory?)"
+            )
+        self._stream = cm.Stream()
+        self._buffers: dict[str, Any] = {}
+
+    def _describe_io(self) -> dict[str, dict]:
+        trt, engine = self._trt, self._engine
+        out = {}
+        for i in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(i)
+            mode = "input" if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT else "output"
+            out[tensor] = {
+                "mode": mode,
+                "dtype": numpy_dtype_name(trt, engine.get_tensor_dtype(tensor)),
+                "shape": [int(d) for d in engine.get_tensor_shape(tensor)],
+            }
+        return out
+
+    def _buffer(self, tensor: str, nbytes: int) -> Any:
+        """The device buffer of `tensor`, reallocated only when `nbytes` outgrows it."""
+        buf = self._buffers.get(tensor)
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                buf.free()
+            buf = self._cm.DeviceBuffer(nbytes)
+            self._buffers[tensor] = buf
+        return buf
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the engine on host arrays; returns host arrays in the bundle graph's dtypes.
+
+        Raises:
+            BackendError: wrong input names, a shape outside the profile, or a TensorRT/CUDA failure.
+        """
+        if self._context is None:
+            raise BackendError(f"{self.name} (tensorrt): session is closed")
+        check_inputs(self, inputs)
+        cm, ctx = self._cm, self._context
+        host: dict[str, np.ndarray] = {}
+        for tensor in self.input_names:
+            array = np.ascontiguousarray(inputs[tensor], dtype=self._engine_dtypes[tensor])
+            check_shape_in_profile(self.name, tensor, array.shape, self._profile[tensor])
+            host[tensor] = array
+        cm.set_device(self.gpu_index)
+        for tensor, array in host.items():
+            if not ctx.set_input_shape(tensor, tuple(array.shape)):
+                raise BackendError(f"{self.name}: TensorRT rejected shape {array.shape} for input {tensor}")
+        outputs: dict[str, np.ndarray] = {}
+        for tensor in self.output_names:
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(tensor))
+            if any(d < 0 for d in shape):
+                raise BackendError(f"{self.name}: TensorRT could not infer the shape of output {tensor} ({shape})")
+            outputs[tensor] = np.empty(shape, dtype=self._engine_dtypes[tensor])
+        for tensor, array in {**host, **outputs}.items():
+            buf = self._buffer(tensor, array.nbytes)
+            ctx.set_tensor_address(tensor, buf.ptr)
+        for tensor, array in host.items():
+            cm.copy_to_device(self._buffers[tensor], array, self._stream)
+        if not ctx.execute_async_v3(self._stream.handle):
+            self._stream.synchronize()
+            raise BackendError(f"{self.name}: TensorRT execution failed on {self.device} (see the TensorRT log)")
+        for tensor, array in outputs.items():
+            cm.copy_to_host(array, self._buffers[tensor], self._stream)
+        self._stream.synchronize()  # host arrays stay alive until here
+        # An engine with int32 integer outputs still returns the graph's documented dtype (int64).
+        return {t: a.astype(self._bundle_dtypes[t], copy=False) for t, a in outputs.items()}
+
+    def close(self) -> None:
+        """Free device buffers, the stream, the context and the engine (idempotent)."""
+        for buf in self._buffers.values():
+            buf.free()
+        self._buffers = {}
+        if getattr(self, "_stream", None) is not None:
+            self._stream.destroy()
+            self._stream = None
+        # Release order matters: context, then engine, then runtime.
+        self._context = None
+        self._engine = None
+        self._runtime = None
+
+    def __enter__(self) -> "TensorRTSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_tensorrt_sessions(
+    bundle: Bundle, gpu_index: int = 0, precision: str | None = None
+) -> dict[str, TensorRTSession]:
+    """Open every graph of `bundle` as a TensorRT session.
+
+    Args:
+        bundle: the loaded bundle.
+        gpu_index: CUDA device.
+        precision: "fp32", "fp16", or None for fp16 engines when built, else fp32.
+
+    Returns:
+        {graph name: session} in run order.
+
+    Raises:
+        as `find_engines` and `TensorRTSession`.
+    """
+    folder = find_engines(bundle, gpu_index, precision)
+    record = read_engine_record(folder)
+    sessions: dict[str, TensorRTSession] = {}
+    try:
+        for name in bundle.graph_names:
+            sessions[name] = TensorRTSession(folder / record["graphs"][name]["file"], name, gpu_index)
+    except BaseException:
+        for session in sessions.values():
+            session.close()
+        raise
+    return sessions

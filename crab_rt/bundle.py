@@ -1,0 +1,239 @@
+"""Model bundles on the runtime side: read and verify a folder written by `crab-rt export`.
+
+A bundle is a folder with `manifest.json` and the files it lists (ONNX graphs
+per precision, `tokenizer.json`, a model-only torch checkpoint). Every listed
+file carries a sha256 that `load_bundle` checks, so a truncated copy or a
+hand-edited graph is refused with one line naming the file. This module needs
+neither torch nor onnx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from crab_rt.errors import BundleError
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "PRECISIONS",
+    "Bundle",
+    "load_bundle",
+    "sha256_file",
+]
+
+BUNDLE_FORMAT = "crab-rt-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PRECISIONS = ("fp32", "fp16")
+
+_REQUIRED_KEYS = (
+    "labels",
+    "sample_rate",
+    "normalize_waveform",
+    "max_audio_s",
+    "max_text_tokens",
+    "modality",
+    "graphs",
+    "shape_ranges",
+    "torch",
+)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: the manifest's fields and the paths of its files.
+
+    Attributes:
+        root: the bundle folder.
+        manifest: the parsed manifest.json (read-only by convention).
+        labels: class names in logit order.
+        sample_rate: audio rate the speech encoder expects (16000).
+        normalize_waveform: whether waveforms are normalised per utterance.
+        max_audio_s: longest audio the model was trained on; longer input is cut.
+        max_text_tokens: longest token sequence, special tokens included.
+        modality: "both", "speech" or "text".
+        shape_ranges: {"batch" | "audio_samples" | "text_tokens" | "speech_frames":
+            {"min", "opt", "max"}} for TensorRT optimisation profiles.
+        asr_model: the faster-whisper model recorded at export, or None.
+    """
+
+    root: Path
+    manifest: dict
+    labels: tuple[str, ...]
+    sample_rate: int
+    normalize_waveform: bool
+    max_audio_s: float
+    max_text_tokens: int
+    modality: str
+    shape_ranges: dict
+    asr_model: str | None
+
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        """Graphs in this bundle, in run order (encoders, then head)."""
+        order = ("speech_encoder", "text_encoder", "head")
+        return tuple(n for n in order if n in self.manifest["graphs"])
+
+    @property
+    def dims(self) -> dict:
+        """{"speech_hidden": D or None, "text_hidden": D or None}."""
+        return dict(self.manifest.get("dims", {}))
+
+    def has_graph(self, name: str, precision: str = "fp32") -> bool:
+        """Whether the bundle holds graph `name` at `precision`."""
+        return precision in self.manifest["graphs"].get(name, {})
+
+    def precisions(self, name: str = "head") -> tuple[str, ...]:
+        """Precisions built for graph `name`."""
+        return tuple(p for p in PRECISIONS if self.has_graph(name, p))
+
+    def _graph_entry(self, name: str, precision: str) -> dict:
+        graphs = self.manifest["graphs"]
+        if name not in graphs:
+            raise BundleError(
+                f"{self.root}: bundle (modality {self.modality}) has no {name} graph "
+                f"(graphs: {', '.join(self.graph_names)})"
+            )
+        if precision not in graphs[name]:
+            raise BundleError(
+                f"{self.root}: bundle has no {precision} {name} graph; "
+                f"re-export with: crab-rt export --checkpoint CKPT --out {self.root} --precision {precision}"
+            )
+        return graphs[name][precision]
+
+    def graph_path(self, name: str, precision: str = "fp32") -> Path:
+        """Path of an ONNX graph.
+
+        Args:
+            name: "speech_encoder", "text_encoder" or "head".
+            precision: "fp32" or "fp16".
+
+        Raises:
+            BundleError: the graph or precision is not in this bundle (says how to build it).
+        """
+        return self.root / self._graph_entry(name, precision)["file"]
+
+    def graph_io(self, name: str, precision: str = "fp32") -> dict:
+        """{"inputs": {name: {"dtype", "shape"}}, "outputs": {...}} as recorded at export.
+
+        Symbolic dimensions are strings ("batch", "samples", "frames", "tokens").
+
+        Raises:
+            BundleError: as `graph_path`.
+        """
+        entry = self._graph_entry(name, precision)
+        return {"inputs": entry["inputs"], "outputs": entry["outputs"]}
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        """`tokenizer.json`, or None for a speech-only bundle."""
+        entry = self.manifest.get("tokenizer")
+        return None if not entry else self.root / entry["file"]
+
+    @property
+    def torch_checkpoint_path(self) -> Path:
+        """The model-only torch checkpoint (for the torch reference backend)."""
+        return self.root / self.manifest["torch"]["file"]
+
+    @property
+    def max_audio_samples(self) -> int:
+        """Longest waveform in samples (`max_audio_s * sample_rate`)."""
+        return int(round(self.max_audio_s * self.sample_rate))
+
+
+def _listed_files(manifest: dict) -> Iterator[tuple[str, str]]:
+    """(relative file, sha256) for every file the manifest lists."""
+    for name, per_precision in manifest["graphs"].items():
+        for precision, entry in per_precision.items():
+            yield entry["file"], entry["sha256"]
+    for key in ("tokenizer", "torch"):
+        entry = manifest.get(key)
+        if entry:
+            yield entry["file"], entry["sha256"]
+
+
+def _read_manifest(root: Path) -> dict:
+    if not root.exists():
+        raise BundleError(f"{root}: bundle folder not found")
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle folder (a bundle is a folder with {MANIFEST_NAME})")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{path}: manifest not found; is {root} a bundle written by crab-rt export?")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not a crab-rt bundle manifest (format must be {BUNDLE_FORMAT!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"{path}: invalid format_version {version!r}")
+    if version > BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format_version {version} is newer than this crab-rt reads "
+            f"({BUNDLE_FORMAT_VERSION}); upgrade crab-rt or re-export"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{path}: manifest lacks {', '.join(missing)}")
+    if "head" not in manifest["graphs"]:
+        raise BundleError(f"{path}: manifest lists no head graph")
+    return manifest
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Open a bundle folder and check it.
+
+    Args:
+        path: the bundle folder.
+        verify: hash every listed file and compare with the manifest (a few
+            seconds for large models); without it only presence is checked.
+
+    Returns:
+        the `Bundle`.
+
+    Raises:
+        BundleError: missing folder or manifest, invalid JSON, wrong format or
+            a newer format_version, a listed file missing, or a sha256 mismatch.
+    """
+    root = Path(path)
+    manifest = _read_manifest(root)
+    try:
+        listed = list(_listed_files(manifest))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BundleError(f"{root / MANIFEST_NAME}: malformed file entry ({e!r})") from e
+    for rel, expected in listed:
+        file = root / rel
+        if not file.is_file():
+            raise BundleError(f"{file}: file listed in {MANIFEST_NAME} is missing")
+        if verify and sha256_file(file) != expected:
+            raise BundleError(f"{file}: sha256 mismatch with {MANIFEST_NAME} (file modified or corrupt); re-export")
+    asr: Any = manifest.get("asr") or {}
+    return Bundle(
+        root=root,
+        manifest=manifest,
+        labels=tuple(manifest["labels"]),
+        sample_rate=int(manifest["sample_rate"]),
+        normalize_waveform=bool(manifest["normalize_waveform"]),
+        max_audio_s=float(manifest["max_audio_s"]),
+        max_text_tokens=int(manifest["max_text_tokens"]),
+        modality=str(manifest["modality"]),
+        shape_ranges=manifest["shape_ranges"],
+        asr_model=asr.get("model"),
+    )

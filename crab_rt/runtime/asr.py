@@ -1,0 +1,396 @@
+"""The ASR stage: one utterance of 16 kHz audio in, one guarded transcript out.
+
+`Transcriber` wraps a shared faster-whisper (CTranslate2) model. It holds no
+per-stream state: segmentation happens upstream (VAD + segmenter), so every
+call decodes one utterance greedily, without timestamps, without conditioning
+on earlier text and without faster-whisper's own VAD.
+
+The guard keeps Whisper from inventing text on silence: Whisper's own rule
+(no_speech_prob above `no_speech_threshold` AND avg_logprob below
+`log_prob_threshold`) or an empty text marks the transcript; "drop" blanks the
+text, "flag" keeps it, "off" does nothing.
+
+No hidden downloads: hub names ("small.en") are looked up in the local
+Hugging Face cache only, unless `local_files_only=False`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crab_rt.audio import SAMPLE_RATE
+from crab_rt.errors import AudioError, BackendError, ConfigError, DependencyError
+
+__all__ = ["AsrConfig", "Transcript", "Transcriber", "apply_guard"]
+
+DEVICES = ("auto", "cpu", "cuda")
+GUARDS = ("drop", "flag", "off")
+COMPUTE_TYPES = (
+    "default",
+    "auto",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """Settings of the ASR stage.
+
+    Attributes:
+        model: a faster-whisper size name ("small.en", "tiny.en", ...), a hub id
+            ("Systran/faster-whisper-small.en"), or a local CTranslate2 folder.
+        device: "auto" (CUDA when CTranslate2 can use it, else CPU), "cpu" or "cuda".
+        device_index: GPU index for "cuda"/"auto".
+        compute_type: CTranslate2 compute type ("default" keeps the model's type
+            where the device supports it; "int8", "float16", "float32", ...).
+        language: language code passed to Whisper ("en"); None lets a
+            multilingual model detect it. English-only models always use "en".
+        beam_size: 1 is greedy decoding (lowest latency).
+        no_speech_threshold: guard threshold on Whisper's no-speech probability, in [0, 1].
+        log_prob_threshold: guard threshold on the average token log-probability (<= 0).
+        guard: "drop" blanks suspect text, "flag" keeps it but marks it, "off" disables.
+        cpu_threads: CTranslate2 intra-op threads on CPU; 0 is the library default.
+        local_files_only: never download; hub names must already be in the cache.
+    """
+
+    model: str = "small.en"
+    device: str = "auto"
+    device_index: int = 0
+    compute_type: str = "default"
+    language: str | None = "en"
+    beam_size: int = 1
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    guard: str = "drop"
+    cpu_threads: int = 0
+    local_files_only: bool = True
+
+    def validate(self) -> None:
+        """Check every field.
+
+        Raises:
+            ConfigError: naming the field, the value and what is allowed.
+        """
+        if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
+            raise ConfigError(f"asr.model: {self.model!r} must be a model size name, hub id or folder")
+        if self.device not in DEVICES:
+            raise ConfigError(f"asr.device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        if not _is_int(self.device_index) or self.device_index < 0:
+            raise ConfigError(f"asr.device_index: {self.device_index!r} must be an integer >= 0")
+        if self.compute_type not in COMPUTE_TYPES:
+            raise ConfigError(
+                f"asr.compute_type: {self.compute_type!r} is not one of {', '.join(COMPUTE_TYPES)}"
+            )
+        if self.language is not None and (
+            not isinstance(self.language, str) or not _LANGUAGE_RE.match(self.language)
+        ):
+            raise ConfigError(
+                f"asr.language: {self.language!r} must be a 2-3 letter lower-case language code or None"
+            )
+        if not _is_int(self.beam_size) or not 1 <= self.beam_size <= 16:
+            raise ConfigError(f"asr.beam_size: {self.beam_size!r} must be an integer in [1, 16]")
+        if not _is_number(self.no_speech_threshold) or not 0.0 <= self.no_speech_threshold <= 1.0:
+            raise ConfigError(
+                f"asr.no_speech_threshold: {self.no_speech_threshold!r} must be a number in [0, 1]"
+            )
+        if not _is_number(self.log_prob_threshold) or not self.log_prob_threshold <= 0.0:
+            raise ConfigError(
+                f"asr.log_prob_threshold: {self.log_prob_threshold!r} must be a finite number <= 0"
+            )
+        if self.guard not in GUARDS:
+            raise ConfigError(f"asr.guard: {self.guard!r} is not one of {', '.join(GUARDS)}")
+        if not _is_int(self.cpu_threads) or self.cpu_threads < 0:
+            raise ConfigError(f"asr.cpu_threads: {self.cpu_threads!r} must be an integer >= 0 (0 = default)")
+        if not isinstance(self.local_files_only, bool):
+            raise ConfigError(f"asr.local_files_only: {self.local_files_only!r} must be true or false")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+@dataclass
+class Transcript:
+    """The ASR result for one utterance.
+
+    Attributes:
+        text: the transcript ("" when empty or dropped by the guard).
+        language: language code used or detected.
+        no_speech_prob: Whisper's no-speech probability (1.0 for empty audio).
+        avg_logprob: average log-probability of the decoded tokens.
+        duration_s: audio duration in seconds.
+        flagged: the guard judged the text suspect (see `reason`).
+        reason: why it was flagged, or None.
+        elapsed_ms: wall time of the call.
+    """
+
+    text: str
+    language: str
+    no_speech_prob: float
+    avg_logprob: float
+    duration_s: float
+    flagged: bool
+    reason: str | None
+    elapsed_ms: float
+
+
+def apply_guard(
+    text: str, no_speech_prob: float, avg_logprob: float, config: AsrConfig
+) -> tuple[str, bool, str | None]:
+    """Decide whether a transcript is invented (Whisper's no-speech rule) or empty.
+
+    Args:
+        text: decoded text.
+        no_speech_prob: probability of the no-speech token.
+        avg_logprob: average token log-probability.
+        config: supplies guard mode and thresholds.
+
+    Returns:
+        (text to keep, flagged, reason): with guard "drop" a flagged text becomes "";
+        "flag" keeps it; "off" never flags.
+    """
+    if config.guard == "off":
+        return text, False, None
+    if not text.strip():
+        reason = "empty text"
+    elif no_speech_prob > config.no_speech_threshold and avg_logprob < config.log_prob_threshold:
+        reason = (
+            f"no speech: no_speech_prob {no_speech_prob:.2f} > {config.no_speech_threshold} "
+            f"and avg_logprob {avg_logprob:.2f} < {config.log_prob_threshold}"
+        )
+    else:
+        return text, False, None
+    return ("" if config.guard == "drop" else text), True, reason
+
+
+def _check_audio(audio: np.ndarray) -> np.ndarray:
+    x = np.asarray(audio)
+    if x.ndim != 1:
+        raise AudioError(f"ASR input must be mono audio of shape [time], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise AudioError(f"ASR input must be float audio in [-1, 1] at 16 kHz, got dtype {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _is_ct2_folder(path: Path) -> bool:
+    return (path / "model.bin").is_file() and (path / "config.json").is_file()
+
+
+class Transcriber:
+    """A shared faster-whisper engine; calls are serialised by a lock.
+
+    Attributes:
+        config: the validated AsrConfig.
+        model_path: the CTranslate2 folder that was loaded.
+        device: "cpu" or "cuda", the device actually used.
+        fallback_reason: why "auto" ended on the CPU despite a CUDA device, or None.
+        is_multilingual: whether the model knows languages other than English.
+    """
+
+    def __init__(self, config: AsrConfig) -> None:
+        """Load the model.
+
+        Args:
+            config: ASR settings (validated here).
+
+        Raises:
+            ConfigError: a config field is invalid.
+            DependencyError: faster-whisper / ctranslate2 is not installed.
+            BackendError: the model folder is missing or not a CTranslate2 model, a hub
+                name is not in the local cache, or the device is unavailable.
+        """
+        config.validate()
+        self.config = config
+        self.fallback_reason: str | None = None
+        self._lock = threading.Lock()
+        try:
+            import ctranslate2
+            from faster_whisper import WhisperModel
+        except ImportError as e:
+            raise DependencyError(
+                f"the ASR stage needs '{e.name or 'faster_whisper'}', which is not installed: "
+                "pip install faster-whisper"
+            ) from e
+        self.model_path = self._resolve_model()
+        n_cuda = ctranslate2.get_cuda_device_count()
+        if config.device == "cuda":
+            if n_cuda == 0:
+                raise BackendError(
+                    "asr.device 'cuda': CTranslate2 sees no CUDA device (get_cuda_device_count() == 0); "
+                    "its CUDA build needs an NVIDIA driver and CUDA 12 libraries; use device 'cpu'"
+                )
+            if config.device_index >= n_cuda:
+                raise BackendError(
+                    f"asr.device_index {config.device_index}: CTranslate2 sees only {n_cuda} CUDA device(s)"
+                )
+            try:
+                self._model = self._load(WhisperModel, "cuda")
+            except Exception as e:  # CUDA library or memory problems surface here
+                raise BackendError(f"asr: loading {self.model_path} on cuda failed: {e}") from e
+            self.device = "cuda"
+        elif config.device == "auto" and n_cuda > config.device_index:
+            try:
+                self._model = self._load(WhisperModel, "cuda")
+                # Missing CUDA 12 libraries (cuBLAS/cuDNN) often fail only at the first run.
+                self._decode(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))
+                self.device = "cuda"
+            except Exception as e:
+                self.fallback_reason = f"CUDA failed, using CPU: {type(e).__name__}: {e}"
+                self._model = self._load_cpu(WhisperModel)
+                self.device = "cpu"
+        else:
+            if config.device == "auto":
+                self.fallback_reason = (
+                    "CTranslate2 sees no CUDA device"
+                    if n_cuda == 0
+                    else f"device_index {config.device_index} >= the {n_cuda} CUDA device(s) CTranslate2 sees"
+                )
+            self._model = self._load_cpu(WhisperModel)
+            self.device = "cpu"
+        self.is_multilingual = bool(self._model.model.is_multilingual)
+
+    def _resolve_model(self) -> Path:
+        name = str(self.config.model)
+        path = Path(name).expanduser()
+        if path.is_dir():
+            if not _is_ct2_folder(path):
+                raise BackendError(
+                    f"asr.model: {path} is not a CTranslate2 Whisper model (no model.bin/config.json); "
+                    "convert one with ct2-transformers-converter"
+                )
+            if not (path / "tokenizer.json").is_file() and self.config.local_files_only:
+                raise BackendError(
+                    f"asr.model: {path} has no tokenizer.json and downloads are off; convert with "
+                    "--copy_files tokenizer.json preprocessor_config.json or copy it in"
+                )
+            return path
+        if path.exists():
+            raise BackendError(f"asr.model: {path} is a file, not a CTranslate2 model folder")
+        if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+            raise BackendError(f"asr.model: model folder {path} does not exist")
+        from faster_whisper.utils import available_models, download_model
+
+        if name not in available_models() and not _HUB_ID_RE.match(name):
+            raise BackendError(
+                f"asr.model: {name} is not a folder, a faster-whisper size "
+                f"({', '.join(available_models())}) or a hub id"
+            )
+        try:
+            return Path(download_model(name, local_files_only=self.config.local_files_only))
+        except Exception as e:
+            if self.config.local_files_only:
+                raise BackendError(
+                    f"asr.model: {name} is not a local folder and not in the Hugging Face cache "
+                    f"(downloads are off); pre-download it with `python -c \"from faster_whisper "
+                    f"import download_model; download_model('{name}')\"` or pass a CTranslate2 folder"
+                ) from e
+            raise BackendError(f"asr.model: cannot download {name}: {type(e).__name__}: {e}") from e
+
+    def _load(self, model_cls: type, device: str):
+        return model_cls(
+            str(self.model_path),
+            device=device,
+            device_index=self.config.device_index,
+            compute_type=self.config.compute_type,
+            cpu_threads=self.config.cpu_threads,
+            local_files_only=True,
+        )
+
+    def _load_cpu(self, model_cls: type):
+        try:
+            return self._load(model_cls, "cpu")
+        except Exception as e:
+            raise BackendError(f"asr: loading {self.model_path} on cpu failed: {e}") from e
+
+    def _decode(self, audio: np.ndarray) -> tuple[str, str, float, float]:
+        segments, info = self._model.transcribe(
+            audio,
+            language=self.config.language,
+            task="transcribe",
+            beam_size=self.config.beam_size,
+            best_of=1,
+            temperature=0.0,
+            # The guard is applied here, on the whole utterance; faster-whisper's own
+            # check would silently delete segments and their probabilities.
+            no_speech_threshold=None,
+            log_prob_threshold=None,
+            compression_ratio_threshold=None,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+            log_progress=False,
+        )
+        segments = list(segments)
+        text = " ".join(t for t in (s.text.strip() for s in segments) if t)
+        if not segments:
+            return text, info.language, 1.0, 0.0
+        # Speech in any 30 s window means speech; log-probs are averaged per token.
+        no_speech = min(float(s.no_speech_prob) for s in segments)
+        weights = [max(len(s.tokens), 1) for s in segments]
+        avg = sum(w * float(s.avg_logprob) for w, s in zip(weights, segments)) / sum(weights)
+        return text, info.language, no_speech, avg
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcribe one utterance.
+
+        Args:
+            audio: float mono samples at 16 kHz, shape [time].
+
+        Returns:
+            The guarded Transcript.
+
+        Raises:
+            AudioError: the array is not 1-D float audio.
+        """
+        start = time.perf_counter()
+        x = _check_audio(audio)
+        duration_s = x.size / SAMPLE_RATE
+        if x.size == 0:
+            language = self.config.language or "en"
+            text, flagged, reason = apply_guard("", 1.0, 0.0, self.config)
+            reason = "empty audio" if flagged else None
+            return Transcript(text, language, 1.0, 0.0, 0.0, flagged, reason, _ms(start))
+        with self._lock:
+            raw, language, no_speech, avg = self._decode(x)
+        text, flagged, reason = apply_guard(raw, no_speech, avg, self.config)
+        return Transcript(text, language, no_speech, avg, duration_s, flagged, reason, _ms(start))
+
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
+        """Transcribe several utterances (one after another).
+
+        Args:
+            audios: float mono 16 kHz arrays.
+
+        Returns:
+            One Transcript per input, in order.
+        """
+        return [self.transcribe(a) for a in audios]
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

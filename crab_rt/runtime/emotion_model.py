@@ -1,0 +1,117 @@
+"""Bundle + backend -> emotion probabilities, one stage at a time.
+
+The three stages are separate calls so the scheduler can start the speech
+encoder the moment an utterance ends, while ASR still runs, and batch
+utterances from several streams. Features are kept per utterance without
+padding; `classify` pads whatever batch it is given, and the head masks the
+padding, so results do not depend on batch-mates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crab_rt.backends.base import GraphSession
+from crab_rt.backends.select import BackendChoice, load_sessions
+from crab_rt.bundle import Bundle, load_bundle
+from crab_rt.features import pad_waveforms
+from crab_rt.text import TextTokenizer
+
+__all__ = ["EmotionModel", "Features"]
+
+
+@dataclass
+class Features:
+    """One utterance's encoder output: hidden states [T, D] of valid steps only."""
+
+    hidden: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return int(self.hidden.shape[0])
+
+
+def _stack(features: Sequence[Features], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    length = max(1, max(f.length for f in features))
+    hidden = np.zeros((len(features), length, dim), dtype=np.float32)
+    mask = np.zeros((len(features), length), dtype=np.int64)
+    for i, f in enumerate(features):
+        hidden[i, : f.length] = f.hidden
+        mask[i, : f.length] = 1
+    return hidden, mask
+
+
+class EmotionModel:
+    """A loaded bundle on one backend. Shared by all streams; holds no stream state.
+
+    Args:
+        bundle: the loaded bundle.
+        sessions: graph name -> session (see `crab_rt.backends.select.load_sessions`).
+        choice: which backend runs them, for logs.
+    """
+
+    def __init__(self, bundle: Bundle, sessions: dict[str, GraphSession], choice: BackendChoice) -> None:
+        self.bundle = bundle
+        self.sessions = sessions
+        self.choice = choice
+        self.labels = list(bundle.labels)
+        self.uses_speech = "speech_encoder" in sessions
+        self.uses_text = "text_encoder" in sessions
+        self.tokenizer = (
+            TextTokenizer.from_file(bundle.tokenizer_path, bundle.max_text_tokens) if self.uses_text else None
+        )
+        dims = bundle.dims
+        self._speech_dim = dims.get("speech_hidden")
+        self._text_dim = dims.get("text_hidden")
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path | Bundle,
+        backend: str = "auto",
+        gpu: int | None = None,
+        precision: str = "fp32",
+        threads: int = 0,
+    ) -> "EmotionModel":
+        """Load a bundle folder (hashes verified) on `backend`."""
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        sessions, choice = load_sessions(bundle, backend, gpu, precision, threads)
+        return cls(bundle, sessions, choice)
+
+    def encode_speech(self, audios: Sequence[np.ndarray]) -> list[Features]:
+        """Speech encoder on a batch of 16 kHz waveforms (cut at the model's maximum length)."""
+        values, mask = pad_waveforms(audios, self.bundle.normalize_waveform, self.bundle.max_audio_samples)
+        out = self.sessions["speech_encoder"].run({"input_values": values, "attention_mask": mask})
+        lengths = out["frame_mask"].sum(1)
+        return [Features(out["hidden_states"][i, : int(n)].astype(np.float32, copy=False)) for i, n in enumerate(lengths)]
+
+    def encode_text(self, texts: Sequence[str]) -> list[Features]:
+        """Text encoder on a batch of transcripts (empty text is just `<s></s>`)."""
+        ids, mask = self.tokenizer.encode_batch(list(texts))
+        out = self.sessions["text_encoder"].run({"input_ids": ids, "attention_mask": mask})
+        lengths = mask.sum(1)
+        return [Features(out["hidden_states"][i, : int(n)].astype(np.float32, copy=False)) for i, n in enumerate(lengths)]
+
+    def classify(self, speech: Sequence[Features] | None, text: Sequence[Features] | None) -> np.ndarray:
+        """Head on a batch; returns probabilities [B, C] in `labels` order."""
+        inputs = {}
+        if self.uses_speech:
+            inputs["speech_hidden"], inputs["speech_mask"] = _stack(speech, self._speech_dim or speech[0].hidden.shape[1])
+        if self.uses_text:
+            inputs["text_hidden"], inputs["text_mask"] = _stack(text, self._text_dim or text[0].hidden.shape[1])
+        return self.sessions["head"].run(inputs)["probabilities"]
+
+    def predict(self, audios: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+        """All three stages at once: probabilities [B, C]."""
+        speech = self.encode_speech(audios) if self.uses_speech else None
+        text = self.encode_text(texts) if self.uses_text else None
+        return self.classify(speech, text)
+
+    def close(self) -> None:
+        for s in self.sessions.values():
+            s.close()

@@ -1,0 +1,405 @@
+"""Audio sources: files, raw PCM streams and microphones, as float32 mono 16 kHz chunks.
+
+Every source is an iterable of 1-D float32 chunks at 16 kHz (`sample_rate` is
+always 16000), has `close()` and is a context manager. Chunks are about
+`chunk_ms` long (the last may be shorter; a resampler's first outputs may be
+shorter too). PyAudio is imported only by the microphone functions.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import numpy as np
+
+from crab_rt.audio import SAMPLE_RATE, load_audio
+from crab_rt.errors import AudioError, ConfigError, DependencyError, missing_dependency
+
+__all__ = [
+    "AudioSource",
+    "FileSource",
+    "PcmStreamSource",
+    "MicrophoneSource",
+    "list_input_devices",
+]
+
+_DEVICES_HINT = "run 'crab-rt devices' to list input devices"
+
+
+def _chunk_samples(chunk_ms: float, rate: int) -> int:
+    if not 1.0 <= chunk_ms <= 10_000.0:
+        raise ConfigError(f"chunk_ms = {chunk_ms!r} is out of range: must be in [1, 10000]")
+    return max(1, int(round(chunk_ms * rate / 1000.0)))
+
+
+def _int16_to_float(data: bytes, channels: int) -> np.ndarray:
+    x = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        x = x.reshape(-1, channels).mean(axis=1)
+    return x
+
+
+class _Resampler:
+    """Streaming soxr resampler to 16 kHz (identity when already 16 kHz)."""
+
+    def __init__(self, in_rate: int) -> None:
+        self.in_rate = in_rate
+        self._stream = None
+        if in_rate != SAMPLE_RATE:
+            import soxr
+
+            self._stream = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+
+    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return x
+        return np.asarray(self._stream.resample_chunk(x, last=last), dtype=np.float32).reshape(-1)
+
+
+class AudioSource:
+    """Base class: iterate float32 16 kHz mono chunks; `close()`; context manager."""
+
+    sample_rate: int = SAMPLE_RATE
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the source; idempotent."""
+
+    def __enter__(self) -> "AudioSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileSource(AudioSource):
+    """Chunks of an audio or video file (decoded whole on construction).
+
+    Args:
+        path: WAV, FLAC, MP3, MP4, ... (see `crab_rt.audio.load_audio`).
+        chunk_ms: chunk length in milliseconds.
+        realtime: pace chunks at 1x wall clock (a chunk is yielded once its
+            last sample would have been recorded), to simulate a live source.
+
+    Raises:
+        AudioError: the file is missing, corrupt or empty.
+        ConfigError: chunk_ms is out of range.
+    """
+
+    def __init__(self, path: str | Path, chunk_ms: float = 32.0, realtime: bool = False) -> None:
+        self.path = Path(path)
+        self.chunk_samples = _chunk_samples(chunk_ms, SAMPLE_RATE)
+        self.realtime = realtime
+        self.audio = load_audio(self.path)
+        self._closed = False
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the decoded file in seconds."""
+        return self.audio.size / SAMPLE_RATE
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        t0 = time.perf_counter()
+        for start in range(0, self.audio.size, self.chunk_samples):
+            if self._closed:
+                return
+            chunk = self.audio[start : start + self.chunk_samples]
+            if self.realtime:
+                delay = t0 + (start + chunk.size) / SAMPLE_RATE - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            yield chunk
+
+    def close(self) -> None:
+        """Stop iteration at the next chunk."""
+        self._closed = True
+
+
+class PcmStreamSource(AudioSource):
+    """Raw signed 16-bit little-endian PCM from a binary stream (e.g. `sys.stdin.buffer`).
+
+    Interleaved channels are averaged; other rates are resampled to 16 kHz with
+    a streaming soxr resampler. If the stream ends inside a sample frame, the
+    leftover bytes are counted in `trailing_bytes` and a `RuntimeWarning` says so.
+
+    Args:
+        stream: binary file object with `read(n)`.
+        sample_rate: input rate in Hz.
+        sample_width: bytes per sample; only 2 (s16le) is supported.
+        channels: interleaved input channels.
+        chunk_ms: input read size in milliseconds.
+        name: how messages refer to the stream.
+
+    Raises:
+        AudioError: unsupported sample width, rate or channel count.
+        ConfigError: chunk_ms is out of range.
+    """
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        sample_rate: int,
+        sample_width: int = 2,
+        channels: int = 1,
+        chunk_ms: float = 32.0,
+        name: str = "PCM stream",
+    ) -> None:
+        if sample_width != 2:
+            raise AudioError(
+                f"{name}: sample width {sample_width!r} bytes is not supported: only 2 (signed 16-bit little-endian PCM)"
+            )
+        if not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384_000:
+            raise AudioError(f"{name}: sample rate {sample_rate!r} Hz is out of range: must be an integer in [1000, 384000]")
+        if not isinstance(channels, int) or not 1 <= channels <= 32:
+            raise AudioError(f"{name}: channels = {channels!r} is out of range: must be in [1, 32]")
+        self.stream = stream
+        self.name = name
+        self.input_rate = sample_rate
+        self.channels = channels
+        self.sample_width = sample_width
+        self._frame_bytes = channels * sample_width
+        self._read_bytes = _chunk_samples(chunk_ms, sample_rate) * self._frame_bytes
+        self.trailing_bytes = 0
+        self._closed = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        resample = _Resampler(self.input_rate)
+        pending = b""
+        while not self._closed:
+            data = self.stream.read(self._read_bytes)
+            if not data:
+                break
+            pending += data
+            usable = len(pending) - len(pending) % self._frame_bytes
+            if usable == 0:
+                continue
+            raw, pending = pending[:usable], pending[usable:]
+            out = resample(_int16_to_float(raw, self.channels))
+            if out.size:
+                yield out
+        tail = resample(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+        if pending:
+            self.trailing_bytes = len(pending)
+            warnings.warn(
+                f"{self.name}: input ended with {len(pending)} trailing byte(s) that do not form a whole "
+                f"{self.sample_width * 8}-bit x {self.channels}-channel sample frame; they were ignored",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def close(self) -> None:
+        """Stop reading (the underlying stream is left open: the caller owns it)."""
+        self._closed = True
+
+
+# -- microphone ---------------------------------------------------------------
+
+
+def _import_pyaudio() -> Any:
+    try:
+        import pyaudio
+    except (ImportError, OSError) as e:
+        base = missing_dependency("pyaudio", "mic")
+        raise DependencyError(
+            f"{base}; PyAudio also needs the PortAudio library from the system "
+            "(apt-get install portaudio19-dev, or brew install portaudio)"
+        ) from e
+    return pyaudio
+
+
+def _device_row(info: dict, default_index: int | None) -> dict:
+    return {
+        "index": int(info["index"]),
+        "name": str(info["name"]),
+        "default_sample_rate": float(info["defaultSampleRate"]),
+        "max_input_channels": int(info["maxInputChannels"]),
+        "is_default": int(info["index"]) == default_index,
+    }
+
+
+def _default_input_index(pa: Any) -> int | None:
+    try:
+        return int(pa.get_default_input_device_info()["index"])
+    except (IOError, OSError, KeyError):
+        return None
+
+
+def _input_devices(pa: Any) -> list[dict]:
+    default = _default_input_index(pa)
+    rows = []
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        if int(info.get("maxInputChannels", 0)) > 0:
+            rows.append(_device_row(info, default))
+    return rows
+
+
+def list_input_devices() -> list[dict]:
+    """The audio input devices PortAudio sees.
+
+    Returns:
+        One dict per device: index, name, default_sample_rate (Hz),
+        max_input_channels, is_default.
+
+    Raises:
+        DependencyError: PyAudio or PortAudio is missing.
+    """
+    pyaudio = _import_pyaudio()
+    pa = pyaudio.PyAudio()
+    try:
+        return _input_devices(pa)
+    finally:
+        pa.terminate()
+
+
+def _resolve_device(pa: Any, device: int | str | None) -> dict:
+    devices = _input_devices(pa)
+    if not devices:
+        raise AudioError(f"no audio input device found; {_DEVICES_HINT}")
+    if device is None:
+        default = [d for d in devices if d["is_default"]]
+        if not default:
+            raise AudioError(f"no default audio input device; pass a device index or name ({_DEVICES_HINT})")
+        return default[0]
+    if isinstance(device, str) and device.strip().isdigit():
+        device = int(device.strip())
+    if isinstance(device, int):
+        for d in devices:
+            if d["index"] == device:
+                return d
+        raise AudioError(f"audio input device {device} not found; {_DEVICES_HINT}")
+    wanted = device.strip().lower()
+    exact = [d for d in devices if d["name"].lower() == wanted]
+    if exact:
+        return exact[0]
+    partial = [d for d in devices if wanted in d["name"].lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if not partial:
+        raise AudioError(f"no audio input device named {device!r}; {_DEVICES_HINT}")
+    names = ", ".join(f"{d['index']}: {d['name']}" for d in partial)
+    raise AudioError(f"audio input device name {device!r} is ambiguous ({names}); pass the index")
+
+
+class MicrophoneSource(AudioSource):
+    """Live microphone capture through PyAudio (PortAudio).
+
+    The PortAudio callback thread puts raw chunks on a bounded queue; when the
+    consumer falls behind, the oldest chunk is dropped and `dropped_chunks`
+    counts it, so memory and latency stay bounded. If the device cannot record
+    at `sample_rate_hz`, it is opened at its default rate and resampled.
+
+    Args:
+        device: input device index, name (or unique part of it), or None for the default.
+        sample_rate_hz: rate to ask the device for.
+        chunk_ms: capture chunk length in milliseconds.
+        max_queue_chunks: chunks buffered before dropping (default: about 2 s).
+
+    Raises:
+        DependencyError: PyAudio or PortAudio is missing.
+        AudioError: the device is unknown or cannot be opened.
+    """
+
+    def __init__(
+        self,
+        device: int | str | None = None,
+        sample_rate_hz: int = SAMPLE_RATE,
+        chunk_ms: float = 32.0,
+        max_queue_chunks: int | None = None,
+    ) -> None:
+        pyaudio = _import_pyaudio()
+        self._closed = False
+        self._stream = None
+        self.dropped_chunks = 0
+        self._pa = pyaudio.PyAudio()
+        try:
+            self.device = _resolve_device(self._pa, device)
+            rate = int(sample_rate_hz)
+            try:
+                self._pa.is_format_supported(
+                    rate, input_device=self.device["index"], input_channels=1, input_format=pyaudio.paInt16
+                )
+            except ValueError:
+                rate = int(round(self.device["default_sample_rate"]))
+            self.input_rate = rate
+            self.chunk_samples = _chunk_samples(chunk_ms, rate)
+            if max_queue_chunks is None:
+                max_queue_chunks = max(4, int(2000.0 / chunk_ms))
+            self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue_chunks)
+            self._lock = threading.Lock()
+            self._continue = pyaudio.paContinue
+            try:
+                self._stream = self._pa.open(
+                    format=pyaudio.paInt16,
+                    channels=1,
+                    rate=rate,
+                    input=True,
+                    input_device_index=self.device["index"],
+                    frames_per_buffer=self.chunk_samples,
+                    stream_callback=self._callback,
+                )
+            except (IOError, OSError, ValueError) as e:
+                raise AudioError(
+                    f"cannot open audio input device {self.device['index']} ({self.device['name']}) at {rate} Hz: {e}; "
+                    f"{_DEVICES_HINT}"
+                ) from e
+        except BaseException:
+            self.close()
+            raise
+
+    def _callback(self, in_data: bytes | None, frame_count: int, time_info: Any, status: int) -> tuple[None, int]:
+        if in_data:
+            with self._lock:
+                try:
+                    self._queue.put_nowait(in_data)
+                except queue.Full:
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+                    self.dropped_chunks += 1
+                    self._queue.put_nowait(in_data)
+        return None, self._continue
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        resample = _Resampler(self.input_rate)
+        while not self._closed:
+            try:
+                data = self._queue.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if data is None:
+                break
+            out = resample(_int16_to_float(data, 1))
+            if out.size:
+                yield out
+
+    def close(self) -> None:
+        """Stop and close the stream and PortAudio; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop_stream()
+            finally:
+                stream.close()
+        pa, self._pa = getattr(self, "_pa", None), None
+        if pa is not None:
+            pa.terminate()
+        q = getattr(self, "_queue", None)
+        if q is not None:
+            try:
+                q.put_nowait(None)
+            except queue.Full:
+                pass

@@ -1,0 +1,238 @@
+"""Checkpoint -> model bundle: graphs, parity, fp16 variant, manifest, atomic write.
+
+The bundle is built in a temporary sibling folder and renamed into place only
+when every step (export, op check, parity, fp16 parity) passed, so a failed
+export leaves no half bundle. See `crab_rt.bundle` for the reader and the
+manifest's fields.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from crab_rt.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, sha256_file
+from crab_rt.errors import BundleError, ConfigError
+
+__all__ = ["ExportOptions", "export_bundle", "shape_ranges"]
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export a checkpoint.
+
+    Attributes:
+        precision: "fp32", or "fp16" to also write fp16 graphs (fp32 are always written).
+        opset: ONNX opset (>= 17, for LayerNormalization).
+        parity: run the torch vs ONNX Runtime parity check (strongly recommended).
+        tolerance: largest max abs error allowed on any output in the parity check.
+        fp16_tolerance: largest max abs error allowed on probabilities, fp16 vs fp32.
+        asr_model: faster-whisper model name or folder to record for the runtime, or None.
+        max_batch: largest batch in the recorded shape ranges (TensorRT profiles).
+    """
+
+    precision: str = "fp32"
+    opset: int = 17
+    parity: bool = True
+    tolerance: float = 1e-4
+    fp16_tolerance: float = 1e-2
+    asr_model: str | None = None
+    max_batch: int = 8
+
+    def validate(self) -> "ExportOptions":
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 17 <= self.opset <= 21:
+            raise ConfigError(f"opset must be in [17, 21], got {self.opset}")
+        for name in ("tolerance", "fp16_tolerance"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ConfigError(f"{name} must be in (0, 1], got {value}")
+        if not 1 <= self.max_batch <= 256:
+            raise ConfigError(f"max_batch must be in [1, 256], got {self.max_batch}")
+        return self
+
+
+def shape_ranges(model, max_audio_s: float, max_text_tokens: int, max_batch: int = 8) -> dict:
+    """min/opt/max of each dynamic axis (for TensorRT optimisation profiles).
+
+    Speech frames are computed from the sample counts by the encoder's own
+    length formula.
+    """
+    from crab_rt.features import MIN_SAMPLES
+
+    max_samples = int(round(max_audio_s * SAMPLE_RATE))
+    samples = {"min": MIN_SAMPLES, "opt": min(64000, max_samples), "max": max_samples}
+    ranges = {
+        "batch": {"min": 1, "opt": 1, "max": max_batch},
+        "audio_samples": samples,
+        "text_tokens": {"min": 1, "opt": min(32, max_text_tokens), "max": max_text_tokens},
+    }
+    if model.speech_encoder is not None:
+        import torch
+
+        frames = model.speech_encoder.frame_lengths(torch.tensor([samples["min"], samples["opt"], samples["max"]]))
+        ranges["speech_frames"] = dict(zip(("min", "opt", "max"), (int(f) for f in frames)))
+    return ranges
+
+
+def _model_only_payload(payload: dict) -> dict:
+    keys = ("format", "crab_rt_version", "architecture", "model_settings", "tokenizer_json", "model_state")
+    return {k: payload[k] for k in keys if k in payload}
+
+
+def _graph_entry(path: Path) -> dict:
+    from crab_rt.export.onnx_export import graph_io, graph_ops
+
+    io = graph_io(path)
+    return {"file": path.name, "sha256": sha256_file(path), **io, "ops": graph_ops(path)}
+
+
+def _place(tmp: Path, out: Path) -> None:
+    """Move the finished temp folder to `out`, replacing an older bundle there."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.replace(old / out.name)
+        tmp.replace(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.replace(out)
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    options: ExportOptions = ExportOptions(),
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Export a checkpoint to a bundle folder.
+
+    Args:
+        checkpoint: a crab-rt checkpoint (best.pt / last.pt).
+        out: the bundle folder to create (an existing bundle there is replaced).
+        options: see `ExportOptions`.
+        log: called with one line per step; None for silence.
+
+    Returns:
+        the bundle folder.
+
+    Raises:
+        ConfigError: unreadable checkpoint or bad options.
+        BundleError: `out` is a non-empty folder that is not a bundle, a graph uses an op
+            TensorRT handles badly, or parity exceeds its tolerance.
+    """
+    import torch
+
+    from crab_rt import __version__
+    from crab_rt.export.fp16 import convert_to_fp16
+    from crab_rt.export.onnx_export import check_graph_ops, export_graphs, graph_names
+    from crab_rt.export.parity import check_fp16_parity, check_parity
+    from crab_rt.train.checkpoint import load_model
+
+    options.validate()
+    say = log or (lambda line: None)
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file())):
+        raise BundleError(f"{out}: exists and is not a crab-rt bundle; choose another --out")
+    say(f"loading checkpoint {checkpoint}...")
+    model, tokenizer, payload = load_model(checkpoint)
+    settings = payload["model_settings"]
+    max_audio_s, max_text_tokens = float(settings["max_audio_s"]), int(settings["max_text_tokens"])
+    modality = model.head.config.modality
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        graphs = export_graphs(model, tmp, options.opset, log=say)
+        if set(graphs) != set(graph_names(modality)):
+            raise BundleError(f"exported graphs {sorted(graphs)} do not match modality {modality}")
+        entries: dict[str, dict] = {}
+        for name, path in graphs.items():
+            entries[name] = {"fp32": _graph_entry(path)}
+            check_graph_ops(name, entries[name]["fp32"]["ops"])
+        parity: dict[str, float] | None = None
+        if options.parity:
+            say(f"parity (ONNX Runtime CPU vs torch, tolerance {options.tolerance:g})...")
+            parity = check_parity(model, graphs, max_text_tokens, options.tolerance)
+            for name, err in parity.items():
+                say(f"  {name:<15} max err {err:.1e} OK")
+        else:
+            say("parity check skipped (--no-parity)")
+
+        fp16_parity = None
+        if options.precision == "fp16":
+            fp16_graphs = {}
+            for name, path in graphs.items():
+                say(f"converting {name} to fp16...")
+                fp16_graphs[name] = convert_to_fp16(path, tmp / f"{name}.fp16.onnx")
+                entries[name]["fp16"] = _graph_entry(fp16_graphs[name])
+            if options.parity:
+                say(f"fp16 parity (probabilities vs fp32, tolerance {options.fp16_tolerance:g})...")
+                vocab, pad_id = 2, 0
+                if model.text_encoder is not None:
+                    cfg = model.text_encoder.model.config
+                    vocab, pad_id = int(cfg.vocab_size), int(getattr(cfg, "pad_token_id", 0) or 0)
+                fp16_parity = check_fp16_parity(
+                    graphs, fp16_graphs, modality, vocab, pad_id, max_text_tokens,
+                    model.normalize_waveform, options.fp16_tolerance,
+                )
+                say(f"  probabilities max err {fp16_parity['probabilities']:.1e} OK")
+
+        say("writing tokenizer, torch weights and manifest...")
+        tokenizer_entry = None
+        if tokenizer is not None and modality != "speech":
+            tok_path = tokenizer.save(tmp / "tokenizer.json")
+            tokenizer_entry = {"file": tok_path.name, "sha256": sha256_file(tok_path)}
+        torch_path = tmp / "model.pt"
+        torch.save(_model_only_payload(payload), torch_path)
+
+        dims = {
+            "speech_hidden": None if model.speech_encoder is None else model.speech_encoder.hidden_size,
+            "text_hidden": None if model.text_encoder is None else model.text_encoder.hidden_size,
+        }
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "labels": list(model.labels),
+            "sample_rate": SAMPLE_RATE,
+            "normalize_waveform": bool(model.normalize_waveform),
+            "max_audio_s": max_audio_s,
+            "max_text_tokens": max_text_tokens,
+            "modality": modality,
+            "dims": dims,
+            "graphs": entries,
+            "shape_ranges": shape_ranges(model, max_audio_s, max_text_tokens, options.max_batch),
+            "tokenizer": tokenizer_entry,
+            "torch": {"file": torch_path.name, "sha256": sha256_file(torch_path)},
+            "asr": {"model": options.asr_model},
+            "provenance": {
+                "checkpoint": str(checkpoint.resolve()),
+                "checkpoint_sha256": sha256_file(checkpoint),
+                "crab_rt_version": __version__,
+                "torch_version": torch.__version__,
+                "onnx_opset": options.opset,
+                "exporter": "torch.onnx legacy (dynamo=False)",
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "parity": parity,
+                "fp16_parity": fp16_parity,
+                "tolerance": options.tolerance if options.parity else None,
+                "fp16_tolerance": options.fp16_tolerance if fp16_parity is not None else None,
+            },
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    built = ", ".join(f"{n}.onnx" for n in graphs) + (" (+ fp16)" if options.precision == "fp16" else "")
+    say(f"bundle {out}: {len(model.labels)} labels, modality {modality}, {built}, {size_mb:.1f} MB")
+    return out

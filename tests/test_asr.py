@@ -1,0 +1,314 @@
+"""ASR stage (crab_rt.runtime.asr) and the offline tiny Whisper (crab_rt.export.tiny_asr)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crab_rt.errors import AudioError, BackendError, ConfigError, DependencyError
+from crab_rt.runtime.asr import AsrConfig, Transcriber, Transcript, apply_guard
+
+SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny random Whisper, built once for this module (a few seconds)."""
+    for module in ("torch", "transformers", "ctranslate2", "faster_whisper"):
+        pytest.importorskip(module)
+    from crab_rt.export.tiny_asr import build_tiny_whisper
+
+    return build_tiny_whisper(tmp_path_factory.mktemp("asr") / "tiny-whisper", seed=0)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No Hugging Face downloads and no Python-level network connections."""
+    import faster_whisper.transcribe
+    import faster_whisper.utils
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("network access attempted in an offline test")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(faster_whisper.utils, "download_model", refuse)
+    monkeypatch.setattr(faster_whisper.transcribe, "download_model", refuse)
+
+
+@pytest.fixture
+def transcriber(tiny_model, offline) -> Transcriber:
+    return Transcriber(AsrConfig(model=str(tiny_model), device="cpu", compute_type="int8"))
+
+
+def _noise(seconds: float, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def _tone(seconds: float, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+# --- the tiny model ---------------------------------------------------------------
+
+
+def test_tiny_model_folder_is_an_english_only_ct2_whisper(tiny_model):
+    from crab_rt.export.tiny_asr import _WORDS, is_tiny_whisper
+
+    for name in ("model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"):
+        assert (tiny_model / name).is_file(), name
+    assert is_tiny_whisper(tiny_model, seed=0)
+    assert not is_tiny_whisper(tiny_model, seed=1)
+
+    vocab = json.loads((tiny_model / "vocabulary.json").read_text())
+    assert len(vocab) < 51865  # English-only
+    eot = vocab.index("<|endoftext|>")
+    assert vocab[eot : eot + 3] == ["<|endoftext|>", "<|startoftranscript|>", "<|translate|>"]
+    assert vocab[eot + 7] == "<|notimestamps|>"
+    assert vocab[eot + 8] == "<|0.00|>" and vocab[-1] == "<|30.00|>"
+    assert len(vocab) - (eot + 8) == 1501
+    assert "\u0120great" in vocab[:eot] and "\u0120sad" in vocab[:eot]
+    assert {"great", "angry", "sad", "meeting", "okay"} <= set(_WORDS)
+
+    features = json.loads((tiny_model / "preprocessor_config.json").read_text())
+    assert features["feature_size"] == 80 and features["sampling_rate"] == SR
+
+
+def test_build_is_idempotent(tiny_model):
+    from crab_rt.export.tiny_asr import build_tiny_whisper
+
+    mtime = (tiny_model / "model.bin").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert build_tiny_whisper(tiny_model, seed=0) == tiny_model
+    assert time.perf_counter() - start < 0.5
+    assert (tiny_model / "model.bin").stat().st_mtime_ns == mtime
+
+
+def test_build_refuses_a_foreign_non_empty_folder(tmp_path):
+    from crab_rt.export.tiny_asr import build_tiny_whisper
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"not empty and holds no tiny ASR build"):
+        build_tiny_whisper(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_module_entry_point_prints_the_folder(tiny_model):
+    proc = subprocess.run(
+        [sys.executable, "-m", "crab_rt.export.tiny_asr", "--out", str(tiny_model), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tiny_model)
+
+
+def test_module_entry_point_reports_a_bad_folder(tmp_path, capsys):
+    from crab_rt.export.tiny_asr import main
+
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"x")
+    assert main(["--out", str(target), "--quiet"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+# --- transcription ---------------------------------------------------------------
+
+
+def test_transcribes_offline_with_sane_fields(transcriber):
+    from crab_rt.export.tiny_asr import _WORDS
+
+    assert transcriber.device == "cpu"
+    assert transcriber.is_multilingual is False
+    result = transcriber.transcribe(_noise(1.0))
+    assert isinstance(result, Transcript)
+    words = result.text.split()
+    assert 3 <= len(words) <= 12, result.text  # the tiny model stops after ~8 tokens
+    assert set(words) <= set(_WORDS)
+    assert result.language == "en"
+    assert 0.0 <= result.no_speech_prob <= 1.0
+    assert -20.0 < result.avg_logprob < 0.0
+    assert result.duration_s == pytest.approx(1.0)
+    assert result.flagged is False and result.reason is None
+    assert result.elapsed_ms > 0.0
+
+
+def test_float64_input_and_float32_compute(tiny_model, offline):
+    tr = Transcriber(AsrConfig(model=str(tiny_model), device="cpu", compute_type="float32", cpu_threads=1))
+    result = tr.transcribe(_tone(0.5).astype(np.float64))
+    assert result.text and result.duration_s == pytest.approx(0.5)
+
+
+def test_empty_audio_skips_the_model(transcriber, monkeypatch):
+    def fail(audio):
+        raise AssertionError("the model must not run on empty audio")
+
+    monkeypatch.setattr(transcriber, "_decode", fail)
+    result = transcriber.transcribe(np.zeros(0, dtype=np.float32))
+    assert result.text == "" and result.duration_s == 0.0
+    assert result.no_speech_prob == 1.0
+    assert result.flagged is True and result.reason == "empty audio"
+
+
+def test_transcribe_batch_keeps_order(transcriber):
+    results = transcriber.transcribe_batch([_noise(1.0), np.zeros(0, np.float32), _tone(2.0)])
+    assert [r.duration_s for r in results] == pytest.approx([1.0, 0.0, 2.0])
+    assert results[0].text and results[1].text == "" and results[2].text
+
+
+def test_bad_audio_shape_and_dtype(transcriber):
+    with pytest.raises(AudioError, match=r"shape \[time\], got shape \(2, 100\)"):
+        transcriber.transcribe(np.zeros((2, 100), np.float32))
+    with pytest.raises(AudioError, match=r"got dtype int16"):
+        transcriber.transcribe(np.zeros(100, np.int16))
+
+
+@pytest.mark.parametrize("guard", ["drop", "flag", "off"])
+def test_guard_end_to_end(tiny_model, offline, guard):
+    # The tiny model's avg_logprob is about -5 and its no_speech_prob about 1e-4:
+    # a no-speech threshold of 0 makes Whisper's rule fire.
+    cfg = AsrConfig(
+        model=str(tiny_model), device="cpu", compute_type="int8", guard=guard, no_speech_threshold=0.0
+    )
+    result = Transcriber(cfg).transcribe(_noise(1.0))
+    if guard == "drop":
+        assert result.text == "" and result.flagged and "no speech" in result.reason
+    elif guard == "flag":
+        assert result.text and result.flagged and "no speech" in result.reason
+    else:
+        assert result.text and not result.flagged and result.reason is None
+
+
+# --- the guard rule ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("guard", "text", "no_speech", "logprob", "expected"),
+    [
+        ("drop", "hello there", 0.9, -1.5, ("", True)),
+        ("flag", "hello there", 0.9, -1.5, ("hello there", True)),
+        ("off", "hello there", 0.9, -1.5, ("hello there", False)),
+        ("drop", "hello there", 0.9, -0.5, ("hello there", False)),  # confident text wins
+        ("drop", "hello there", 0.5, -2.0, ("hello there", False)),  # speech is likely
+        ("drop", "hello there", 0.6, -2.0, ("hello there", False)),  # strictly above threshold
+        ("drop", "  ", 0.0, -0.1, ("", True)),
+        ("flag", "  ", 0.0, -0.1, ("  ", True)),
+        ("off", "", 0.99, -3.0, ("", False)),
+    ],
+)
+def test_apply_guard(guard, text, no_speech, logprob, expected):
+    cfg = AsrConfig(guard=guard)
+    kept, flagged, reason = apply_guard(text, no_speech, logprob, cfg)
+    assert (kept, flagged) == expected
+    assert (reason is not None) == flagged
+
+
+def test_guard_reason_names_the_numbers():
+    _, _, reason = apply_guard("hi", 0.83, -1.42, AsrConfig())
+    assert reason == "no speech: no_speech_prob 0.83 > 0.6 and avg_logprob -1.42 < -1.0"
+    assert apply_guard("", 0.0, 0.0, AsrConfig())[2] == "empty text"
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(BackendError, match=rf"model folder {missing} does not exist"):
+        Transcriber(AsrConfig(model=str(missing), device="cpu"))
+
+
+def test_folder_that_is_not_ct2(tmp_path):
+    (tmp_path / "weights.pt").write_bytes(b"x")
+    with pytest.raises(BackendError, match=rf"{tmp_path} is not a CTranslate2 Whisper model"):
+        Transcriber(AsrConfig(model=str(tmp_path), device="cpu"))
+
+
+def test_folder_without_tokenizer_does_not_download(tiny_model, tmp_path, offline):
+    for name in ("model.bin", "config.json", "vocabulary.json"):
+        (tmp_path / name).write_bytes((tiny_model / name).read_bytes())
+    with pytest.raises(BackendError, match=r"no tokenizer.json and downloads are off"):
+        Transcriber(AsrConfig(model=str(tmp_path), device="cpu"))
+
+
+def test_uncached_hub_model_is_a_clear_error():
+    pytest.importorskip("faster_whisper")
+    with pytest.raises(BackendError, match=r"not in the Hugging Face cache .*download_model\("):
+        Transcriber(AsrConfig(model="crab-rt-tests/no-such-whisper", device="cpu"))
+
+
+def test_unknown_size_name():
+    pytest.importorskip("faster_whisper")
+    with pytest.raises(BackendError, match=r"smal\.en is not a folder, a faster-whisper size \(tiny\.en"):
+        Transcriber(AsrConfig(model="smal.en", device="cpu"))
+
+
+def test_cuda_without_cuda_is_a_backend_error(tiny_model):
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("CTranslate2 sees a CUDA device here")
+    with pytest.raises(BackendError, match=r"'cuda': CTranslate2 sees no CUDA device"):
+        Transcriber(AsrConfig(model=str(tiny_model), device="cuda"))
+    auto = Transcriber(AsrConfig(model=str(tiny_model), device="auto", compute_type="int8"))
+    assert auto.device == "cpu" and "no CUDA device" in auto.fallback_reason
+
+
+def test_missing_faster_whisper_is_a_dependency_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "faster_whisper", None)
+    with pytest.raises(DependencyError, match=r"needs 'faster_whisper'.*pip install faster-whisper"):
+        Transcriber(AsrConfig(model=str(tmp_path), device="cpu"))
+
+
+# --- config ----------------------------------------------------------------------
+
+
+def test_default_config_is_valid_and_frozen():
+    cfg = AsrConfig()
+    cfg.validate()
+    assert (cfg.model, cfg.device, cfg.beam_size, cfg.guard, cfg.local_files_only) == (
+        "small.en",
+        "auto",
+        1,
+        "drop",
+        True,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.guard = "off"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("model", "", r"asr\.model: '' must be"),
+        ("device", "gpu", r"asr\.device: 'gpu' is not one of auto, cpu, cuda"),
+        ("device_index", -1, r"asr\.device_index: -1 must be an integer >= 0"),
+        ("compute_type", "fp16", r"asr\.compute_type: 'fp16' is not one of default"),
+        ("language", "english", r"asr\.language: 'english' must be a 2-3 letter"),
+        ("beam_size", 0, r"asr\.beam_size: 0 must be an integer in \[1, 16\]"),
+        ("no_speech_threshold", 1.5, r"asr\.no_speech_threshold: 1\.5 must be a number in \[0, 1\]"),
+        ("log_prob_threshold", 0.5, r"asr\.log_prob_threshold: 0\.5 must be a finite number <= 0"),
+        ("log_prob_threshold", float("nan"), r"asr\.log_prob_threshold: nan"),
+        ("guard", "hide", r"asr\.guard: 'hide' is not one of drop, flag, off"),
+        ("cpu_threads", -2, r"asr\.cpu_threads: -2 must be an integer >= 0"),
+        ("local_files_only", "yes", r"asr\.local_files_only: 'yes' must be true or false"),
+    ],
+)
+def test_config_validation_messages(field, value, message):
+    cfg = dataclasses.replace(AsrConfig(), **{field: value})
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
+    with pytest.raises(ConfigError, match=message):
+        Transcriber(cfg)
