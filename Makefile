@@ -27,6 +27,10 @@ demo: install
 	$(BIN)/crab-rt synth --out $(DEMO)/synthetic --num 480 --seed 0 --conversation $(DEMO)/conversation.wav --quiet
 	$(BIN)/crab-rt train --recipe synthetic --manifest $(DEMO)/synthetic/manifest.csv --out $(DEMO)/run --no-progress
 	$(BIN)/crab-rt evaluate --checkpoint $(DEMO)/run/best.pt --manifest $(DEMO)/synthetic/manifest.csv --split test
+	$(BIN)/python -m crab_rt.export.tiny_asr --out $(DEMO)/tiny-asr --quiet
+	$(BIN)/crab-rt export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/bundle --asr $(DEMO)/tiny-asr
+	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input $(DEMO)/conversation.wav --format pretty
+	@echo "ground truth of the synthetic conversation: $(DEMO)/conversation.json"
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             interrupted = True
         stream.flush()
         stream.wait()
+        pipeline.check()
         summary = run_summary(pipeline.latencies, stream.samples_accepted / 16000,
                               time.perf_counter() - started, stream.dropped_utterances)
     if out is not sys.stdout:

@@ -235,6 +235,7 @@ class Pipeline:
         self._ids = itertools.count()
         self._closed = False
         self._lock = threading.Lock()
+        self.error: BaseException | None = None  # first worker failure; raised by `check()`
         self.latencies: list[dict[str, float]] = []
         self.started = time.perf_counter()
         self._workers = [
@@ -270,6 +271,8 @@ class Pipeline:
 
     def _part_done(self, job: _Job) -> None:
         with job.lock:
+            if job.parts_left < 0:  # abandoned after an error in the other branch
+                return
             job.parts_left -= 1
             ready = job.parts_left == 0
         if ready:
@@ -293,44 +296,72 @@ class Pipeline:
             batch.append(item)
         return batch
 
+    def _guarded(self, batch: list[_Job], work: Callable[[list[_Job]], None]) -> None:
+        """Run a worker step; on error, fail its jobs instead of hanging their streams."""
+        try:
+            work(batch)
+        except BaseException as e:  # noqa: BLE001 - reported to the caller through the pipeline
+            with self._lock:
+                if self.error is None:
+                    self.error = e
+            for job in batch:
+                self._abandon(job)
+
+    def _abandon(self, job: _Job) -> None:
+        with job.lock:
+            if job.parts_left < 0:
+                return
+            job.parts_left = -1
+        self._admission.release()
+        job.stream._add_pending(-1)
+
     def _speech_worker(self) -> None:
         while (batch := self._take_batch(self._speech_q, self.config.max_batch)) is not None:
-            start = time.perf_counter()
-            for job in batch:
-                job.ms["queue_wait"] += (start - job.submitted) * 1000
-            features = self.model.encode_speech([job.utt.audio for job in batch])
-            elapsed = (time.perf_counter() - start) * 1000
-            for job, f in zip(batch, features):
-                job.speech, job.ms["speech_encoder"] = f, elapsed
-                self._part_done(job)
+            self._guarded(batch, self._speech_step)
+
+    def _speech_step(self, batch: list[_Job]) -> None:
+        start = time.perf_counter()
+        for job in batch:
+            job.ms["queue_wait"] += (start - job.submitted) * 1000
+        features = self.model.encode_speech([job.utt.audio for job in batch])
+        elapsed = (time.perf_counter() - start) * 1000
+        for job, f in zip(batch, features):
+            job.speech, job.ms["speech_encoder"] = f, elapsed
+            self._part_done(job)
 
     def _asr_worker(self) -> None:
         while (batch := self._take_batch(self._asr_q, 1)) is not None:
-            job = batch[0]
-            if self.transcriber is not None:
-                start = time.perf_counter()
-                if not self.model.uses_speech:
-                    job.ms["queue_wait"] += (start - job.submitted) * 1000
-                result = self.transcriber.transcribe(job.utt.audio)
-                job.text, job.flagged = result.text, result.flagged
-                job.ms["asr"] = (time.perf_counter() - start) * 1000
-            self._part_done(job)
+            self._guarded(batch, self._asr_step)
+
+    def _asr_step(self, batch: list[_Job]) -> None:
+        job = batch[0]
+        if self.transcriber is not None:
+            start = time.perf_counter()
+            if not self.model.uses_speech:
+                job.ms["queue_wait"] += (start - job.submitted) * 1000
+            result = self.transcriber.transcribe(job.utt.audio)
+            job.text, job.flagged = result.text, result.flagged
+            job.ms["asr"] = (time.perf_counter() - start) * 1000
+        self._part_done(job)
 
     def _fusion_worker(self) -> None:
         while (batch := self._take_batch(self._fusion_q, self.config.max_batch)) is not None:
-            start = time.perf_counter()
-            for job in batch:
-                job.ms["queue_wait"] += (start - job.ready_at) * 1000
-            text = None
-            if self.model.uses_text:
-                text = self.model.encode_text([job.text for job in batch])
-            mid = time.perf_counter()
-            probs = self.model.classify([job.speech for job in batch] if self.model.uses_speech else None, text)
-            end = time.perf_counter()
-            for job, p in zip(batch, probs):
-                job.ms["text_encoder"] = (mid - start) * 1000
-                job.ms["head"] = (end - mid) * 1000
-                self._finish(job, p)
+            self._guarded(batch, self._fusion_step)
+
+    def _fusion_step(self, batch: list[_Job]) -> None:
+        start = time.perf_counter()
+        for job in batch:
+            job.ms["queue_wait"] += (start - job.ready_at) * 1000
+        text = None
+        if self.model.uses_text:
+            text = self.model.encode_text([job.text for job in batch])
+        mid = time.perf_counter()
+        probs = self.model.classify([job.speech for job in batch] if self.model.uses_speech else None, text)
+        end = time.perf_counter()
+        for job, p in zip(batch, probs):
+            job.ms["text_encoder"] = (mid - start) * 1000
+            job.ms["head"] = (end - mid) * 1000
+            self._finish(job, p)
 
     def _finish(self, job: _Job, probs: np.ndarray) -> None:
         labels = self.model.labels
@@ -345,11 +376,18 @@ class Pipeline:
         )
         with self._lock:
             self.latencies.append(latency)
+        with job.lock:
+            job.parts_left = -1
         try:
             job.stream._emit(event)
         finally:
             self._admission.release()
             job.stream._add_pending(-1)
+
+    def check(self) -> None:
+        """Re-raise the first error a worker hit (its utterances produced no event)."""
+        if self.error is not None:
+            raise self.error
 
     # ---- lifecycle --------------------------------------------------------------------
     def close(self) -> None:
