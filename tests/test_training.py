@@ -19,7 +19,7 @@ def _recipe(manifest, out, *extra):
 def test_recipe_overrides_and_unknown_keys(tmp_path):
     cfg = load_recipe("synthetic", ["optim.epochs=3", "loss.legs=['classifier']", "loss.leg_loss=scl"])
     assert cfg.optim.epochs == 3 and cfg.loss.legs == ("classifier",) and cfg.loss.leg_loss == "scl"
-    assert cfg.optim.micro_batch_size == 16
+    assert cfg.optim.micro_batch_size == 16 and cfg.optim.grad_accum_steps == 1
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[optim\]: epoch "):
         load_recipe("synthetic", ["optim.epoch=3"])
     with pytest.raises(ConfigError, match="optim.epochs must be an integer"):
@@ -59,12 +59,13 @@ def test_short_mlcs_run_beats_chance(synthetic_corpus, tmp_path):
 
     Chance UAR for 4 classes is 0.25. Under random guessing, each class recall on this dev
     set (about 30 clips, 6-12 per class) has a standard deviation near 0.15, so UAR (a mean
-    of 4 recalls) has one near 0.08; 0.45 is more than 2.5 of those above chance. The cue
-    ceiling of the corpus (expected_ceilings) is about 0.78, so 0.45 is well within reach.
+    of 4 recalls) has one near 0.08; 0.40 is about 2 of those above chance (p < 0.05 for a
+    guesser). The cue ceiling of the corpus (expected_ceilings) is about 0.78; this run
+    reaches about 0.50 on this machine (a deterministic CPU run).
     """
     cfg = _recipe(synthetic_corpus, tmp_path / "run", "optim.epochs=10")
     best = Trainer(cfg, log=lambda s: None).fit()
-    assert best["metric"] == "uar" and best["value"] >= 0.45, best
+    assert best["metric"] == "uar" and best["value"] >= 0.40, best
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, 11))
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]

@@ -13,6 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="report folder (default: next to the checkpoint, eval/)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--paper", choices=("iemocap", "meld", "msp-podcast"),
+                   help="also print the paper's published numbers for this corpus and split beside ours")
+    p.add_argument("--submission", metavar="CSV",
+                   help="write an MSP-Podcast challenge submission (FileName,EmoClass) for the split's rows, "
+                   "labelled or not (e.g. --split test3)")
     p.set_defaults(func=run)
 
 
@@ -27,10 +32,34 @@ def run(args: argparse.Namespace) -> int:
         raise missing_dependency(e.name or "torch", "train") from e
     from crab_rt.reporting import format_report_table
 
+    if args.submission:
+        return _submission(args)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     report = evaluate_checkpoint(args.checkpoint, args.manifest, args.split, out, args.batch_size, args.device)
     print(f"{args.checkpoint} on {args.manifest} [{', '.join(args.split)}]")
     print(format_report_table(report))
     for kind, path in report["files"].items():
         print(f"{kind}: {path}")
+    if args.paper:
+        from crab_rt.corpora import compare_with_paper
+
+        print(compare_with_paper(args.paper, args.split[0], {k: report[k] for k in ("war", "uar", "macro_f1")}))
+    return 0
+
+
+def _submission(args: argparse.Namespace) -> int:
+    """Predict every row of the split(s), labelled or not, and write the challenge CSV."""
+    from crab_rt.corpora import write_msp_submission
+    from crab_rt.manifest import read_manifest
+    from crab_rt.train.checkpoint import load_model
+    from crab_rt.train.evaluate import predict
+
+    model, tokenizer, payload = load_model(args.checkpoint, args.device)
+    rows = read_manifest(args.manifest, args.split)
+    _, probs = predict(model, tokenizer, rows,
+                       payload["model_settings"]["max_audio_s"], args.batch_size, args.device)
+    labels = [model.labels[i] for i in probs.argmax(1)]
+    names = [r.audio.name for r in rows]
+    path = write_msp_submission(names, labels, args.submission)
+    print(f"{len(rows)} predictions -> {path}")
     return 0

@@ -1,0 +1,86 @@
+"""Backend selection and the one interface: onnxruntime and torch agree, auto says what it picked."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from crab_rt.errors import BackendError, ConfigError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_parts, tmp_path_factory):
+    from crab_rt.bundle import load_bundle
+    from crab_rt.export.bundle_writer import ExportOptions, export_bundle
+    from crab_rt.train.checkpoint import save_checkpoint
+
+    model, tokenizer = tiny_model_parts
+    root = tmp_path_factory.mktemp("backends")
+    ckpt = save_checkpoint(root / "model.pt", model, tokenizer, {"max_audio_s": 12.0, "max_text_tokens": 32})
+    return load_bundle(export_bundle(ckpt, root / "bundle", ExportOptions(parity=False), log=lambda s: None))
+
+
+def _inputs():
+    g = np.random.default_rng(0)
+    return [g.standard_normal(16000).astype(np.float32) * 0.1, g.standard_normal(7000).astype(np.float32) * 0.1], \
+        ["i love this so much", "sad"]
+
+
+def test_auto_picks_onnxruntime_cpu_here_and_says_why(bundle):
+    from crab_rt.backends.select import load_sessions
+
+    sessions, choice = load_sessions(bundle, "auto")
+    assert set(sessions) == {"speech_encoder", "text_encoder", "head"}
+    assert choice.backend == "onnxruntime" and choice.device == "cpu"
+    assert "TensorRT" in choice.reason and "CPU" in choice.reason
+    assert "backend onnxruntime" in choice.describe()
+
+
+def test_torch_and_onnxruntime_agree(bundle):
+    from crab_rt.runtime.emotion_model import EmotionModel
+
+    audios, texts = _inputs()
+    ort = EmotionModel.load(bundle, "onnxruntime").predict(audios, texts)
+    ref = EmotionModel.load(bundle, "torch").predict(audios, texts)
+    assert ort.shape == (2, 4)
+    np.testing.assert_allclose(ort, ref, atol=1e-4)
+    np.testing.assert_allclose(ort.sum(1), 1.0, atol=1e-5)
+
+
+def test_per_utterance_features_equal_batched(bundle):
+    from crab_rt.runtime.emotion_model import EmotionModel
+
+    model = EmotionModel.load(bundle, "onnxruntime")
+    audios, texts = _inputs()
+    batched = model.predict(audios, texts)
+    alone = np.concatenate([model.predict([a], [t]) for a, t in zip(audios, texts)])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_session_input_check_and_errors(bundle):
+    from crab_rt.backends.select import load_sessions
+
+    sessions, _ = load_sessions(bundle, "onnxruntime")
+    with pytest.raises(BackendError, match="missing \\['attention_mask'\\]"):
+        sessions["text_encoder"].run({"input_ids": np.zeros((1, 3), dtype=np.int64)})
+    with pytest.raises(ConfigError, match="unknown backend 'cuda'"):
+        load_sessions(bundle, "cuda")
+    with pytest.raises(ConfigError, match="fp16 graphs are for GPUs"):
+        load_sessions(bundle, "onnxruntime", precision="fp16")
+    with pytest.raises(BackendError, match="onnxruntime-gpu"):
+        load_sessions(bundle, "onnxruntime", gpu=0)
+    with pytest.raises(BackendError, match="no CUDA device"):
+        load_sessions(bundle, "torch", gpu=0)
+
+
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error(bundle):
+    from crab_rt.backends.select import load_sessions
+    from crab_rt.backends.tensorrt import tensorrt_available
+    from crab_rt.errors import CrabError
+
+    ok, why = tensorrt_available()
+    if ok:
+        pytest.skip("TensorRT is installed here")
+    assert why
+    with pytest.raises(CrabError):
+        load_sessions(bundle, "tensorrt", gpu=0)

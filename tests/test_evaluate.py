@@ -1,0 +1,63 @@
+"""`crab-rt evaluate`: report files, the paper comparison, and the MSP-Podcast submission CSV."""
+
+import csv
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from crab_rt.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def msp_checkpoint(tiny_model_parts, tmp_path_factory):
+    from crab_rt.corpora import MSP_PODCAST_LABELS
+    from crab_rt.model.config import HeadConfig, ModelConfig
+    from crab_rt.model.crab import CrabModel
+    from crab_rt.train.checkpoint import save_checkpoint
+
+    _, tokenizer = tiny_model_parts
+    torch.manual_seed(0)
+    config = ModelConfig(speech_encoder="random:wavlm-tiny", text_encoder="random:roberta-tiny",
+                         head=HeadConfig(hidden_dim=8, classifier_dim=8))
+    model = CrabModel.build(config, list(MSP_PODCAST_LABELS)).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("msp") / "best.pt", model, tokenizer,
+                           {"max_audio_s": 12.0, "max_text_tokens": 32})
+
+
+@pytest.fixture(scope="module")
+def msp_manifest(synthetic_corpus, tmp_path_factory):
+    wavs = sorted(synthetic_corpus.parent.glob("wav/*.wav"))[:6]
+    path = tmp_path_factory.mktemp("mspman") / "manifest.csv"
+    rows = ["id,audio,text,label,split"]
+    rows += [f"t1_{i},{w},hello there,{lab},test1" for i, (w, lab) in enumerate(zip(wavs[:4], ["angry", "sad", "happy", "neutral"]))]
+    rows += [f"MSP-PODCAST_test3_{i:04d},{w},,,test3" for i, w in enumerate(wavs[4:])]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_evaluate_writes_report_and_compares_with_paper(msp_checkpoint, msp_manifest, tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(msp_checkpoint), "--manifest", str(msp_manifest),
+                 "--split", "test1", "--out", str(tmp_path), "--paper", "msp-podcast"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((tmp_path / "test1.json").read_text())
+    assert report["num_samples"] == 4 and 0 <= report["uar"] <= 1
+    assert (tmp_path / "test1_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "UAR" in out and "0.4390" in out  # the paper's Test1 UAR printed beside ours
+
+
+def test_submission_csv_for_unlabelled_test3(msp_checkpoint, msp_manifest, tmp_path, capsys):
+    out_csv = tmp_path / "submission.csv"
+    code = main(["evaluate", "--checkpoint", str(msp_checkpoint), "--manifest", str(msp_manifest),
+                 "--split", "test3", "--submission", str(out_csv)])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r.keys() for r in rows][0] == {"FileName", "EmoClass"}
+    assert len(rows) == 2 and all(r["EmoClass"] in "ASHUFDCN" and len(r["EmoClass"]) == 1 for r in rows)
+
+
+def test_evaluate_unlabelled_split_is_an_error(msp_checkpoint, msp_manifest, capsys):
+    code = main(["evaluate", "--checkpoint", str(msp_checkpoint), "--manifest", str(msp_manifest), "--split", "test3"])
+    assert code == 2 and "no labelled rows" in capsys.readouterr().err
