@@ -8,7 +8,6 @@ exact resume; `best.pt` holds the model only.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,9 @@ from crab_rt.errors import ConfigError
 from crab_rt.model.crab import CrabModel
 from crab_rt.text import TextTokenizer
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_checkpoint", "load_model", "file_sha256"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_checkpoint", "load_model"]
 
 CHECKPOINT_FORMAT = "crab-rt-checkpoint/1"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(
