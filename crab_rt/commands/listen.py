@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         if pretty:
             text = f' "{event.text}"' if event.text else ""
             flag = " (text flagged)" if event.text_flagged else ""
-            status.write("\r\033[K")
+            if status.isatty():
+                status.write("\r\033[K")  # clear the live status line
             out.write(f"[{event.start_s:7.2f}-{event.end_s:7.2f}s] {event.label:<10} {event.confidence:5.2f}  "
                       f"{event.latency_ms['end_to_event']:6.0f} ms{text}{flag}\n")
         else:
