@@ -18,6 +18,22 @@ def speech_dir() -> Path:
     return SPEECH_DIR
 
 
+@pytest.fixture(scope="session")
+def jfk(speech_dir) -> np.ndarray:
+    """jfk.flac (11 s of real speech) as 16 kHz float32; skips when the clips are absent."""
+    from crab_rt.audio import load_audio
+
+    return load_audio(speech_dir / "jfk.flac")
+
+
+@pytest.fixture(scope="session")
+def vad():
+    """One shared Silero VAD engine (it holds no stream state)."""
+    from crab_rt.runtime.vad import SileroVad
+
+    return SileroVad()
+
+
 @pytest.fixture
 def silence() -> np.ndarray:
     return np.zeros(16000, dtype=np.float32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from crab_rt.errors import AudioError, ConfigError
 from crab_rt.runtime.segmenter import FrameBuffer, Segmenter, SegmenterConfig, StreamFrontEnd, Utterance
 
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 F = 512  # samples per frame = 32 ms
 FS = F / 16000
 
@@ -193,21 +191,6 @@ def test_frame_buffer():
 # -- with the real VAD ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def vad():
-    from crab_rt.runtime.vad import SileroVad
-
-    return SileroVad()
-
-
-@pytest.fixture(scope="module")
-def jfk() -> np.ndarray:
-    path = SPEECH_DIR / "jfk.flac"
-    if not path.is_file():
-        pytest.skip(f"test speech not available: {path}")
-    from crab_rt.audio import load_audio
-
-    return load_audio(path)
 
 
 def run_stream(vad, audio, chunk, config=None):

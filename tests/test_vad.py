@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,22 +10,8 @@ from crab_rt.errors import BackendError
 from crab_rt.runtime.segmenter import FrameBuffer
 from crab_rt.runtime.vad import CONTEXT_SAMPLES, FRAME_SAMPLES, SileroVad, VadState, default_model_path
 
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 
 
-@pytest.fixture(scope="module")
-def vad() -> SileroVad:
-    return SileroVad()
-
-
-@pytest.fixture(scope="module")
-def jfk() -> np.ndarray:
-    path = SPEECH_DIR / "jfk.flac"
-    if not path.is_file():
-        pytest.skip(f"test speech not available: {path}")
-    from crab_rt.audio import load_audio
-
-    return load_audio(path)
 
 
 def test_initial_state_shapes():
