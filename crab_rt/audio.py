@@ -12,9 +12,27 @@ import numpy as np
 
 from crab_rt.errors import AudioError
 
-__all__ = ["SAMPLE_RATE", "load_audio", "to_mono_16k", "write_wav"]
+__all__ = ["SAMPLE_RATE", "as_mono_float32", "load_audio", "to_mono_16k", "write_wav"]
 
 SAMPLE_RATE = 16_000
+
+
+def as_mono_float32(samples: np.ndarray, what: str) -> np.ndarray:
+    """Check that in-memory audio is 1-D float samples; returns it as contiguous float32.
+
+    Args:
+        samples: the array a caller handed in.
+        what: how errors name it, e.g. "audio chunk" or "ASR input".
+
+    Raises:
+        AudioError: not 1-D, or not a float dtype (int PCM must be scaled first).
+    """
+    x = np.asarray(samples)
+    if x.ndim != 1:
+        raise AudioError(f"{what} must be 1-D mono audio of shape [time], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise AudioError(f"{what} must be float samples in [-1, 1] at 16 kHz, got dtype {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def to_mono_16k(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -8,6 +8,9 @@ keep their traceback.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 __all__ = [
     "CrabError",
     "ConfigError",
@@ -16,6 +19,8 @@ __all__ = [
     "BundleError",
     "BackendError",
     "DependencyError",
+    "missing_dependency",
+    "requires_extra",
 ]
 
 
@@ -57,3 +62,19 @@ def missing_dependency(module: str, extra: str) -> DependencyError:
     return DependencyError(
         f"this feature needs '{module}', which is not installed: pip install 'crab-rt[{extra}]'"
     )
+
+
+@contextmanager
+def requires_extra(extra: str, module: str = "torch") -> Iterator[None]:
+    """Turn an ImportError raised inside the block into the DependencyError naming `extra`.
+
+    Example:
+        with requires_extra("train"):
+            from crab_rt.train.trainer import Trainer
+    """
+    try:
+        yield
+    except ImportError as e:
+        if isinstance(e, DependencyError):
+            raise
+        raise missing_dependency(e.name or module, extra) from e

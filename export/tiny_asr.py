@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from crab_rt.errors import ConfigError, CrabError, missing_dependency
+from crab_rt.errors import ConfigError, CrabError, missing_dependency, requires_extra
 
 __all__ = ["build_tiny_whisper", "is_tiny_whisper", "main"]
 
@@ -190,11 +190,9 @@ def _shape_decoder(model, tok, eot: int, seed: int) -> None:
 
 
 def _build_hf_model(hf_dir: Path, seed: int) -> None:
-    try:
+    with requires_extra("train"):
         import torch
         import transformers
-    except ImportError as e:
-        raise missing_dependency(e.name or "torch", "train") from e
 
     tok, n_text = _build_tokenizer(seed)
     vocab_size = tok.get_vocab_size()

@@ -13,7 +13,7 @@ import numpy as np
 
 from crab_rt.backends.base import GraphSession, check_inputs
 from crab_rt.bundle import Bundle
-from crab_rt.errors import BackendError, missing_dependency
+from crab_rt.errors import BackendError, requires_extra
 
 __all__ = ["TorchSession", "load_torch_sessions", "torch_cuda_available"]
 
@@ -74,12 +74,10 @@ def load_torch_sessions(bundle: Bundle, device: str) -> dict[str, TorchSession]:
         DependencyError: torch or transformers is missing.
         BackendError: CUDA asked for but absent.
     """
-    try:
+    with requires_extra("train"):
         import torch
 
         from crab_rt.train.checkpoint import load_model
-    except ImportError as e:
-        raise missing_dependency(e.name or "torch", "train") from e
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
     model, _, _ = load_model(bundle.torch_checkpoint_path, map_location=device)

@@ -24,12 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    try:
-        from crab_rt.train.evaluate import evaluate_checkpoint
-    except ImportError as e:
-        from crab_rt.errors import missing_dependency
+    from crab_rt.errors import requires_extra
 
-        raise missing_dependency(e.name or "torch", "train") from e
+    with requires_extra("train"):
+        from crab_rt.train.evaluate import evaluate_checkpoint
     from crab_rt.reporting import format_report_table
 
     if args.submission:

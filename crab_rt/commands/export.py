@@ -34,12 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from crab_rt.export.bundle_writer import ExportOptions, export_bundle
-    except ImportError as e:
-        from crab_rt.errors import missing_dependency
+    from crab_rt.errors import requires_extra
 
-        raise missing_dependency(e.name or "torch", "train") from e
+    with requires_extra("train"):
+        from crab_rt.export.bundle_writer import ExportOptions, export_bundle
 
     options = ExportOptions(
         precision=args.precision,

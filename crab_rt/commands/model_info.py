@@ -21,16 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    from crab_rt.errors import requires_extra
+
+    with requires_extra("train"):
         import torch  # noqa: F401
 
         from crab_rt.model.config import HeadConfig, ModelConfig
         from crab_rt.model.crab import CrabModel, count_parameters
         from crab_rt.train.legs import ContrastiveLegs
-    except ImportError as e:
-        from crab_rt.errors import missing_dependency
-
-        raise missing_dependency(e.name or "torch", "train") from e
 
     if args.checkpoint:
         from crab_rt.train.checkpoint import load_model

@@ -27,13 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    from crab_rt.errors import requires_extra
+
+    with requires_extra("train"):
         from crab_rt.train.config import load_recipe
         from crab_rt.train.trainer import Trainer
-    except ImportError as e:
-        from crab_rt.errors import missing_dependency
-
-        raise missing_dependency(e.name or "torch", "train") from e
 
     overrides = list(args.overrides)
     for flag, key in ((args.manifest, "data.manifest"), (args.out, "run.out_dir"),

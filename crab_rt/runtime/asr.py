@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crab_rt.audio import SAMPLE_RATE
-from crab_rt.errors import AudioError, BackendError, ConfigError, DependencyError
+from crab_rt.audio import SAMPLE_RATE, as_mono_float32
+from crab_rt.errors import BackendError, ConfigError, DependencyError
 
 __all__ = ["AsrConfig", "Transcript", "Transcriber", "apply_guard"]
 
@@ -186,15 +186,6 @@ def apply_guard(
     else:
         return text, False, None
     return ("" if config.guard == "drop" else text), True, reason
-
-
-def _check_audio(audio: np.ndarray) -> np.ndarray:
-    x = np.asarray(audio)
-    if x.ndim != 1:
-        raise AudioError(f"ASR input must be mono audio of shape [time], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise AudioError(f"ASR input must be float audio in [-1, 1] at 16 kHz, got dtype {x.dtype}")
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _is_ct2_folder(path: Path) -> bool:
@@ -368,7 +359,7 @@ class Transcriber:
             AudioError: the array is not 1-D float audio.
         """
         start = time.perf_counter()
-        x = _check_audio(audio)
+        x = as_mono_float32(audio, "ASR input")
         duration_s = x.size / SAMPLE_RATE
         if x.size == 0:
             language = self.config.language or "en"

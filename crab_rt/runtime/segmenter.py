@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crab_rt.audio import as_mono_float32
 from crab_rt.errors import AudioError, ConfigError
 from crab_rt.runtime.vad import FRAME_SAMPLES, SAMPLE_RATE, SileroVad, VadState
 
@@ -331,12 +332,7 @@ class FrameBuffer:
 
 
 def _check_chunk(samples: np.ndarray) -> np.ndarray:
-    x = np.asarray(samples)
-    if x.ndim != 1:
-        raise AudioError(f"audio chunk must be 1-D mono samples, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise AudioError(f"audio chunk must be float samples in [-1, 1], got dtype {x.dtype}")
-    x = x.astype(np.float32, copy=False)
+    x = as_mono_float32(samples, "audio chunk")
     if not np.all(np.isfinite(x)):
         raise AudioError("audio chunk contains NaN or infinite samples")
     return x
