@@ -236,3 +236,23 @@ print(n, bad)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[1:] == ["[]"]
     assert int(proc.stdout.split()[0]) >= 1
+
+
+def test_ctrl_c_flushes_and_exits_0(bundle, conversation):
+    """SIGINT in the middle of a real-time replay: the utterances so far are emitted, exit 0."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crab_rt", "listen", "--bundle", str(bundle), "--input", str(conversation[0]),
+         "--realtime", "--no-asr", "--backend", "onnxruntime"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    second_turn_end = conversation[1][1]["end_s"]
+    time.sleep(second_turn_end + 2.5)  # startup, then the second turn and its hangover have passed
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert 2 <= len(events) < len(conversation[1])
+    assert "interrupted" in err

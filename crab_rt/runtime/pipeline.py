@@ -55,7 +55,8 @@ class PipelineConfig:
 
     Attributes:
         segmenter: VAD thresholds, hangover, pre-roll, maximum length.
-        asr: faster-whisper settings; None runs without ASR (empty text).
+        asr: faster-whisper settings; None runs without ASR (the text encoder then sees
+            empty text, as `crab-rt listen --no-asr` documents).
         backend: "auto", "tensorrt", "onnxruntime" or "torch".
         gpu: CUDA device index for the emotion model (None: CPU, or the first GPU for auto).
         precision: "fp32" or "fp16".
@@ -224,8 +225,6 @@ class Pipeline:
         self.config = (config or PipelineConfig()).validate()
         self.model = bundle if isinstance(bundle, EmotionModel) else EmotionModel.load(
             bundle, self.config.backend, self.config.gpu, self.config.precision, self.config.threads)
-        if self.model.uses_text and self.config.asr is None and transcriber is None:
-            pass  # allowed: text is empty, the model still runs (documented as --no-asr)
         self.transcriber = transcriber or (Transcriber(self.config.asr) if self.config.asr is not None else None)
         self.vad = SileroVad(num_threads=1)
         self._admission = threading.BoundedSemaphore(self.config.max_in_flight)
