@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from crab_rt.backends.tensorrt import (
+from crab_rt.backends.engine_cache import (
     ENGINE_FORMAT,
     ENGINE_FORMAT_VERSION,
     ENGINE_RECORD,
@@ -29,10 +29,10 @@ from crab_rt.backends.tensorrt import (
     Profile,
     expected_record,
     graph_profiles,
-    import_tensorrt,
     read_engine_record,
     stale_reasons,
 )
+from crab_rt.backends.tensorrt import import_tensorrt
 from crab_rt.bundle import PRECISIONS, Bundle, load_bundle, sha256_file
 from crab_rt.errors import BackendError, BundleError, ConfigError
 

@@ -22,21 +22,23 @@ import numpy as np
 import pytest
 
 from crab_rt.backends import cuda_memory
-from crab_rt.backends.tensorrt import (
+from crab_rt.backends.engine_cache import (
     ENGINE_RECORD,
-    TensorRTSession,
-    check_engine_io,
     check_shape_in_profile,
     engine_key,
     expected_record,
-    find_engines,
     gpu_slug,
     graph_profiles,
-    load_tensorrt_sessions,
-    numpy_dtype_name,
     read_engine_record,
     select_engines,
     stale_reasons,
+)
+from crab_rt.backends.tensorrt import (
+    TensorRTSession,
+    check_engine_io,
+    find_engines,
+    load_tensorrt_sessions,
+    numpy_dtype_name,
     tensorrt_available,
 )
 from crab_rt.bundle import load_bundle
