@@ -73,3 +73,15 @@ def tiny_model_parts():
     tokenizer = train_bpe_tokenizer(["i love this so much", "this is terrible", "okay fine then", "so sad today"],
                                     vocab_size=300, max_length=32)
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model_parts, tmp_path_factory) -> Path:
+    """The tiny model exported as an fp32 bundle folder (parity checks are tested in test_export.py)."""
+    from crab_rt.export.bundle_writer import ExportOptions, export_bundle
+    from crab_rt.train.checkpoint import save_checkpoint
+
+    model, tokenizer = tiny_model_parts
+    root = tmp_path_factory.mktemp("tiny_bundle")
+    ckpt = save_checkpoint(root / "model.pt", model, tokenizer, {"max_audio_s": 12.0, "max_text_tokens": 32})
+    return export_bundle(ckpt, root / "bundle", ExportOptions(parity=False), log=lambda s: None)

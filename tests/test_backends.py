@@ -9,15 +9,10 @@ from crab_rt.errors import BackendError, ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_model_parts, tmp_path_factory):
+def bundle(tiny_bundle):
     from crab_rt.bundle import load_bundle
-    from crab_rt.export.bundle_writer import ExportOptions, export_bundle
-    from crab_rt.train.checkpoint import save_checkpoint
 
-    model, tokenizer = tiny_model_parts
-    root = tmp_path_factory.mktemp("backends")
-    ckpt = save_checkpoint(root / "model.pt", model, tokenizer, {"max_audio_s": 12.0, "max_text_tokens": 32})
-    return load_bundle(export_bundle(ckpt, root / "bundle", ExportOptions(parity=False), log=lambda s: None))
+    return load_bundle(tiny_bundle)
 
 
 def _inputs():

@@ -33,14 +33,8 @@ EVENT_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_model_parts, tmp_path_factory):
-    from crab_rt.export.bundle_writer import ExportOptions, export_bundle
-    from crab_rt.train.checkpoint import save_checkpoint
-
-    model, tokenizer = tiny_model_parts
-    root = tmp_path_factory.mktemp("pipeline")
-    ckpt = save_checkpoint(root / "model.pt", model, tokenizer, {"max_audio_s": 12.0, "max_text_tokens": 32})
-    return export_bundle(ckpt, root / "bundle", ExportOptions(parity=False), log=lambda s: None)
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
