@@ -1,0 +1,170 @@
+"""The benchmark kinds on tiny settings: output files exist and parse (JSON schema, Markdown table, PNG), not speed."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crab_rt.cli import main
+
+pytest.importorskip("torch")  # the benchmark bundle is built from a random model
+jsonschema = pytest.importorskip("jsonschema")
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+COMMON_SCHEMA = {
+    "type": "object",
+    "required": ["name", "created", "command", "machine", "process", "kind"],
+    "properties": {
+        "machine": {"type": "object", "required": ["cpu", "cores", "ram_gb", "gpus", "python", "versions", "threads"],
+                    "properties": {"versions": {"type": "object", "required": ["numpy", "onnxruntime"]}}},
+        "process": {"type": "object", "required": ["wall_s", "cpu_s", "peak_rss_mb"],
+                    "properties": {"peak_rss_mb": {"type": "number", "exclusiveMinimum": 0}}},
+    },
+}
+STATS = {"type": "object", "required": ["n", "mean", "p50"], "properties": {"n": {"type": "integer", "minimum": 1}}}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def _load(path: Path, schema: dict) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    jsonschema.validate(data, COMMON_SCHEMA)
+    jsonschema.validate(data, schema)
+    return data
+
+
+def _check_md(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# ")
+    assert re.search(r"^\| .+ \|\n\|(---\|)+$", text, re.M), text[:400]
+    return text
+
+
+def _check_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_models_tiny_same_inputs_across_backends(tmp_path, cache, capsys):
+    rc = main(["bench", "models", "--preset", "tiny", "--backends", "torch-cpu,onnxruntime-cpu", "--audio-s", "1,2",
+               "--text-tokens", "8,16", "--batch", "1,2", "--head-text-tokens", "8", "--ref-audio-s", "2",
+               "--warmup", "1", "--repeat", "2", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir", str(cache),
+               "--tag", "ci"])
+    assert rc == 0
+    data = _load(tmp_path / "models_tiny_ci.json", {
+        "type": "object",
+        "required": ["preset", "bundle", "settings", "backends", "skipped", "results", "ratios", "agreement_max_abs_diff"],
+        "properties": {"results": {"type": "array", "items": {"type": "object",
+                                                               "required": ["backend", "graph", "batch", "ms"],
+                                                               "properties": {"ms": STATS}}}},
+    })
+    assert [b["backend"] for b in data["backends"]] == ["torch-cpu", "onnxruntime-cpu"]
+    assert data["machine"]["threads"] == 1 and data["bundle"]["parity_checked"] is False
+    # per backend: speech 2 lengths x 2 batches, text 2 x 2, head (2 audio + 1 extra text length) x 2
+    assert len(data["results"]) == 2 * (4 + 4 + 6)
+    assert all(r["ms"]["n"] == 2 for r in data["results"])
+    # identical inputs: the ONNX graphs reproduce torch (the bundle skipped its own parity check)
+    agree = data["agreement_max_abs_diff"]
+    assert agree["reference"] == "torch-cpu"
+    assert set(agree["onnxruntime-cpu"]) == {"speech_encoder", "text_encoder", "head"}
+    assert all(v["max_abs"] < 1e-3 for v in agree["onnxruntime-cpu"].values())
+    combined = [r for r in data["ratios"] if r["what"].startswith("speech+text+head")]
+    assert len(combined) == 2 and all(r["speedup"] >= 1.0 for r in combined)
+    text = _check_md(tmp_path / "models_tiny_ci.md")
+    assert "parity check OFF" in text and "Ratios (same run)" in text
+    for b in (1, 2):
+        _check_png(tmp_path / f"models_tiny_ci_batch{b}.png")
+    assert "ratio speech+text+head" in capsys.readouterr().out
+
+
+def test_e2e_tiny(tmp_path, cache):
+    rc = main(["bench", "e2e", "--preset", "tiny", "--duration-s", "8", "--no-realtime", "--threads", "1",
+               "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
+    assert rc == 0
+    stages = ["end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head"]
+    data = _load(tmp_path / "e2e_tiny.json", {
+        "type": "object",
+        "required": ["utterances", "audio_s", "real_time_factor", "cpu_s", "latency_ms", "per_utterance_ms", "target",
+                     "asr"],
+        "properties": {"utterances": {"type": "integer", "minimum": 1},
+                       "latency_ms": {"type": "object", "required": stages,
+                                      "properties": {k: STATS for k in stages}}},
+    })
+    assert "tiny offline Whisper" in data["asr"]
+    for lat in data["per_utterance_ms"]:
+        assert lat["critical_path"] == pytest.approx(
+            max(lat["asr"], lat["speech_encoder"]) + lat["text_encoder"] + lat["head"])
+        assert lat["overhead"] == pytest.approx(lat["end_to_event"] - lat["critical_path"])
+    assert data["realtime"] is False and data["real_time_factor"] < 1.0
+    _check_md(tmp_path / "e2e_tiny.md")
+    _check_png(tmp_path / "e2e_tiny_stages.png")
+
+
+def test_concurrency_tiny(tmp_path, cache):
+    rc = main(["bench", "concurrency", "--preset", "tiny", "--streams", "1,2", "--duration-s", "6", "--no-realtime",
+               "--asr", "none", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
+    assert rc == 0
+    data = _load(tmp_path / "concurrency_tiny.json", {
+        "type": "object", "required": ["levels"],
+        "properties": {"levels": {"type": "array", "minItems": 2, "items": {
+            "type": "object", "required": ["streams", "utterances", "utterances_per_s", "audio_s_per_wall_s",
+                                           "latency_ms"]}}},
+    })
+    one, two = data["levels"]
+    assert (one["streams"], two["streams"]) == (1, 2)
+    assert two["utterances"] >= one["utterances"] >= 1
+    assert two["audio_s"] > one["audio_s"]
+    _check_md(tmp_path / "concurrency_tiny.md")
+    _check_png(tmp_path / "concurrency_tiny_vs_streams.png")
+    _check_png(tmp_path / "concurrency_tiny_stages.png")
+
+
+def test_vad_script_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vad.py"), "--frames", "40", "--warmup", "4",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = _load(tmp_path / "vad.json", {
+        "type": "object", "required": ["results", "target"],
+        "properties": {"results": {"type": "object", "required": ["vad_per_frame", "front_end_per_frame"],
+                                   "properties": {"vad_per_frame": STATS}},
+                       "target": {"type": "object", "required": ["target_ms", "measured_ms", "met"]}},
+    })
+    assert data["results"]["vad_per_frame"]["n"] == 40
+    assert data["target"]["target_ms"] == 0.3
+    _check_md(tmp_path / "vad.md")
+
+
+def test_machine_slug_and_default_results_folder(tmp_path, monkeypatch):
+    from crab_rt.bench.machine import describe_machine, machine_slug, results_dir
+
+    desc = describe_machine(2)
+    slug = machine_slug(desc)
+    assert re.fullmatch(r"[a-z0-9-]+", slug)
+    if not desc["gpus"]:
+        assert slug.startswith(f"cpu-{desc['cores']}core-")
+    assert machine_slug({"gpus": ["NVIDIA H100 80GB HBM3"], "cores": 16, "cpu": "x"}) == "nvidia-h100-80gb-hbm3"
+    monkeypatch.chdir(tmp_path)
+    assert results_dir(None, desc) == Path("benchmarks") / "results" / slug
+    assert (tmp_path / "benchmarks" / "results" / slug).is_dir()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["models", "--preset", "huge"], "--preset 'huge' is not one of tiny, base, large"),
+    (["models", "--preset", "tiny", "--ort-variants", "int4"], "unknown variant 'int4'"),
+    (["models", "--preset", "tiny", "--backends", "cuda-magic"], "unknown backend 'cuda-magic'"),
+    (["vad", "--tag", "a/b"], "--tag 'a/b' must be"),
+    (["vad", "--threads", "-1"], "--threads must be >= 0"),
+    (["concurrency", "--streams", "0"], r"--streams must be in \[1, 256\]"),
+])
+def test_bad_options_are_one_line_errors(argv, match, tmp_path, capsys):
+    rc = main(["bench", *argv, "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crab-rt: error: ") and re.search(match, err), err
