@@ -79,3 +79,35 @@ def test_tensorrt_backend_without_tensorrt_is_a_clear_error(bundle):
     assert why
     with pytest.raises(CrabError):
         load_sessions(bundle, "tensorrt", gpu=0)
+
+
+def test_torch_compile_matches_eager_and_rejects_bad_modes(bundle):
+    """torch.compile (inductor) really compiles the text encoder and reproduces eager; bad modes are one-line errors."""
+    import torch._dynamo
+
+    from crab_rt.backends.torch import load_torch_sessions
+
+    eager = load_torch_sessions(bundle, "cpu")
+    compiled = load_torch_sessions(bundle, "cpu", "inductor")
+    assert compiled["text_encoder"].provider == "torch cpu compile=inductor"
+    ids = np.array([[0, 11, 12, 13, 2, 1], [0, 21, 2, 1, 1, 1]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": (ids != 1).astype(np.int64)}
+    torch._dynamo.reset()
+    got = compiled["text_encoder"].run(feed)["hidden_states"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # dynamo captured a graph
+    np.testing.assert_allclose(got, eager["text_encoder"].run(feed)["hidden_states"], atol=1e-5)
+    with pytest.raises(BackendError, match="unknown compile mode 'max'"):
+        load_torch_sessions(bundle, "cpu", "max")
+    with pytest.raises(BackendError, match="cuda-graphs needs a CUDA device, not cpu"):
+        load_torch_sessions(bundle, "cpu", "cuda-graphs")
+
+
+def test_onnxruntime_threads_do_not_spin_unless_asked(bundle):
+    from crab_rt.backends.select import load_sessions
+
+    def spinning(sessions):
+        return {s._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+                for s in sessions.values()}
+
+    assert spinning(load_sessions(bundle, "onnxruntime", threads=2)[0]) == {"0"}
+    assert spinning(load_sessions(bundle, "auto", threads=2, spinning=True)[0]) == {"1"}

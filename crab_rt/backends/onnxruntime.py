@@ -4,6 +4,12 @@ The CUDA and TensorRT providers come with `onnxruntime-gpu` (which replaces
 the CPU `onnxruntime` package; never install both). On a GPU, inputs and
 outputs go through IOBinding so the session does the copies on its own
 device; on the CPU plain `run` is already zero-copy.
+
+Intra-op threads do not spin while idle unless asked (`spinning=True`).
+Spinning buys one session alone about 4 % (speech encoder, 4 s, 2 cores),
+but the pipeline runs three sessions, faster-whisper and the VAD in parallel
+threads, and idle workers spinning on every core doubled the text encoder
+and head times there (`benchmarks/results/`, e2e before/after).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class OrtSession(GraphSession):
         expected_io: the bundle's recorded I/O; names are checked on load.
         threads: intra-op threads on the CPU (0 = onnxruntime's default).
         providers: a ready providers list (overrides `provider`).
+        spinning: let idle intra-op threads spin for the next call (see above).
     """
 
     backend = "onnxruntime"
@@ -78,6 +85,7 @@ class OrtSession(GraphSession):
         expected_io: dict | None = None,
         threads: int = 0,
         providers: list | None = None,
+        spinning: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -86,6 +94,7 @@ class OrtSession(GraphSession):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(

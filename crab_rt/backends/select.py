@@ -31,7 +31,8 @@ class BackendChoice:
         return f"backend {self.backend} ({self.provider}, {self.precision}) on {self.device}: {self.reason}"
 
 
-def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int) -> dict[str, GraphSession]:
+def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int,
+         spinning: bool) -> dict[str, GraphSession]:
     from crab_rt.backends.onnxruntime import OrtSession, ort_providers
 
     sessions = {}
@@ -40,7 +41,7 @@ def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int) 
         if provider == "tensorrt":
             providers = ort_providers("tensorrt", gpu, bundle.root / "engines" / "ort-trt-cache", precision == "fp16", None)
         sessions[name] = OrtSession(bundle.graph_path(name, precision), name, provider, gpu,
-                                    bundle.graph_io(name, precision), threads, providers)
+                                    bundle.graph_io(name, precision), threads, providers, spinning)
     return sessions
 
 
@@ -50,6 +51,7 @@ def load_sessions(
     gpu: int | None = None,
     precision: str = "fp32",
     threads: int = 0,
+    spinning: bool = False,
 ) -> tuple[dict[str, GraphSession], BackendChoice]:
     """Load every graph of `bundle` on one backend.
 
@@ -61,6 +63,7 @@ def load_sessions(
         precision: "fp32" or "fp16" (fp16 needs the bundle's fp16 graphs; on the
             CPU it is refused, since ONNX Runtime's CPU kernels gain nothing from it).
         threads: CPU threads for ONNX Runtime (0 = its default).
+        spinning: let ONNX Runtime's idle CPU threads spin (see backends/onnxruntime.py).
 
     Raises:
         ConfigError: unknown backend or precision.
@@ -71,7 +74,7 @@ def load_sessions(
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"unknown precision {precision!r} (choose fp32 or fp16)")
     if backend == "auto":
-        return _auto(bundle, gpu, precision, threads)
+        return _auto(bundle, gpu, precision, threads, spinning)
     if backend == "tensorrt":
         from crab_rt.backends.tensorrt import load_tensorrt_sessions
 
@@ -94,12 +97,12 @@ def load_sessions(
             raise BackendError(f"--gpu {gpu} with onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider is absent)")
     if provider == "cpu" and precision == "fp16":
         raise ConfigError("fp16 graphs are for GPUs; on the CPU use --precision fp32")
-    sessions = _ort(bundle, provider, gpu or 0, precision, threads)
+    sessions = _ort(bundle, provider, gpu or 0, precision, threads, spinning)
     first = next(iter(sessions.values()))
     return sessions, BackendChoice("onnxruntime", first.device, first.provider, precision, "requested")
 
 
-def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int):
+def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int, spinning: bool):
     from crab_rt.backends.onnxruntime import available_providers
 
     index = 0 if gpu is None else gpu
@@ -123,13 +126,13 @@ def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int):
     for provider, ep in (("tensorrt", "TensorrtExecutionProvider"), ("cuda", "CUDAExecutionProvider")):
         if ep in have:
             try:
-                sessions = _ort(bundle, provider, index, precision, threads)
+                sessions = _ort(bundle, provider, index, precision, threads, spinning)
                 return sessions, BackendChoice("onnxruntime", f"cuda:{index}", ep, precision,
                                                "auto: " + "; ".join(reasons + [f"using {ep}"]))
             except Exception as e:
                 reasons.append(f"onnxruntime {ep}: {str(e).splitlines()[0]}")
     if gpu is not None:
         reasons.append("no GPU backend could start, running on the CPU")
-    sessions = _ort(bundle, "cpu", 0, "fp32", threads)
+    sessions = _ort(bundle, "cpu", 0, "fp32", threads, spinning)
     return sessions, BackendChoice("onnxruntime", "cpu", "CPUExecutionProvider", "fp32",
                                    "auto: " + "; ".join(reasons + ["no GPU provider in onnxruntime, using the CPU"]))

@@ -3,6 +3,13 @@
 It exposes the same three graphs with the same input and output names as the
 ONNX files, so everything above the backends is identical. Needs the [train]
 extra (torch, transformers).
+
+`compile` optionally runs each part through `torch.compile`: "inductor"
+(generated kernels, CPU or GPU) or "cuda-graphs" (inductor plus CUDA graph
+replay, `mode="reduce-overhead"`, GPU only). A compiled part compiles on its
+first call for a new shape (seconds to minutes) and then reuses it; the
+benchmarks use it to show what compilation buys over eager, the runtime
+serves from ONNX Runtime or TensorRT.
 """
 
 from __future__ import annotations
@@ -15,7 +22,12 @@ from crab_rt.backends.base import GraphSession, check_inputs
 from crab_rt.bundle import Bundle
 from crab_rt.errors import BackendError, requires_extra
 
-__all__ = ["TorchSession", "load_torch_sessions", "torch_cuda_available"]
+__all__ = ["TorchSession", "load_torch_sessions", "torch_cuda_available", "COMPILE_MODES"]
+
+COMPILE_MODES = ("none", "inductor", "cuda-graphs")
+# Distinct input shapes one compiled part may specialise for before torch.compile
+# falls back to eager (a latency sweep uses ~10 per part; torch's default is 8).
+_RECOMPILE_LIMIT = 64
 
 _IO = {
     "speech_encoder": (("input_values", "attention_mask"), ("hidden_states", "frame_mask")),
@@ -36,11 +48,13 @@ class TorchSession(GraphSession):
 
     backend = "torch"
 
-    def __init__(self, model, name: str, device: str, input_names, output_names) -> None:
+    def __init__(self, model, name: str, device: str, input_names, output_names, compile: str = "none") -> None:
         self._model = model
         self.name = name
         self.device = device
-        self.provider = f"torch {device}"
+        self.provider = f"torch {device}" + ("" if compile == "none" else f" compile={compile}")
+        part = {"speech_encoder": model.speech_encoder, "text_encoder": model.text_encoder, "head": model.head}[name]
+        self._forward = part if compile == "none" else _compiled(part, compile)
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
 
@@ -50,14 +64,14 @@ class TorchSession(GraphSession):
         check_inputs(self, inputs)
         t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
-            m = self._model
+            forward = self._forward
             if self.name == "speech_encoder":
-                hidden, mask = m.speech_encoder(t["input_values"], t["attention_mask"])
+                hidden, mask = forward(t["input_values"], t["attention_mask"])
                 out = {"hidden_states": hidden, "frame_mask": mask.to(torch.long)}
             elif self.name == "text_encoder":
-                out = {"hidden_states": m.text_encoder(t["input_ids"], t["attention_mask"])}
+                out = {"hidden_states": forward(t["input_ids"], t["attention_mask"])}
             else:
-                logits = m.head(
+                logits = forward(
                     t.get("speech_hidden"), None if "speech_mask" not in t else t["speech_mask"].bool(),
                     t.get("text_hidden"), None if "text_mask" not in t else t["text_mask"].bool(),
                 )
@@ -67,13 +81,35 @@ class TorchSession(GraphSession):
         return {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in out.items()}
 
 
-def load_torch_sessions(bundle: Bundle, device: str) -> dict[str, TorchSession]:
+def _compiled(part, mode: str):
+    """`part` wrapped in torch.compile for `mode` (see COMPILE_MODES)."""
+    import torch
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for knob in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(config, knob):
+            setattr(config, knob, max(getattr(config, knob), _RECOMPILE_LIMIT))
+    # Each length is its own static graph: what a latency sweep and a CUDA graph both want.
+    return torch.compile(part, mode="reduce-overhead" if mode == "cuda-graphs" else None, dynamic=False)
+
+
+def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none") -> dict[str, TorchSession]:
     """Sessions for every graph of the bundle, from its `model.pt`.
+
+    Args:
+        bundle: a loaded bundle.
+        device: "cpu" or "cuda:N".
+        compile: one of COMPILE_MODES ("cuda-graphs" needs a CUDA device).
 
     Raises:
         DependencyError: torch or transformers is missing.
-        BackendError: CUDA asked for but absent.
+        BackendError: CUDA asked for but absent, or an unknown compile mode.
     """
+    if compile not in COMPILE_MODES:
+        raise BackendError(f"torch backend: unknown compile mode {compile!r} (choose from {', '.join(COMPILE_MODES)})")
+    if compile == "cuda-graphs" and not device.startswith("cuda"):
+        raise BackendError(f"torch backend: compile mode cuda-graphs needs a CUDA device, not {device}")
     with requires_extra("train"):
         import torch
 
@@ -89,5 +125,5 @@ def load_torch_sessions(bundle: Bundle, device: str) -> dict[str, TorchSession]:
             ins, outs = tuple(io["inputs"]), tuple(io["outputs"])
         else:
             ins, outs = _IO[name]
-        sessions[name] = TorchSession(model, name, device, ins, outs)
+        sessions[name] = TorchSession(model, name, device, ins, outs, compile)
     return sessions

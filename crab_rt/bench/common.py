@@ -12,7 +12,7 @@ from typing import Callable
 
 from crab_rt.errors import ConfigError
 
-__all__ = ["add_common_arguments", "resolve_threads", "start_run", "finish_run"]
+__all__ = ["add_common_arguments", "add_spinning_argument", "resolve_threads", "start_run", "finish_run"]
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,6 +28,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the output paths")
 
 
+def add_spinning_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let idle ONNX Runtime CPU threads spin (the runtime's default is off; see "
+                        "crab_rt/backends/onnxruntime.py)")
+
+
 def resolve_threads(threads: int) -> int:
     """0 -> the number of cores; negative is refused."""
     if threads < 0:
@@ -38,11 +44,12 @@ def resolve_threads(threads: int) -> int:
 def start_run(args: argparse.Namespace, threads: int) -> dict:
     """Machine description, results folder and the CPU/wall clocks at the start."""
     from crab_rt.bench.bundles import default_cache_dir
-    from crab_rt.bench.machine import cpu_seconds, describe_machine, results_dir
+    from crab_rt.bench.machine import cpu_seconds, describe_machine, matmul_gflops, results_dir
 
     if args.tag is not None and (not args.tag or not all(c.isalnum() or c in "-_." for c in args.tag)):
         raise ConfigError(f"--tag {args.tag!r} must be letters, digits, '-', '_' or '.'")
     machine = describe_machine(threads)
+    machine["matmul_gflops"] = {"start": matmul_gflops()}
     return {"machine": machine, "out_dir": results_dir(args.out_dir, machine), "tag": args.tag,
             "cache_dir": Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
             "cpu0": cpu_seconds(), "wall0": time.perf_counter(), "no_plots": args.no_plots,
@@ -52,10 +59,11 @@ def start_run(args: argparse.Namespace, threads: int) -> dict:
 def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, list],
                plots: Callable[[Path], list[Path]] | None, say=print) -> dict[str, Path]:
     """Write `<name>[_tag].json`, `.md` and the plots; returns the paths written."""
-    from crab_rt.bench.machine import cpu_seconds, peak_rss_mb
+    from crab_rt.bench.machine import cpu_seconds, matmul_gflops, peak_rss_mb
     from crab_rt.bench.report import output_paths, write_json, write_markdown
 
     paths = output_paths(ctx["out_dir"], name, ctx["tag"])
+    ctx["machine"]["matmul_gflops"]["end"] = matmul_gflops()
     payload = {
         "name": name, "tag": ctx["tag"], "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": ctx["command"], "machine": ctx["machine"], **payload,
@@ -65,9 +73,13 @@ def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, l
     written = {"json": write_json(paths["json"], payload)}
     title, sections, notes = markdown
     m = ctx["machine"]
-    machine_note = (f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, GPU: {', '.join(m['gpus']) or 'none'}; "
+    yardstick = m["matmul_gflops"]
+    machine_note = (f"machine: {m['cpu']} ({' '.join(m['cpu_features']) or 'no listed vector extensions'}), "
+                    f"{m['cores']} cores, {m['ram_gb']} GB RAM, GPU: {', '.join(m['gpus']) or 'none'}; "
                     f"threads {m.get('threads')}; python {m['python']}, "
-                    + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+                    + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+                    + f"; yardstick (numpy fp32 matmul): {yardstick['start']:g} GFLOP/s at the start, "
+                      f"{yardstick['end']:g} at the end")
     written["md"] = write_markdown(paths["md"], title, sections, [machine_note, *notes,
                                                                    f"JSON: `{paths['json'].name}`"])
     if plots is not None and not ctx["no_plots"]:

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
              lv["latency_ms"]["end_to_event"].get("p95"), lv["latency_ms"]["queue_wait"].get("p50"),
              lv["latency_ms"]["overhead"].get("p50"), lv["utterances_per_s"], lv["audio_s_per_wall_s"], lv["dropped"]]
             for lv in levels]
-    notes = [f"model: preset {args.preset}, {info['backend']}", f"ASR: {info['asr']}",
+    notes = [f"model: preset {args.preset}, {info['backend']}; ONNX Runtime idle spinning "
+             f"{'on' if args.ort_spinning else 'off'}", f"ASR: {info['asr']}",
              f"input: {payload['input']}, one per stream, fed {'at real time' if args.realtime else 'as fast as possible'}",
              "one Pipeline shared by all streams (utterances ready together are batched)"]
     section = markdown_table(["streams", "utterances", "end_to_event p50 ms", "p95 ms", "queue_wait p50 ms",

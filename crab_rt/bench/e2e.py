@@ -17,9 +17,10 @@ OVERHEAD_TARGET_MS = 2.0
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser, duration_s: float) -> None:
-    from crab_rt.bench.common import add_common_arguments
+    from crab_rt.bench.common import add_common_arguments, add_spinning_argument
 
     add_common_arguments(p)
+    add_spinning_argument(p)
     p.add_argument("--preset", default="base", help="model preset: tiny, base or large (default base)")
     p.add_argument("--backend", default="onnxruntime", help="emotion model backend (default onnxruntime)")
     p.add_argument("--asr", default=None,
@@ -97,7 +98,7 @@ def markdown(p: dict, title: str) -> tuple[str, list, list]:
     rows = [[k, v.get("n"), v.get("mean"), v.get("p50"), v.get("p95"), v.get("p99")] for k, v in p["latency_ms"].items()]
     notes = [
         f"model: preset {p['preset']} ({p['bundle']['speech_encoder']} + {p['bundle']['text_encoder']}, random weights), "
-        f"{p['backend']}",
+        f"{p['backend']}; ONNX Runtime threads {p['threads']}, idle spinning {'on' if p['ort_spinning'] else 'off'}",
         f"ASR: {p['asr']} (device {p['asr_device']})",
         f"input: {p['input']}, {p['audio_s']} s, fed {'at real time' if p['realtime'] else 'as fast as possible'} in "
         f"{p['chunk_ms']:g} ms chunks; warm-up pass excluded",

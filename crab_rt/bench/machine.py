@@ -1,4 +1,4 @@
-"""The machine a benchmark ran on: CPU, cores, RAM, GPU, library versions, and its results folder."""
+"""The machine a benchmark ran on: CPU, cores, RAM, GPU, library versions, a speed yardstick, and its results folder."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import os
 import platform
 import re
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["describe_machine", "machine_slug", "results_dir", "peak_rss_mb", "cpu_seconds"]
+__all__ = ["describe_machine", "machine_slug", "results_dir", "peak_rss_mb", "cpu_seconds", "matmul_gflops"]
 
+_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
 _PACKAGES = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "transformers", "faster-whisper", "ctranslate2",
              "tensorrt")
 
@@ -23,6 +25,20 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def _cpu_features() -> list[str]:
+    """The vector extensions from `_ISA` this CPU reports (what int8 / bf16 kernels can use)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in _ISA if f in flags]
 
 
 def _ram_gb() -> float | None:
@@ -58,6 +74,7 @@ def describe_machine(threads: int | None = None) -> dict:
     """CPU model, cores, RAM, GPUs, OS, Python and package versions (and the thread setting, if given)."""
     desc = {
         "cpu": _cpu_model(),
+        "cpu_features": _cpu_features(),
         "cores": os.cpu_count(),
         "ram_gb": _ram_gb(),
         "gpus": _gpus(),
@@ -104,3 +121,23 @@ def cpu_seconds() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def matmul_gflops(seconds: float = 0.3, n: int = 512) -> float:
+    """fp32 matrix-multiply throughput of numpy's BLAS (all its threads) right now, GFLOP/s.
+
+    A yardstick taken at the start and end of every run: a shared or thermally
+    limited machine drifts between days, and two runs are comparable only when
+    their yardsticks agree.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: thread pool start, page faults
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or calls < 3:
+        a @ b
+        calls += 1
+    return round(2 * n**3 * calls / elapsed / 1e9, 1)

@@ -23,14 +23,19 @@ from crab_rt.errors import CrabError
 
 __all__ = ["add_arguments", "run", "BACKENDS", "load_backend"]
 
-BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+BACKENDS = ("torch-cpu", "torch-cpu-compile", "onnxruntime-cpu", "torch-cuda", "torch-cuda-compile", "torch-cuda-graphs",
+            "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+# bench backend -> (torch device, torch.compile mode)
+_TORCH = {"torch-cpu": ("cpu", "none"), "torch-cpu-compile": ("cpu", "inductor"), "torch-cuda": ("cuda:0", "none"),
+          "torch-cuda-compile": ("cuda:0", "inductor"), "torch-cuda-graphs": ("cuda:0", "cuda-graphs")}
 _MAIN_OUTPUT = {"speech_encoder": "hidden_states", "text_encoder": "hidden_states", "head": "probabilities"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from crab_rt.bench.common import add_common_arguments
+    from crab_rt.bench.common import add_common_arguments, add_spinning_argument
 
     add_common_arguments(p)
+    add_spinning_argument(p)
     p.add_argument("--preset", default="base", help="tiny, base (wavlm-base-plus + roberta-base) or large (default base)")
     p.add_argument("--backends", default="all",
                    help=f"comma list from {', '.join(BACKENDS)}; 'all' = every one present (default)")
@@ -99,36 +104,35 @@ def _variant_graphs(bundle, variant: str, cache: Path, log) -> dict[str, Path]:
     return out
 
 
-def load_backend(name: str, bundle, threads: int, precision: str, cache: Path, log=print):
+def load_backend(name: str, bundle, threads: int, precision: str, cache: Path, log=print, spinning: bool = False):
     """Sessions of `bundle` on backend `name` (see BACKENDS), or raise why it cannot run here."""
     from crab_rt.backends.select import load_sessions
 
-    if name == "torch-cpu":
-        return load_sessions(bundle, "torch")[0]
+    if name in _TORCH:
+        from crab_rt.backends.torch import load_torch_sessions, torch_cuda_available
+
+        device, mode = _TORCH[name]
+        if device != "cpu" and not torch_cuda_available():
+            raise CrabError("torch sees no CUDA device")
+        return load_torch_sessions(bundle, device, mode)
     if name == "onnxruntime-cpu":
-        return load_sessions(bundle, "onnxruntime", threads=threads)[0]
+        return load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning)[0]
     if name in ("onnxruntime-cpu-fused", "onnxruntime-cpu-int8"):
         from crab_rt.backends.onnxruntime import OrtSession
 
-        sessions = load_sessions(bundle, "onnxruntime", threads=threads)[0]
+        sessions = load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning)[0]
         for graph, path in _variant_graphs(bundle, name.rsplit("-", 1)[1], cache, log).items():
             sessions[graph].close()
-            sessions[graph] = OrtSession(path, graph, "cpu", 0, bundle.graph_io(graph), threads)
+            sessions[graph] = OrtSession(path, graph, "cpu", 0, bundle.graph_io(graph), threads, spinning=spinning)
         return sessions
-    if name == "torch-cuda":
-        from crab_rt.backends.torch import torch_cuda_available
-
-        if not torch_cuda_available():
-            raise CrabError("torch sees no CUDA device")
-        return load_sessions(bundle, "torch", gpu=0)[0]
     if name == "onnxruntime-cuda":
-        return load_sessions(bundle, "onnxruntime", gpu=0, precision=precision, threads=threads)[0]
+        return load_sessions(bundle, "onnxruntime", gpu=0, precision=precision, threads=threads, spinning=spinning)[0]
     if name == "onnxruntime-tensorrt":
         from crab_rt.backends.onnxruntime import OrtSession, ort_providers
 
         providers = ort_providers("tensorrt", 0, bundle.root / "engines" / "ort-trt-cache", precision == "fp16", None)
         return {g: OrtSession(bundle.graph_path(g, precision), g, "tensorrt", 0, bundle.graph_io(g, precision),
-                              threads, providers) for g in bundle.graph_names}
+                              threads, providers, spinning) for g in bundle.graph_names}
     if name == "tensorrt":
         return load_sessions(bundle, "tensorrt", gpu=0, precision=precision)[0]
     raise CrabError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
@@ -142,13 +146,13 @@ def _available(names: list[str]) -> dict[str, str | None]:
     out = {}
     for n in names:
         reason = None
-        if n in ("torch-cpu", "torch-cuda"):
+        if n in _TORCH:
             try:
                 import torch
             except ImportError:
                 reason = "torch is not installed"
             else:
-                if n == "torch-cuda" and not torch.cuda.is_available():
+                if _TORCH[n][0] != "cpu" and not torch.cuda.is_available():
                     reason = "torch sees no CUDA device"
         elif n == "onnxruntime-cuda" and "CUDAExecutionProvider" not in have:
             reason = "onnxruntime has no CUDAExecutionProvider (needs onnxruntime-gpu)"
@@ -217,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
             say(f"  skip {name}: {availability[name]}")
             continue
         try:
-            loaded[name] = load_backend(name, bundle, threads, args.precision, Path(ctx["cache_dir"]), say)
+            loaded[name] = load_backend(name, bundle, threads, args.precision, Path(ctx["cache_dir"]), say,
+                                        args.ort_spinning)
         except (CrabError, ImportError) as e:
             skipped.append({"backend": name, "reason": str(e).splitlines()[0]})
             say(f"  skip {name}: {e}")
@@ -268,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "kind": "models", "preset": args.preset, "bundle": {**info, "path": str(bundle_dir)},
         "settings": {**spec, "warmup": args.warmup, "repeat": args.repeat, "max_seconds": args.max_seconds,
-                     "precision": args.precision, "seed": args.seed,
+                     "precision": args.precision, "seed": args.seed, "ort_spinning": args.ort_spinning,
                      "inputs": "random waveforms (all samples valid), random token ids, random hidden states; "
                                "identical across backends"},
         "backends": backends, "skipped": skipped, "speech_frames": {f"{a:g}": f for a, f in (frames or {}).items()},
@@ -277,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         "ratios": _ratios(results, spec, [b["backend"] for b in backends]),
     }
     for r in payload["ratios"]:
-        say(f"  ratio {r['what']}: {r['slower']} / {r['faster']} = {r['speedup']:.2f}x")
+        say(f"  ratio {r['what']}: {r['baseline']} / {r['backend']} = {r['speedup']:.2f}x")
     finish_run(ctx, "models_" + args.preset, payload, _markdown(payload), lambda stem: _plots(stem, payload), say)
     return 0
 
@@ -298,29 +303,30 @@ def combined_p50(results: list, backend: str, batch: int, audio_s: float, tokens
 
 
 def _ratios(results: list, spec: dict, names: list[str]) -> list[dict]:
-    """Every backend against every other for speech+text+head at the reference shape, per batch."""
-    out = []
+    """Each backend against the baseline, from this run, per batch.
+
+    The baseline is torch eager on the CPU when it ran, else the first backend.
+    Compared: speech + text + head at the reference shape, and each encoder alone.
+    speedup = baseline_ms / backend_ms (below 1 means slower than the baseline).
+    """
+    if not names:
+        return []
+    base = "torch-cpu" if "torch-cpu" in names else names[0]
     a, t = spec["ref_audio_s"], spec["head_text_tokens"]
+    out = []
     for b in spec["batch"]:
-        totals = {n: combined_p50(results, n, b, a, t) for n in names}
-        totals = {n: v for n, v in totals.items() if v}
-        for i, n1 in enumerate(names):
-            for n2 in names[i + 1:]:
-                if n1 in totals and n2 in totals:
-                    slow, fast = (n1, n2) if totals[n1] >= totals[n2] else (n2, n1)
-                    out.append({"what": f"speech+text+head p50, {a:g} s audio, {t} tokens, batch {b}",
-                                "slower": slow, "faster": fast, "slower_ms": totals[slow], "faster_ms": totals[fast],
-                                "speedup": round(totals[slow] / totals[fast], 3)})
-        for g in ("speech_encoder", "text_encoder"):
-            key = (a, None) if g == "speech_encoder" else (None, t)
-            vals = {n: _p50(results, n, g, b, *key) for n in names}
-            vals = {n: v for n, v in vals.items() if v}
-            if "torch-cpu" in vals:
-                for n, v in vals.items():
-                    if n != "torch-cpu":
-                        out.append({"what": f"{g} p50, {'%g s' % a if g == 'speech_encoder' else '%d tokens' % t}, batch {b}",
-                                    "slower": "torch-cpu", "faster": n, "slower_ms": vals["torch-cpu"], "faster_ms": v,
-                                    "speedup": round(vals["torch-cpu"] / v, 3)})
+        parts = (
+            (f"speech+text+head p50, {a:g} s audio, {t} tokens, batch {b}", lambda n: combined_p50(results, n, b, a, t)),
+            (f"speech_encoder p50, {a:g} s audio, batch {b}", lambda n: _p50(results, n, "speech_encoder", b, a, None)),
+            (f"text_encoder p50, {t} tokens, batch {b}", lambda n: _p50(results, n, "text_encoder", b, None, t)),
+        )
+        for what, p50 in parts:
+            ref = p50(base)
+            for n in names:
+                value = p50(n)
+                if n != base and ref and value:
+                    out.append({"what": what, "baseline": base, "baseline_ms": ref, "backend": n, "backend_ms": value,
+                                "speedup": round(ref / value, 3)})
     return out
 
 
@@ -345,16 +351,18 @@ def _markdown(payload: dict) -> tuple[str, list[tuple[str, str]], list[str]]:
                 row.append(None if r is None else f"{r['ms']['p50']:.2f} / {r['ms']['p90']:.2f} / {r['ms']['p99']:.2f} (n={r['ms']['n']})")
             rows.append(row)
         sections.append((f"{graph}: p50 / p90 / p99 ms", markdown_table(["batch", "audio s", "tokens", *names], rows)))
-    ratio_rows = [[r["what"], r["slower"], r["slower_ms"], r["faster"], r["faster_ms"], f"{r['speedup']:.2f}x"]
+    ratio_rows = [[r["what"], r["baseline"], r["baseline_ms"], r["backend"], r["backend_ms"], f"{r['speedup']:.2f}x"]
                   for r in payload["ratios"]]
-    sections.insert(0, ("Ratios (same run)", markdown_table(["what", "slower", "ms", "faster", "ms", "speedup"], ratio_rows)))
+    sections.insert(0, ("Ratios to the baseline (same run; speedup = baseline ms / backend ms)",
+                        markdown_table(["what", "baseline", "ms", "backend", "ms", "speedup"], ratio_rows)))
     agree = payload["agreement_max_abs_diff"]
     notes = [
         f"preset **{payload['preset']}**: {payload['bundle']['speech_encoder']} + {payload['bundle']['text_encoder']}, "
         f"random weights; bundle exported with parity check OFF (outputs compared below instead)",
         f"warm-up {payload['settings']['warmup']} calls excluded; up to {payload['settings']['repeat']} timed calls per "
         f"point, a point stops after {payload['settings']['max_seconds']:g} s timed (n is shown); backends are all "
-        "loaded and alternate point by point",
+        "loaded and alternate point by point; ONNX Runtime idle spinning "
+        + ("on" if payload["settings"]["ort_spinning"] else "off (the runtime's default)"),
         "backends skipped: " + (", ".join(f"{s['backend']} ({s['reason']})" for s in payload["skipped"]) or "none"),
         "max abs difference vs " + str(agree.get("reference")) + ": " + "; ".join(
             f"{n}: " + ", ".join(f"{g} {v['max_abs']:.1e} (rel {v['rel_l2']:.1e})" for g, v in d.items())

@@ -56,9 +56,10 @@ def make_pipeline(args, threads: int, say=print):
         asr = AsrConfig(model=str(ensure_tiny_asr(args.cache_dir)), cpu_threads=threads)
         asr_note = ("tiny offline Whisper (random weights, d_model 64, 2+2 layers): ASR time is NOT that of a "
                     "real Whisper; pass --asr small.en for one")
-    pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=args.backend, threads=threads))
+    pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=args.backend, threads=threads,
+                                               ort_spinning=args.ort_spinning))
     info = {"preset": args.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
-            "asr": asr_note, "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device}
+            "ort_spinning": args.ort_spinning, "asr": asr_note, "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device}
     return pipeline, info
 
 

@@ -76,11 +76,12 @@ class EmotionModel:
         gpu: int | None = None,
         precision: str = "fp32",
         threads: int = 0,
+        spinning: bool = False,
     ) -> "EmotionModel":
-        """Load a bundle folder (hashes verified) on `backend`."""
+        """Load a bundle folder (hashes verified) on `backend` (arguments as `load_sessions`)."""
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle)
-        sessions, choice = load_sessions(bundle, backend, gpu, precision, threads)
+        sessions, choice = load_sessions(bundle, backend, gpu, precision, threads, spinning)
         return cls(bundle, sessions, choice)
 
     def encode_speech(self, audios: Sequence[np.ndarray]) -> list[Features]:

@@ -61,6 +61,9 @@ class PipelineConfig:
         gpu: CUDA device index for the emotion model (None: CPU, or the first GPU for auto).
         precision: "fp32" or "fp16".
         threads: CPU threads per ONNX Runtime session (0 = default).
+        ort_spinning: let idle ONNX Runtime threads spin. Off by default: the
+            pipeline's sessions and ASR share the cores, and spinning workers
+            steal them (it doubled the text encoder and head times on 2 cores).
         max_batch: most utterances per encoder or head call.
         max_in_flight: most utterances being processed at once (admission bound).
         overflow: "block" (accept waits) or "drop" (new utterance dropped, counted).
@@ -73,6 +76,7 @@ class PipelineConfig:
     gpu: int | None = None
     precision: str = "fp32"
     threads: int = 0
+    ort_spinning: bool = False
     max_batch: int = 8
     max_in_flight: int = 16
     overflow: str = "block"
@@ -224,7 +228,8 @@ class Pipeline:
                  transcriber: Transcriber | None = None) -> None:
         self.config = (config or PipelineConfig()).validate()
         self.model = bundle if isinstance(bundle, EmotionModel) else EmotionModel.load(
-            bundle, self.config.backend, self.config.gpu, self.config.precision, self.config.threads)
+            bundle, self.config.backend, self.config.gpu, self.config.precision, self.config.threads,
+            self.config.ort_spinning)
         self.transcriber = transcriber or (Transcriber(self.config.asr) if self.config.asr is not None else None)
         self.vad = SileroVad(num_threads=1)
         self._admission = threading.BoundedSemaphore(self.config.max_in_flight)
