@@ -22,6 +22,15 @@ download a tokenizer).
 Needs the [train] extra (torch, transformers) and ctranslate2.
 
     python -m crab_rt.export.tiny_asr --out models/tiny-asr
+
+`size` picks the network: "micro" (the default above, for tests and the demo)
+or the shapes of OpenAI's English-only "tiny", "base" and "small" Whispers
+(width, layers, heads, 80 mel bins, and a vocabulary padded with unused
+filler tokens to the real 51864 entries), so a latency benchmark pays the
+real encoder and output-projection compute. The transcript is still a fixed
+eight tokens: decoding cost is that of a short utterance, not of a real one.
+
+    python -m crab_rt.export.tiny_asr --size small --out models/random-whisper-small
 """
 
 from __future__ import annotations
@@ -38,10 +47,13 @@ from pathlib import Path
 
 from crab_rt.errors import ConfigError, CrabError, missing_dependency, requires_extra
 
-__all__ = ["build_tiny_whisper", "is_tiny_whisper", "main"]
+__all__ = ["build_tiny_whisper", "is_tiny_whisper", "describe_size", "SIZES", "main"]
 
 _MARKER = "crab_tiny_asr.json"
 _FORMAT_VERSION = 1
+# size -> (d_model, encoder = decoder layers, attention heads, ffn width); tiny/base/small are OpenAI's shapes.
+SIZES = {"micro": (64, 2, 2, 128), "tiny": (384, 4, 6, 1536), "base": (512, 6, 8, 2048), "small": (768, 12, 12, 3072)}
+_REAL_VOCAB = 51864  # OpenAI's English-only Whisper vocabulary (text + special + timestamp tokens)
 _REQUIRED = ("model.bin", "config.json", "tokenizer.json", "preprocessor_config.json")
 
 _SPECIAL_TOKENS = [
@@ -92,12 +104,13 @@ new old big small long short high low early late young little own other same dif
 """.split()
 
 
-def is_tiny_whisper(path: str | Path, seed: int | None = None) -> bool:
-    """Whether `path` holds a complete tiny Whisper built by this module.
+def is_tiny_whisper(path: str | Path, seed: int | None = None, size: str | None = None) -> bool:
+    """Whether `path` holds a complete random Whisper built by this module.
 
     Args:
         path: a folder.
         seed: if given, the build must have used this seed.
+        size: if given, the build must be this size (see SIZES).
 
     Returns:
         True when every required file and the build marker are present and match.
@@ -110,6 +123,8 @@ def is_tiny_whisper(path: str | Path, seed: int | None = None) -> bool:
     except (OSError, ValueError):
         return False
     if not isinstance(marker, dict) or marker.get("format_version") != _FORMAT_VERSION:
+        return False
+    if size is not None and marker.get("size", "micro") != size:
         return False
     return seed is None or marker.get("seed") == seed
 
@@ -126,8 +141,8 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def _build_tokenizer(seed: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def _build_tokenizer(seed: int, pad_to_real_vocab: bool = False):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -139,6 +154,9 @@ def _build_tokenizer(seed: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    if pad_to_real_vocab:  # unused text tokens, so the output projection has the real width
+        fillers = _REAL_VOCAB - len(_SPECIAL_TOKENS) - _N_TIMESTAMPS - tok.get_vocab_size()
+        tok.add_tokens([AddedToken(f"<|filler{i}|>", special=False) for i in range(fillers)])
     n_text = tok.get_vocab_size()
     timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(_N_TIMESTAMPS)]
     tok.add_special_tokens(_SPECIAL_TOKENS + timestamps)
@@ -189,12 +207,13 @@ def _shape_decoder(model, tok, eot: int, seed: int) -> None:
     rows[eot] = 4.0 * u
 
 
-def _build_hf_model(hf_dir: Path, seed: int) -> None:
+def _build_hf_model(hf_dir: Path, seed: int, size: str) -> None:
     with requires_extra("train"):
         import torch
         import transformers
 
-    tok, n_text = _build_tokenizer(seed)
+    d_model, layers, heads, ffn = SIZES[size]
+    tok, n_text = _build_tokenizer(seed, pad_to_real_vocab=size != "micro")
     vocab_size = tok.get_vocab_size()
     ids = {name: tok.token_to_id(name) for name in _SPECIAL_TOKENS}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
@@ -215,13 +234,13 @@ def _build_hf_model(hf_dir: Path, seed: int) -> None:
     config = transformers.WhisperConfig(
         vocab_size=vocab_size,
         num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
         max_source_positions=1500,  # faster-whisper always feeds 30 s windows (3000 frames)
         max_target_positions=448,  # faster-whisper's fixed max_length
         pad_token_id=eot,
@@ -282,25 +301,28 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
             hf_logging.disable_progress_bar()
 
 
-def build_tiny_whisper(out_dir: str | Path, seed: int = 0, progress: bool = False) -> Path:
-    """Build (or reuse) a tiny random Whisper in CTranslate2 format.
+def build_tiny_whisper(out_dir: str | Path, seed: int = 0, progress: bool = False, size: str = "micro") -> Path:
+    """Build (or reuse) a random Whisper in CTranslate2 format.
 
     Args:
         out_dir: folder to create; an existing complete build with the same seed
-            is returned as is (a few milliseconds).
+            and size is returned as is (a few milliseconds).
         seed: seed of the tokenizer corpus and the random weights.
         progress: print the steps and the time taken to stderr.
+        size: "micro" (default) or a real Whisper shape: "tiny", "base", "small".
 
     Returns:
         The CTranslate2 model folder, loadable by `faster_whisper.WhisperModel`
         offline.
 
     Raises:
-        ConfigError: `out_dir` exists, is not empty and is not a tiny ASR build.
+        ConfigError: unknown size, or `out_dir` exists, is not empty and is not a tiny ASR build.
         DependencyError: torch, transformers or ctranslate2 is not installed.
     """
+    if size not in SIZES:
+        raise ConfigError(f"tiny ASR size: unknown {size!r} (choose from {', '.join(SIZES)})")
     out = Path(out_dir)
-    if is_tiny_whisper(out, seed):
+    if is_tiny_whisper(out, seed, size):
         return out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"tiny ASR out_dir: {out} exists and is not a folder")
@@ -318,14 +340,15 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, progress: bool = Fals
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tiny-asr-", dir=out.parent) as tmp:
         hf_dir, ct2_dir = Path(tmp) / "hf", Path(tmp) / "ct2"
-        say("building tokenizer and random Whisper (d_model 64, 2+2 layers)")
+        say(f"building tokenizer and random Whisper {size} ({describe_size(size)})")
         with _transformers_progress(progress):
-            _build_hf_model(hf_dir, seed)
+            _build_hf_model(hf_dir, seed, size)
             say("converting to CTranslate2")
             _convert(hf_dir, ct2_dir)
         marker = {
             "format_version": _FORMAT_VERSION,
             "seed": seed,
+            "size": size,
             "note": "random weights; the text is meaningless",
         }
         (ct2_dir / _MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
@@ -334,6 +357,12 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, progress: bool = Fals
         ct2_dir.rename(out)
     say(f"wrote {out} in {time.perf_counter() - start:.1f} s")
     return out
+
+
+def describe_size(size: str) -> str:
+    """e.g. "d_model 768, 12+12 layers, 12 heads" for "small"."""
+    d_model, layers, heads, _ = SIZES[size]
+    return f"d_model {d_model}, {layers}+{layers} layers, {heads} heads"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,10 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="micro",
+                        help="micro (default: tests and demo) or a real Whisper shape for latency work: tiny, base, small")
     parser.add_argument("--quiet", action="store_true", help="do not print progress")
     args = parser.parse_args(argv)
     try:
-        path = build_tiny_whisper(args.out, seed=args.seed, progress=not args.quiet)
+        path = build_tiny_whisper(args.out, seed=args.seed, progress=not args.quiet, size=args.size)
     except CrabError as e:
         print(f"tiny_asr: error: {e}", file=sys.stderr)
         return 2

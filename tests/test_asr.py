@@ -94,6 +94,20 @@ def test_build_is_idempotent(tiny_model):
     assert (tiny_model / "model.bin").stat().st_mtime_ns == mtime
 
 
+def test_real_shape_sizes_pad_the_vocabulary_to_whispers(tiny_model):
+    """tiny/base/small builds get OpenAI's 51864-token vocabulary (fillers never decoded) and their widths."""
+    from crab_rt.export.tiny_asr import SIZES, _build_tokenizer, build_tiny_whisper, describe_size, is_tiny_whisper
+
+    tok, n_text = _build_tokenizer(0, pad_to_real_vocab=True)
+    assert tok.get_vocab_size() == 51864 and n_text == 51864 - 8 - 1501
+    assert tok.token_to_id("<|endoftext|>") == n_text and tok.token_to_id("<|30.00|>") == 51863
+    assert tok.decode(tok.encode("great meeting").ids) == "great meeting"  # fillers do not disturb the BPE
+    assert SIZES["small"] == (768, 12, 12, 3072) and describe_size("tiny") == "d_model 384, 4+4 layers, 6 heads"
+    assert is_tiny_whisper(tiny_model, size="micro") and not is_tiny_whisper(tiny_model, size="small")
+    with pytest.raises(ConfigError, match="unknown 'medium'"):
+        build_tiny_whisper(tiny_model, size="medium")
+
+
 def test_build_refuses_a_foreign_non_empty_folder(tmp_path):
     from crab_rt.export.tiny_asr import build_tiny_whisper
 

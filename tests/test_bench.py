@@ -18,7 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 COMMON_SCHEMA = {
     "type": "object",
-    "required": ["name", "created", "command", "machine", "process", "kind"],
+    "required": ["name", "created", "command", "code", "machine", "process", "kind"],
     "properties": {
         "machine": {"type": "object", "required": ["cpu", "cores", "ram_gb", "gpus", "python", "versions", "threads"],
                     "properties": {"versions": {"type": "object", "required": ["numpy", "onnxruntime"]}}},
@@ -109,7 +109,7 @@ def test_e2e_tiny(tmp_path, cache):
                        "latency_ms": {"type": "object", "required": stages,
                                       "properties": {k: STATS for k in stages}}},
     })
-    assert "tiny offline Whisper" in data["asr"]
+    assert "micro offline Whisper" in data["asr"] and data["ort_spinning"] is False
     for lat in data["per_utterance_ms"]:
         assert lat["critical_path"] == pytest.approx(
             max(lat["asr"], lat["speech_encoder"]) + lat["text_encoder"] + lat["head"])
@@ -136,6 +136,29 @@ def test_concurrency_tiny(tmp_path, cache):
     _check_md(tmp_path / "concurrency_tiny.md")
     _check_png(tmp_path / "concurrency_tiny_vs_streams.png")
     _check_png(tmp_path / "concurrency_tiny_stages.png")
+
+
+def test_asr_micro_whisper_both_compute_types(tmp_path, cache):
+    rc = main(["bench", "asr", "--models", "random:whisper-micro", "--compute-types", "default,int8", "--device", "cpu",
+               "--audio-s", "1,2", "--ref-audio-s", "2", "--warmup", "1", "--repeat", "2", "--threads", "1",
+               "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
+    assert rc == 0
+    data = _load(tmp_path / "asr.json", {
+        "type": "object", "required": ["models", "results", "ratios", "settings"],
+        "properties": {"results": {"type": "array", "minItems": 4, "maxItems": 4, "items": {
+            "type": "object", "required": ["model", "compute_type", "device", "audio_s", "words", "ms"],
+            "properties": {"ms": STATS}}}},
+    })
+    assert {(r["compute_type"], r["audio_s"]) for r in data["results"]} == {
+        ("default", 1.0), ("default", 2.0), ("int8", 1.0), ("int8", 2.0)}
+    assert all(r["device"] == "cpu" and r["words"] >= 1 and r["ms"]["n"] == 2 for r in data["results"])
+    (ratio,) = data["ratios"]
+    p50 = {r["compute_type"]: r["ms"]["p50"] for r in data["results"] if r["audio_s"] == 2.0}
+    assert (ratio["baseline"], ratio["compute_type"]) == ("default", "int8")
+    assert ratio["speedup"] == pytest.approx(p50["default"] / p50["int8"], rel=2e-3)
+    assert "micro offline Whisper" in data["models"]["random:whisper-micro"]
+    _check_md(tmp_path / "asr.md")
+    _check_png(tmp_path / "asr.png")
 
 
 def test_vad_script_entry_point(tmp_path):
@@ -173,6 +196,8 @@ def test_machine_slug_and_default_results_folder(tmp_path, monkeypatch):
     (["models", "--preset", "tiny", "--backends", "cuda-magic"], "unknown backend 'cuda-magic'"),
     (["vad", "--tag", "a/b"], "--tag 'a/b' must be"),
     (["vad", "--threads", "-1"], "--threads must be >= 0"),
+    (["asr", "--compute-types", "int3"], "asr.compute_type: 'int3' is not one of"),
+    (["asr", "--models", "random:whisper-huge"], "unknown random Whisper size 'huge'"),
     (["concurrency", "--streams", "0"], r"--streams must be in \[1, 256\]"),
 ])
 def test_bad_options_are_one_line_errors(argv, match, tmp_path, capsys):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from crab_rt.errors import ConfigError
 
-__all__ = ["PRESETS", "default_cache_dir", "ensure_bundle", "ensure_tiny_asr", "build_bench_bundle", "bundle_info", "main"]
+__all__ = ["PRESETS", "default_cache_dir", "ensure_bundle", "ensure_tiny_asr", "resolve_asr", "build_bench_bundle",
+           "bundle_info", "main"]
 
 # preset -> (speech encoder, text encoder, head hidden_dim, head classifier_dim, max_text_tokens)
 PRESETS: dict[str, tuple[str, str, int, int, int]] = {
@@ -112,24 +113,50 @@ def ensure_bundle(preset: str, cache_dir: str | Path | None = None, log=print) -
     return out
 
 
-def ensure_tiny_asr(cache_dir: str | Path | None = None) -> Path:
-    """The tiny offline Whisper (random weights, meaningless text), built in a child process when absent.
+def ensure_tiny_asr(cache_dir: str | Path | None = None, size: str = "micro") -> Path:
+    """A random-weight offline Whisper of `size` (export/tiny_asr.py), built in a child process when absent.
 
     Raises:
-        ConfigError: the build failed.
+        ConfigError: unknown size, or the build failed.
     """
-    from crab_rt.export.tiny_asr import is_tiny_whisper
+    from crab_rt.export.tiny_asr import SIZES, is_tiny_whisper
 
-    out = Path(cache_dir or default_cache_dir()) / "tiny-whisper"
-    if is_tiny_whisper(out):
+    if size not in SIZES:
+        raise ConfigError(f"unknown random Whisper size {size!r} (choose from {', '.join(SIZES)})")
+    out = Path(cache_dir or default_cache_dir()) / ("tiny-whisper" if size == "micro" else f"random-whisper-{size}")
+    if is_tiny_whisper(out, size=size):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "crab_rt.export.tiny_asr", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "crab_rt.export.tiny_asr", "--out", str(out), "--size", size],
                           capture_output=True, text=True)
-    if proc.returncode != 0 or not is_tiny_whisper(out):
+    if proc.returncode != 0 or not is_tiny_whisper(out, size=size):
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise ConfigError(f"building the tiny Whisper in {out} failed: {tail}")
+        raise ConfigError(f"building the random Whisper {size} in {out} failed: {tail}")
     return out
+
+
+def resolve_asr(spec: str | None, cache_dir: str | Path | None = None) -> tuple[str | None, str]:
+    """The faster-whisper model a benchmark's `--asr` names, and a note saying what its timings mean.
+
+    None: the micro offline Whisper (cheap, not a real ASR cost); "none": no ASR;
+    "random:whisper-tiny|base|small": random weights in OpenAI's shapes, built
+    offline (real encoder compute, an 8-token transcript); anything else: a
+    faster-whisper name in the local cache or a CTranslate2 folder.
+    """
+    from crab_rt.export.tiny_asr import describe_size
+
+    if spec == "none":
+        return None, "no ASR (empty text)"
+    if spec is None or spec == "random:whisper-micro":
+        return str(ensure_tiny_asr(cache_dir)), (
+            "micro offline Whisper (random weights, d_model 64, 2+2 layers): ASR time is NOT that of a real "
+            "Whisper; pass --asr random:whisper-small (or small.en) for one")
+    if spec.startswith("random:whisper-"):
+        size = spec.split("-", 1)[1]
+        return str(ensure_tiny_asr(cache_dir, size)), (
+            f"random-weight Whisper {size} ({describe_size(size)}, 51864-token vocabulary): real encoder compute "
+            "(30 s window), transcript fixed at 8 tokens")
+    return spec, f"faster-whisper {spec}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,26 @@ def resolve_threads(threads: int) -> int:
     return threads or os.cpu_count() or 1
 
 
+def code_version() -> dict:
+    """crab-rt's version and, in a git checkout, the commit (with "+dirty" for uncommitted changes)."""
+    import subprocess
+
+    import crab_rt
+
+    out = {"crab_rt": crab_rt.__version__, "git": None}
+    root = Path(crab_rt.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            out["git"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return out
+
+
 def start_run(args: argparse.Namespace, threads: int) -> dict:
     """Machine description, results folder and the CPU/wall clocks at the start."""
     from crab_rt.bench.bundles import default_cache_dir
@@ -52,7 +72,7 @@ def start_run(args: argparse.Namespace, threads: int) -> dict:
     machine["matmul_gflops"] = {"start": matmul_gflops()}
     return {"machine": machine, "out_dir": results_dir(args.out_dir, machine), "tag": args.tag,
             "cache_dir": Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
-            "cpu0": cpu_seconds(), "wall0": time.perf_counter(), "no_plots": args.no_plots,
+            "code": code_version(), "cpu0": cpu_seconds(), "wall0": time.perf_counter(), "no_plots": args.no_plots,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""}
 
 
@@ -66,7 +86,7 @@ def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, l
     ctx["machine"]["matmul_gflops"]["end"] = matmul_gflops()
     payload = {
         "name": name, "tag": ctx["tag"], "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ctx["command"], "machine": ctx["machine"], **payload,
+        "command": ctx["command"], "code": ctx["code"], "machine": ctx["machine"], **payload,
         "process": {"wall_s": round(time.perf_counter() - ctx["wall0"], 2),
                     "cpu_s": round(cpu_seconds() - ctx["cpu0"], 2), "peak_rss_mb": peak_rss_mb()},
     }
@@ -79,7 +99,8 @@ def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, l
                     f"threads {m.get('threads')}; python {m['python']}, "
                     + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
                     + f"; yardstick (numpy fp32 matmul): {yardstick['start']:g} GFLOP/s at the start, "
-                      f"{yardstick['end']:g} at the end")
+                      f"{yardstick['end']:g} at the end; crab-rt {ctx['code']['crab_rt']}"
+                    + (f" (git {ctx['code']['git']})" if ctx["code"]["git"] else ""))
     written["md"] = write_markdown(paths["md"], title, sections, [machine_note, *notes,
                                                                    f"JSON: `{paths['json'].name}`"])
     if plots is not None and not ctx["no_plots"]:

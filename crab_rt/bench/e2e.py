@@ -24,8 +24,11 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, duration_s: float) -> Non
     p.add_argument("--preset", default="base", help="model preset: tiny, base or large (default base)")
     p.add_argument("--backend", default="onnxruntime", help="emotion model backend (default onnxruntime)")
     p.add_argument("--asr", default=None,
-                   help="faster-whisper model (name in the local cache or folder); 'none' = no ASR; "
-                        "default: the tiny offline Whisper")
+                   help="faster-whisper model (name in the local cache or CTranslate2 folder); 'none' = no ASR; "
+                        "'random:whisper-tiny|base|small' = random weights in the real shape, built offline; "
+                        "default: the micro offline Whisper (cheap, not a real ASR cost)")
+    p.add_argument("--asr-compute-type", default="default",
+                   help="CTranslate2 compute type of the ASR: default, int8, float32, float16, ... (default: default)")
     p.add_argument("--duration-s", type=float, default=duration_s,
                    help=f"length of the synthetic conversation (default {duration_s:g})")
     p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,

@@ -42,20 +42,15 @@ def make_pipeline(args, threads: int, say=print):
     Returns:
         (pipeline, description dict of model and ASR).
     """
-    from crab_rt.bench.bundles import bundle_info, ensure_bundle, ensure_tiny_asr
+    from crab_rt.bench.bundles import bundle_info, ensure_bundle, resolve_asr
     from crab_rt.runtime.asr import AsrConfig
     from crab_rt.runtime.pipeline import Pipeline, PipelineConfig
 
     bundle = ensure_bundle(args.preset, args.cache_dir, say)
-    if args.asr == "none":
-        asr, asr_note = None, "no ASR (empty text)"
-    elif args.asr:
-        asr = AsrConfig(model=args.asr, cpu_threads=threads)
-        asr_note = f"faster-whisper {args.asr}"
-    else:
-        asr = AsrConfig(model=str(ensure_tiny_asr(args.cache_dir)), cpu_threads=threads)
-        asr_note = ("tiny offline Whisper (random weights, d_model 64, 2+2 layers): ASR time is NOT that of a "
-                    "real Whisper; pass --asr small.en for one")
+    model, asr_note = resolve_asr(args.asr, args.cache_dir)
+    asr = None if model is None else AsrConfig(model=model, cpu_threads=threads, compute_type=args.asr_compute_type)
+    if asr is not None:
+        asr_note += f", compute type {args.asr_compute_type}"
     pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=args.backend, threads=threads,
                                                ort_spinning=args.ort_spinning))
     info = {"preset": args.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
