@@ -22,7 +22,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for ONNX Runtime intra-op and torch (default 0 = number of cores)")
     p.add_argument("--cache-dir", default=None,
-                   help="where benchmark bundles and the tiny Whisper are built once (default ~/.cache/crab-rt/bench)")
+                   help="where benchmark bundles and random Whispers are built once (default ~/.cache/crab-rt/bench)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="print only the output paths")
