@@ -631,7 +631,7 @@ def test_cuda_memory_copies_round_trip(monkeypatch):
 
 def test_missing_cuda_python_is_a_dependency_error(monkeypatch):
     _install_cudart(monkeypatch, None)
-    with pytest.raises(DependencyError, match=r"needs 'cuda-python'.*pip install cuda-python"):
+    with pytest.raises(DependencyError, match=r"needs 'cuda-python'.*pip install 'crab-rt\[tensorrt\]' \(cuda-python"):
         cuda_memory.device_count()
 
 
