@@ -205,3 +205,21 @@ def test_bad_options_are_one_line_errors(argv, match, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("crab-rt: error: ") and re.search(match, err), err
+
+
+def test_models_backend_names_map_to_torch_compile_modes(tmp_path, tiny_bundle):
+    """Loading only (compiling happens on the first call): each torch bench backend gets its compile mode."""
+    from crab_rt.bench.models import load_backend
+    from crab_rt.bundle import load_bundle
+    from crab_rt.errors import CrabError
+
+    bundle = load_bundle(tiny_bundle)
+    sessions = load_backend("torch-cpu-compile", bundle, 1, "fp32", tmp_path)
+    assert {s.provider for s in sessions.values()} == {"torch cpu compile=inductor"}
+    assert {s.provider for s in load_backend("torch-cpu", bundle, 1, "fp32", tmp_path).values()} == {"torch cpu"}
+    import torch
+
+    if not torch.cuda.is_available():
+        for name in ("torch-cuda", "torch-cuda-compile", "torch-cuda-graphs"):
+            with pytest.raises(CrabError, match="torch sees no CUDA device"):
+                load_backend(name, bundle, 1, "fp32", tmp_path)
