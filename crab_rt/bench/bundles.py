@@ -149,7 +149,7 @@ def resolve_asr(spec: str | None, cache_dir: str | Path | None = None) -> tuple[
         return None, "no ASR (empty text)"
     if spec is None or spec == "random:whisper-micro":
         return str(ensure_tiny_asr(cache_dir)), (
-            "micro offline Whisper (random weights, d_model 64, 2+2 layers): ASR time is NOT that of a real "
+            f"micro offline Whisper (random weights, {describe_size('micro')}): ASR time is NOT that of a real "
             "Whisper; pass --asr random:whisper-small (or small.en) for one")
     if spec.startswith("random:whisper-"):
         size = spec.split("-", 1)[1]

@@ -17,28 +17,21 @@ _PACKAGES = ("numpy", "torch", "onnxruntime", "onnxruntime-gpu", "transformers",
              "tensorrt")
 
 
-def _cpu_model() -> str:
+def _cpu_model_and_features() -> tuple[str, list[str]]:
+    """The CPU model name, and the vector extensions from `_ISA` it reports (what int8 / bf16 kernels can use)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
-def _cpu_features() -> list[str]:
-    """The vector extensions from `_ISA` this CPU reports (what int8 / bf16 kernels can use)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.lower().startswith(("flags", "features")):
+        lines = []
+    model, flags = None, set()
+    for line in lines:
+        key = line.lower()
+        if model is None and key.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        elif not flags and key.startswith(("flags", "features")):
             flags.update(line.split(":", 1)[1].split())
-            break
-    return [f for f in _ISA if f in flags]
+    model = model or platform.processor() or platform.machine() or "unknown-cpu"
+    return model, [f for f in _ISA if f in flags]
 
 
 def _ram_gb() -> float | None:
@@ -72,9 +65,10 @@ def _version(package: str) -> str | None:
 
 def describe_machine(threads: int | None = None) -> dict:
     """CPU model, cores, RAM, GPUs, OS, Python and package versions (and the thread setting, if given)."""
+    cpu, features = _cpu_model_and_features()
     desc = {
-        "cpu": _cpu_model(),
-        "cpu_features": _cpu_features(),
+        "cpu": cpu,
+        "cpu_features": features,
         "cores": os.cpu_count(),
         "ram_gb": _ram_gb(),
         "gpus": _gpus(),

@@ -109,12 +109,9 @@ def load_backend(name: str, bundle, threads: int, precision: str, cache: Path, l
     from crab_rt.backends.select import load_sessions
 
     if name in _TORCH:
-        from crab_rt.backends.torch import load_torch_sessions, torch_cuda_available
+        from crab_rt.backends.torch import load_torch_sessions
 
-        device, mode = _TORCH[name]
-        if device != "cpu" and not torch_cuda_available():
-            raise CrabError("torch sees no CUDA device")
-        return load_torch_sessions(bundle, device, mode)
+        return load_torch_sessions(bundle, *_TORCH[name])  # refuses CUDA when torch sees none
     if name == "onnxruntime-cpu":
         return load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning)[0]
     if name in ("onnxruntime-cpu-fused", "onnxruntime-cpu-int8"):

@@ -48,13 +48,15 @@ def make_pipeline(args, threads: int, say=print):
 
     bundle = ensure_bundle(args.preset, args.cache_dir, say)
     model, asr_note = resolve_asr(args.asr, args.cache_dir)
-    asr = None if model is None else AsrConfig(model=model, cpu_threads=threads, compute_type=args.asr_compute_type)
-    if asr is not None:
+    asr = None
+    if model is not None:
+        asr = AsrConfig(model=model, cpu_threads=threads, compute_type=args.asr_compute_type)
         asr_note += f", compute type {args.asr_compute_type}"
     pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=args.backend, threads=threads,
                                                ort_spinning=args.ort_spinning))
     info = {"preset": args.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
-            "ort_spinning": args.ort_spinning, "asr": asr_note, "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device}
+            "ort_spinning": args.ort_spinning, "asr": asr_note,
+            "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device}
     return pipeline, info
 
 
