@@ -49,11 +49,10 @@ class TorchSession(GraphSession):
     backend = "torch"
 
     def __init__(self, model, name: str, device: str, input_names, output_names, compile: str = "none") -> None:
-        self._model = model
         self.name = name
         self.device = device
         self.provider = f"torch {device}" + ("" if compile == "none" else f" compile={compile}")
-        part = {"speech_encoder": model.speech_encoder, "text_encoder": model.text_encoder, "head": model.head}[name]
+        part = getattr(model, name)  # CrabModel's parts carry the graph names
         self._forward = part if compile == "none" else _compiled(part, compile)
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
