@@ -1,5 +1,6 @@
 # crab-rt: the two commands of the README's quick start.
-#   make test   create .venv, install crab-rt with dev extras, run the whole test suite
+#   make test   create .venv, install crab-rt with dev extras, lint, run the whole test suite
+#   make lint   ruff (configured in pyproject.toml)
 #   make demo   synthesize a corpus, train a tiny Crab, evaluate, export a bundle, stream a conversation
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO   ?= demo
 
-.PHONY: install test demo clean
+.PHONY: install lint test demo clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +21,17 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-test: install
+lint: install
+	$(BIN)/ruff check crab_rt train export data cli benchmarks tests
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 demo: install
 	$(BIN)/crab-rt synth --out $(DEMO)/synthetic --num 480 --seed 0 --conversation $(DEMO)/conversation.wav --quiet
 	$(BIN)/crab-rt train --recipe synthetic --manifest $(DEMO)/synthetic/manifest.csv --out $(DEMO)/run --no-progress
 	$(BIN)/crab-rt evaluate --checkpoint $(DEMO)/run/best.pt --manifest $(DEMO)/synthetic/manifest.csv --split test
-	$(BIN)/python -m crab_rt.export.tiny_asr --out $(DEMO)/tiny-asr --quiet
+	$(BIN)/python -m crab_rt.data.tiny_asr --out $(DEMO)/tiny-asr --quiet
 	$(BIN)/crab-rt export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/bundle --asr $(DEMO)/tiny-asr
 	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input $(DEMO)/conversation.wav --format pretty
 	@echo "ground truth of the synthetic conversation: $(DEMO)/conversation.json"

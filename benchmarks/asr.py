@@ -1,8 +1,8 @@
-"""faster-whisper latency per utterance: `python benchmarks/asr.py --help` (same as `crab-rt bench asr`)."""
+"""faster-whisper latency per utterance: `python benchmarks/asr.py --help`."""
 
 import sys
 
-from crab_rt.cli import main
+from crab_bench.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "asr", *sys.argv[1:]]))
+    sys.exit(main(["asr", *sys.argv[1:]]))

@@ -1,8 +1,8 @@
-"""Latency and throughput vs the number of streams sharing one pipeline: `python benchmarks/concurrency.py --help` (same as `crab-rt bench concurrency`)."""
+"""Latency and throughput vs the number of streams sharing one pipeline: `python benchmarks/concurrency.py --help`."""
 
 import sys
 
-from crab_rt.cli import main
+from crab_bench.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "concurrency", *sys.argv[1:]]))
+    sys.exit(main(["concurrency", *sys.argv[1:]]))

@@ -1,8 +1,8 @@
-"""End-of-speech-to-event latency of the whole pipeline on a long recording: `python benchmarks/e2e.py --help` (same as `crab-rt bench e2e`)."""
+"""End-of-speech-to-event latency of the whole pipeline on a long recording: `python benchmarks/e2e.py --help`."""
 
 import sys
 
-from crab_rt.cli import main
+from crab_bench.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "e2e", *sys.argv[1:]]))
+    sys.exit(main(["e2e", *sys.argv[1:]]))

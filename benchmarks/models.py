@@ -1,8 +1,8 @@
-"""Encoder and head latency vs length and batch, per backend: `python benchmarks/models.py --help` (same as `crab-rt bench models`)."""
+"""Encoder and head latency vs length and batch, per backend: `python benchmarks/models.py --help`."""
 
 import sys
 
-from crab_rt.cli import main
+from crab_bench.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "models", *sys.argv[1:]]))
+    sys.exit(main(["models", *sys.argv[1:]]))

@@ -1,8 +1,8 @@
-"""Silero VAD cost per 32 ms frame: `python benchmarks/vad.py --help` (same as `crab-rt bench vad`)."""
+"""Silero VAD cost per 32 ms frame: `python benchmarks/vad.py --help`."""
 
 import sys
 
-from crab_rt.cli import main
+from crab_bench.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "vad", *sys.argv[1:]]))
+    sys.exit(main(["vad", *sys.argv[1:]]))

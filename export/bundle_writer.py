@@ -134,7 +134,7 @@ def export_bundle(
     from crab_rt.export.fp16 import convert_to_fp16
     from crab_rt.export.onnx_export import check_graph_ops, export_graphs, graph_names
     from crab_rt.export.parity import check_fp16_parity, check_parity
-    from crab_rt.train.checkpoint import load_model
+    from crab_rt.model.checkpoint import load_model
 
     options.validate()
     say = log or (lambda line: None)

@@ -48,7 +48,7 @@ def tone() -> np.ndarray:
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
     """A small synthetic corpus (200 clips); returns its manifest path."""
-    from crab_rt.synth import SynthConfig, synthesize_corpus
+    from crab_rt.data.synth import SynthConfig, synthesize_corpus
 
     out = tmp_path_factory.mktemp("synthetic")
     return synthesize_corpus(SynthConfig(num_utterances=200, seed=3), out, progress=False)

@@ -1,4 +1,4 @@
-"""ASR stage (crab_rt.runtime.asr) and the offline tiny Whisper (crab_rt.export.tiny_asr)."""
+"""ASR stage (crab_rt.runtime.asr) and the offline tiny Whisper (crab_rt.data.tiny_asr)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """The tiny random Whisper, built once for this module (a few seconds)."""
     for module in ("torch", "transformers", "ctranslate2", "faster_whisper"):
         pytest.importorskip(module)
-    from crab_rt.export.tiny_asr import build_tiny_whisper
+    from crab_rt.data.tiny_asr import build_tiny_whisper
 
     return build_tiny_whisper(tmp_path_factory.mktemp("asr") / "tiny-whisper", seed=0)
 
@@ -63,7 +63,7 @@ def _tone(seconds: float, hz: float = 440.0) -> np.ndarray:
 
 
 def test_tiny_model_folder_is_an_english_only_ct2_whisper(tiny_model):
-    from crab_rt.export.tiny_asr import _WORDS, is_tiny_whisper
+    from crab_rt.data.tiny_asr import _WORDS, is_tiny_whisper
 
     for name in ("model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"):
         assert (tiny_model / name).is_file(), name
@@ -85,7 +85,7 @@ def test_tiny_model_folder_is_an_english_only_ct2_whisper(tiny_model):
 
 
 def test_build_is_idempotent(tiny_model):
-    from crab_rt.export.tiny_asr import build_tiny_whisper
+    from crab_rt.data.tiny_asr import build_tiny_whisper
 
     mtime = (tiny_model / "model.bin").stat().st_mtime_ns
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def test_build_is_idempotent(tiny_model):
 
 def test_real_shape_sizes_pad_the_vocabulary_to_whispers(tiny_model):
     """tiny/base/small builds get OpenAI's 51864-token vocabulary (fillers never decoded) and their widths."""
-    from crab_rt.export.tiny_asr import SIZES, _build_tokenizer, build_tiny_whisper, describe_size, is_tiny_whisper
+    from crab_rt.data.tiny_asr import SIZES, _build_tokenizer, build_tiny_whisper, describe_size, is_tiny_whisper
 
     tok, n_text = _build_tokenizer(0, pad_to_real_vocab=True)
     assert tok.get_vocab_size() == 51864 and n_text == 51864 - 8 - 1501
@@ -109,7 +109,7 @@ def test_real_shape_sizes_pad_the_vocabulary_to_whispers(tiny_model):
 
 
 def test_build_refuses_a_foreign_non_empty_folder(tmp_path):
-    from crab_rt.export.tiny_asr import build_tiny_whisper
+    from crab_rt.data.tiny_asr import build_tiny_whisper
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"not empty and holds no tiny ASR build"):
@@ -119,7 +119,7 @@ def test_build_refuses_a_foreign_non_empty_folder(tmp_path):
 
 def test_module_entry_point_prints_the_folder(tiny_model):
     proc = subprocess.run(
-        [sys.executable, "-m", "crab_rt.export.tiny_asr", "--out", str(tiny_model), "--quiet"],
+        [sys.executable, "-m", "crab_rt.data.tiny_asr", "--out", str(tiny_model), "--quiet"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -130,7 +130,7 @@ def test_module_entry_point_prints_the_folder(tiny_model):
 
 
 def test_module_entry_point_reports_a_bad_folder(tmp_path, capsys):
-    from crab_rt.export.tiny_asr import main
+    from crab_rt.data.tiny_asr import main
 
     target = tmp_path / "file.bin"
     target.write_bytes(b"x")
@@ -142,7 +142,7 @@ def test_module_entry_point_reports_a_bad_folder(tmp_path, capsys):
 
 
 def test_transcribes_offline_with_sane_fields(transcriber):
-    from crab_rt.export.tiny_asr import _WORDS
+    from crab_rt.data.tiny_asr import _WORDS
 
     assert transcriber.device == "cpu"
     assert transcriber.is_multilingual is False

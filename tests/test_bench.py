@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crab_rt.cli import main
+from crab_bench.cli import main
 
 pytest.importorskip("torch")  # the benchmark bundle is built from a random model
 jsonschema = pytest.importorskip("jsonschema")
@@ -53,7 +53,7 @@ def _check_png(path: Path) -> None:
 
 
 def test_models_tiny_same_inputs_across_backends(tmp_path, cache, capsys):
-    rc = main(["bench", "models", "--preset", "tiny", "--backends", "torch-cpu,onnxruntime-cpu", "--audio-s", "1,2",
+    rc = main(["models", "--preset", "tiny", "--backends", "torch-cpu,onnxruntime-cpu", "--audio-s", "1,2",
                "--text-tokens", "8,16", "--batch", "1,2", "--head-text-tokens", "8", "--ref-audio-s", "2",
                "--warmup", "1", "--repeat", "2", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir", str(cache),
                "--tag", "ci"])
@@ -97,7 +97,7 @@ def test_models_tiny_same_inputs_across_backends(tmp_path, cache, capsys):
 
 
 def test_e2e_tiny(tmp_path, cache):
-    rc = main(["bench", "e2e", "--preset", "tiny", "--duration-s", "8", "--no-realtime", "--threads", "1",
+    rc = main(["e2e", "--preset", "tiny", "--duration-s", "8", "--no-realtime", "--threads", "1",
                "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
     assert rc == 0
     stages = ["end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head"]
@@ -120,7 +120,7 @@ def test_e2e_tiny(tmp_path, cache):
 
 
 def test_concurrency_tiny(tmp_path, cache):
-    rc = main(["bench", "concurrency", "--preset", "tiny", "--streams", "1,2", "--duration-s", "6", "--no-realtime",
+    rc = main(["concurrency", "--preset", "tiny", "--streams", "1,2", "--duration-s", "6", "--no-realtime",
                "--asr", "none", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
     assert rc == 0
     data = _load(tmp_path / "concurrency_tiny.json", {
@@ -139,7 +139,7 @@ def test_concurrency_tiny(tmp_path, cache):
 
 
 def test_asr_micro_whisper_both_compute_types(tmp_path, cache):
-    rc = main(["bench", "asr", "--models", "random:whisper-micro", "--compute-types", "default,int8", "--device", "cpu",
+    rc = main(["asr", "--models", "random:whisper-micro", "--compute-types", "default,int8", "--device", "cpu",
                "--audio-s", "1,2", "--ref-audio-s", "2", "--warmup", "1", "--repeat", "2", "--threads", "1",
                "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
     assert rc == 0
@@ -177,7 +177,7 @@ def test_vad_script_entry_point(tmp_path):
 
 
 def test_machine_slug_and_default_results_folder(tmp_path, monkeypatch):
-    from crab_rt.bench.machine import describe_machine, machine_slug, results_dir
+    from crab_bench.machine import describe_machine, machine_slug, results_dir
 
     desc = describe_machine(2)
     slug = machine_slug(desc)
@@ -201,15 +201,15 @@ def test_machine_slug_and_default_results_folder(tmp_path, monkeypatch):
     (["concurrency", "--streams", "0"], r"--streams must be in \[1, 256\]"),
 ])
 def test_bad_options_are_one_line_errors(argv, match, tmp_path, capsys):
-    rc = main(["bench", *argv, "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
+    rc = main([*argv, "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("crab-rt: error: ") and re.search(match, err), err
+    assert err.startswith("bench: error: ") and re.search(match, err), err
 
 
 def test_models_backend_names_map_to_torch_compile_modes(tmp_path, tiny_bundle):
     """Loading only (compiling happens on the first call): each torch bench backend gets its compile mode."""
-    from crab_rt.bench.models import load_backend
+    from crab_bench.models import load_backend
     from crab_rt.bundle import load_bundle
     from crab_rt.errors import CrabError
 

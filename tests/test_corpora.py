@@ -12,25 +12,24 @@ import pytest
 
 from crab_rt.audio import load_audio
 from crab_rt.cli import main
-from crab_rt.commands.transcribe_manifest import partial_path, transcribe_manifest
-from crab_rt.corpora import (
+from crab_rt.data.transcribe import partial_path, transcribe_manifest
+from crab_rt.data.corpora import (
     IEMOCAP_LABELS,
     MELD_LABELS,
     MSP_LETTER_TO_LABEL,
     MSP_PODCAST_LABELS,
     CorpusLayoutError,
-    compare_with_paper,
     iemocap_fold_splits,
     prepare_iemocap,
     prepare_meld,
     prepare_msp_podcast,
-    write_msp_submission,
 )
-from crab_rt.corpora.iemocap import parse_emo_evaluation
-from crab_rt.corpora.meld import fix_meld_text
-from crab_rt.corpora.paper_results import PAPER_CLASS_COUNTS, paper_results
+from crab_rt.data.corpora.iemocap import parse_emo_evaluation
+from crab_rt.data.corpora.meld import fix_meld_text
+from crab_rt.data.corpora.paper_counts import PAPER_CLASS_COUNTS
+from crab_rt.train.paper_results import compare_with_paper, paper_results, write_msp_submission
 from crab_rt.errors import ConfigError, ManifestError
-from crab_rt.manifest import check_labels, read_manifest
+from crab_rt.data.manifest import check_labels, read_manifest
 
 try:
     from corpus_fixtures import make_iemocap, make_meld, make_msp

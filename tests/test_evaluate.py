@@ -12,7 +12,7 @@ from crab_rt.cli import main  # noqa: E402
 
 @pytest.fixture(scope="module")
 def msp_checkpoint(tiny_model_parts, tmp_path_factory):
-    from crab_rt.corpora import MSP_PODCAST_LABELS
+    from crab_rt.data.corpora import MSP_PODCAST_LABELS
     from crab_rt.model.config import HeadConfig, ModelConfig
     from crab_rt.model.crab import CrabModel
     from crab_rt.train.checkpoint import save_checkpoint

@@ -188,7 +188,7 @@ def test_manifest_schema_and_hashes(bundle_dir, checkpoint):
 def test_bundle_torch_copy_is_model_only_and_loads(bundle_dir, tiny_model_parts):
     import torch
 
-    from crab_rt.train.checkpoint import load_model
+    from crab_rt.model.checkpoint import load_model
 
     model, _, payload = load_model(bundle_dir / "model.pt")
     assert set(payload) == {"format", "crab_rt_version", "architecture", "model_settings", "tokenizer_json", "model_state"}

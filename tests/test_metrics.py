@@ -1,4 +1,4 @@
-"""Tests of crab_rt.metrics and crab_rt.reporting."""
+"""Tests of crab_rt.train.metrics and crab_rt.train.reporting."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from crab_rt.errors import ConfigError
-from crab_rt.metrics import classification_report
-from crab_rt.reporting import format_report_table, plot_confusion_matrix, write_report
+from crab_rt.train.metrics import classification_report
+from crab_rt.train.reporting import format_report_table, plot_confusion_matrix, write_report
 
 # Hand-computed example, labels a, b, c:
 #   y_true = a a a b b c

@@ -39,7 +39,7 @@ def bundle(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def conversation(tmp_path_factory):
-    from crab_rt.synth import read_conversation_truth, synthesize_conversation
+    from crab_rt.data.synth import read_conversation_truth, synthesize_conversation
 
     path = tmp_path_factory.mktemp("conv") / "conversation.wav"
     synthesize_conversation(path, num_turns=4, seed=0)
@@ -48,7 +48,7 @@ def conversation(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_asr(tmp_path_factory):
-    from crab_rt.export.tiny_asr import build_tiny_whisper
+    from crab_rt.data.tiny_asr import build_tiny_whisper
 
     return build_tiny_whisper(tmp_path_factory.mktemp("asr") / "tiny")
 
@@ -171,7 +171,7 @@ def test_listen_stdin_pcm(bundle, conversation):
 
     pcm = (np.clip(load_audio(conversation[0]), -1, 1) * 32767).astype("<i2").tobytes()
     proc = subprocess.run(
-        [sys.executable, "-m", "crab_rt", "listen", "--bundle", str(bundle), "--input", "-", "--no-asr",
+        [sys.executable, "-m", "crab_rt.cli", "listen", "--bundle", str(bundle), "--input", "-", "--no-asr",
          "--backend", "onnxruntime"], input=pcm, capture_output=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr.decode()
@@ -238,7 +238,7 @@ def test_ctrl_c_flushes_and_exits_0(bundle, conversation):
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crab_rt", "listen", "--bundle", str(bundle), "--input", str(conversation[0]),
+        [sys.executable, "-m", "crab_rt.cli", "listen", "--bundle", str(bundle), "--input", str(conversation[0]),
          "--realtime", "--no-asr", "--backend", "onnxruntime"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

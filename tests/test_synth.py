@@ -1,4 +1,4 @@
-"""Tests of crab_rt.synth and the `crab-rt synth` command."""
+"""Tests of crab_rt.data.synth and the `crab-rt synth` command."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from crab_rt.audio import SAMPLE_RATE, load_audio
 from crab_rt.cli import main
 from crab_rt.errors import ConfigError, ManifestError
-from crab_rt.manifest import read_manifest
-from crab_rt.synth import (
+from crab_rt.data.manifest import read_manifest
+from crab_rt.data.synth import (
     PROSODY_PROFILES,
     SynthConfig,
     class_counts,
@@ -184,7 +184,7 @@ def test_prosody_differs_by_class(clean_corpus):
 
 
 def test_text_cue_words_follow_text_label(corpus):
-    from crab_rt.synth import CUE_WORDS
+    from crab_rt.data.synth import CUE_WORDS
 
     for r in read_manifest(corpus):
         words = set(r.text.lower().rstrip(".").split())

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from crab_rt.audio import SAMPLE_RATE, load_audio
 from crab_rt.features import pad_waveforms
-from crab_rt.manifest import ManifestRow
+from crab_rt.data.manifest import ManifestRow
 from crab_rt.text import TextTokenizer
 
 __all__ = ["EmotionDataset", "Collator", "Batch"]

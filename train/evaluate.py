@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crab_rt.errors import ManifestError
-from crab_rt.manifest import ManifestRow, check_labels, read_manifest
+from crab_rt.data.manifest import ManifestRow, check_labels, read_manifest
 from crab_rt.model.crab import CrabModel
 from crab_rt.text import TextTokenizer
 from crab_rt.train.data import Collator, EmotionDataset
@@ -64,15 +64,15 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on manifest splits; write `<split>.json` and a confusion PNG.
 
     Returns:
-        The metrics report (see `crab_rt.metrics.classification_report`), with
+        The metrics report (see `crab_rt.train.metrics.classification_report`), with
         the file paths under "files".
 
     Raises:
         ManifestError: unknown labels, or the split has no labelled row.
     """
-    from crab_rt.metrics import classification_report
-    from crab_rt.reporting import write_report
-    from crab_rt.train.checkpoint import load_model
+    from crab_rt.train.metrics import classification_report
+    from crab_rt.train.reporting import write_report
+    from crab_rt.model.checkpoint import load_model
 
     model, tokenizer, payload = load_model(checkpoint, device)
     rows = read_manifest(manifest, splits)

@@ -19,11 +19,12 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from crab_rt.errors import ConfigError, ManifestError
-from crab_rt.manifest import ManifestRow, check_labels, read_manifest
+from crab_rt.data.manifest import ManifestRow, check_labels, read_manifest
 from crab_rt.model.crab import CrabModel
 from crab_rt.model.presets import RANDOM_PREFIX
 from crab_rt.text import TextTokenizer, train_bpe_tokenizer
-from crab_rt.train.checkpoint import read_checkpoint, save_checkpoint
+from crab_rt.model.checkpoint import read_checkpoint
+from crab_rt.train.checkpoint import save_checkpoint
 from crab_rt.train.config import TrainConfig
 from crab_rt.train.data import Collator, EmotionDataset
 from crab_rt.train.evaluate import predict
@@ -256,7 +257,7 @@ class Trainer:
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def evaluate_dev(self) -> dict:
-        from crab_rt.metrics import classification_report
+        from crab_rt.train.metrics import classification_report
 
         y_true, probs = predict(
             self.model, self.tokenizer, self.dev_rows, self.config.model.max_audio_s,

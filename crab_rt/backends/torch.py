@@ -112,7 +112,7 @@ def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none") -> d
     with requires_extra("train"):
         import torch
 
-        from crab_rt.train.checkpoint import load_model
+        from crab_rt.model.checkpoint import load_model
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
     model, _, _ = load_model(bundle.torch_checkpoint_path, map_location=device)

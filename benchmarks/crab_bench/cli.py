@@ -1,0 +1,54 @@
+"""The benchmark command line: `python benchmarks/<kind>.py ...` (or `python benchmarks/run.py KIND ...`).
+
+The benchmarks live in the source tree, not in the crab-rt wheel; run them from
+a checkout with the dev install (`make install`). User errors (`CrabError`)
+are one line on stderr and exit code 2, as in `crab-rt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from crab_rt.errors import CrabError
+
+__all__ = ["KINDS", "build_parser", "main"]
+
+KINDS = {
+    "models": ("crab_bench.models", "encoders and head: latency vs audio/text length and batch, per backend"),
+    "e2e": ("crab_bench.e2e", "replay a long recording through the whole pipeline; end-of-speech-to-event latency"),
+    "concurrency": ("crab_bench.concurrency", "N streams through one pipeline: latency and throughput vs N"),
+    "asr": ("crab_bench.asr", "faster-whisper latency per utterance vs length, per model and compute type"),
+    "vad": ("crab_bench.vad", "Silero VAD (and the segmenter) cost per 32 ms frame"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per benchmark kind."""
+    p = argparse.ArgumentParser(prog="benchmarks/run.py",
+                                description="Latency benchmarks; results go to benchmarks/results/<machine>/ as "
+                                            "JSON, Markdown and PNG.")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind, (module, help_text) in KINDS.items():
+        kp = kinds.add_parser(kind, help=help_text, description=help_text, prog=f"benchmarks/{kind}.py")
+        # The kind modules import numpy and the project only; heavy libraries load inside run().
+        importlib.import_module(module).add_arguments(kp)
+        kp.set_defaults(bench_module=module)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run one benchmark kind, and turn user errors into one line and exit code 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return int(importlib.import_module(args.bench_module).run(args) or 0)
+    except CrabError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130

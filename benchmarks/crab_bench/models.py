@@ -1,0 +1,391 @@
+"""`crab-rt bench models`: latency of speech encoder, text encoder and head, per backend.
+
+One random-weight bundle of the preset is loaded on every backend present (all
+at once; the backends take turns point by point, so a change in the machine's
+load over the run hits them alike); every backend gets the SAME inputs (generated once from a
+seed). For each graph and shape: untimed warm-up calls, then timed calls
+(p50/p90/p99/mean over `n`, reported). Threads are pinned: ONNX Runtime's
+intra-op threads and `torch.set_num_threads` get the same value. Ratios
+between backends are computed from this run only. Outputs of every backend are
+compared with the first backend's (max abs difference), since the bundle is
+exported without its parity check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from pathlib import Path
+
+import numpy as np
+
+from crab_rt.errors import CrabError
+
+__all__ = ["add_arguments", "run", "BACKENDS", "load_backend"]
+
+BACKENDS = ("torch-cpu", "torch-cpu-compile", "onnxruntime-cpu", "torch-cuda", "torch-cuda-compile", "torch-cuda-graphs",
+            "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+# bench backend -> (torch device, torch.compile mode)
+_TORCH = {"torch-cpu": ("cpu", "none"), "torch-cpu-compile": ("cpu", "inductor"), "torch-cuda": ("cuda:0", "none"),
+          "torch-cuda-compile": ("cuda:0", "inductor"), "torch-cuda-graphs": ("cuda:0", "cuda-graphs")}
+_MAIN_OUTPUT = {"speech_encoder": "hidden_states", "text_encoder": "hidden_states", "head": "probabilities"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from crab_bench.common import add_common_arguments, add_spinning_argument
+
+    add_common_arguments(p)
+    add_spinning_argument(p)
+    p.add_argument("--preset", default="base", help="tiny, base (wavlm-base-plus + roberta-base) or large (default base)")
+    p.add_argument("--backends", default="all",
+                   help=f"comma list from {', '.join(BACKENDS)}; 'all' = every one present (default)")
+    p.add_argument("--audio-s", default="1,2,4,8,12", help="audio lengths in seconds (default 1,2,4,8,12)")
+    p.add_argument("--text-tokens", default="8,32,128", help="text lengths in tokens (default 8,32,128)")
+    p.add_argument("--batch", default="1,4", help="batch sizes (default 1,4)")
+    p.add_argument("--head-text-tokens", type=int, default=32,
+                   help="text length for the head-vs-audio sweep and the combined ratio (default 32)")
+    p.add_argument("--ref-audio-s", type=float, default=4.0, help="audio length of the combined ratio (default 4)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per point (default 2)")
+    p.add_argument("--repeat", type=int, default=20, help="timed calls per point (default 20)")
+    p.add_argument("--max-seconds", type=float, default=8.0,
+                   help="stop a point early after this many timed seconds, keeping at least 3 calls (0 = never)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="precision of the GPU backends")
+    p.add_argument("--ort-variants", default="",
+                   help="also time ONNX Runtime CPU variants of the encoder graphs: 'fused' (onnxruntime.transformers "
+                        "fusion, parity-checked) and/or 'int8' (dynamic int8 MatMul, NOT parity-preserving), e.g. fused,int8")
+
+
+def _inputs(spec: dict, dims: dict, seed: int) -> dict:
+    """Every input of every point, generated once so all backends see the same arrays."""
+    rng = np.random.default_rng(seed)
+    points: dict = {}
+    for b in spec["batch"]:
+        for a in spec["audio_s"]:
+            n = int(round(a * 16000))
+            values = (0.1 * rng.standard_normal((b, n))).astype(np.float32)
+            points[("speech_encoder", b, a, None)] = {"input_values": values,
+                                                      "attention_mask": np.ones((b, n), dtype=np.int64)}
+        for t in spec["text_tokens"]:
+            ids = rng.integers(4, 300, size=(b, t), dtype=np.int64)
+            ids[:, 0], ids[:, -1] = 0, 2
+            points[("text_encoder", b, None, t)] = {"input_ids": ids, "attention_mask": np.ones((b, t), dtype=np.int64)}
+    return points
+
+
+def _head_inputs(spec: dict, frames: dict, dims: dict, seed: int) -> dict:
+    rng = np.random.default_rng(seed + 1)
+    points = {}
+    shapes = [(a, spec["head_text_tokens"]) for a in spec["audio_s"]]
+    shapes += [(spec["ref_audio_s"], t) for t in spec["text_tokens"] if t != spec["head_text_tokens"]]
+    for b in spec["batch"]:
+        for a, t in shapes:
+            f = frames[a]
+            points[("head", b, a, t)] = {
+                "speech_hidden": rng.standard_normal((b, f, dims["speech_hidden"])).astype(np.float32),
+                "speech_mask": np.ones((b, f), dtype=np.int64),
+                "text_hidden": rng.standard_normal((b, t, dims["text_hidden"])).astype(np.float32),
+                "text_mask": np.ones((b, t), dtype=np.int64),
+            }
+    return points
+
+
+def _variant_graphs(bundle, variant: str, cache: Path, log) -> dict[str, Path]:
+    """Encoder graphs rewritten offline ("fused" or "int8"), cached next to the bundle."""
+    from crab_bench.optimize import fuse_encoder_graph, quantize_encoder_graph
+
+    out = {}
+    for name, model_type in (("speech_encoder", "wavlm"), ("text_encoder", "bert")):
+        if name in bundle.graph_names:
+            dst = cache / f"{bundle.root.name}-{name}.{variant}.onnx"
+            if variant == "fused":
+                out[name] = fuse_encoder_graph(bundle.graph_path(name), dst, model_type, log)
+            else:
+                out[name] = quantize_encoder_graph(bundle.graph_path(name), dst, log)
+    return out
+
+
+def load_backend(name: str, bundle, threads: int, precision: str, cache: Path, log=print, spinning: bool = False):
+    """Sessions of `bundle` on backend `name` (see BACKENDS), or raise why it cannot run here."""
+    from crab_rt.backends.select import load_sessions
+
+    if name in _TORCH:
+        from crab_rt.backends.torch import load_torch_sessions
+
+        return load_torch_sessions(bundle, *_TORCH[name])  # refuses CUDA when torch sees none
+    if name == "onnxruntime-cpu":
+        return load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning)[0]
+    if name in ("onnxruntime-cpu-fused", "onnxruntime-cpu-int8"):
+        from crab_rt.backends.onnxruntime import OrtSession
+
+        sessions = load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning)[0]
+        for graph, path in _variant_graphs(bundle, name.rsplit("-", 1)[1], cache, log).items():
+            sessions[graph].close()
+            sessions[graph] = OrtSession(path, graph, "cpu", 0, bundle.graph_io(graph), threads, spinning=spinning)
+        return sessions
+    if name == "onnxruntime-cuda":
+        return load_sessions(bundle, "onnxruntime", gpu=0, precision=precision, threads=threads, spinning=spinning)[0]
+    if name == "onnxruntime-tensorrt":
+        from crab_rt.backends.onnxruntime import OrtSession, ort_providers
+
+        providers = ort_providers("tensorrt", 0, bundle.root / "engines" / "ort-trt-cache", precision == "fp16", None)
+        return {g: OrtSession(bundle.graph_path(g, precision), g, "tensorrt", 0, bundle.graph_io(g, precision),
+                              threads, providers, spinning) for g in bundle.graph_names}
+    if name == "tensorrt":
+        return load_sessions(bundle, "tensorrt", gpu=0, precision=precision)[0]
+    raise CrabError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+
+
+def _available(names: list[str]) -> dict[str, str | None]:
+    """backend -> None when it may run here, else the reason it is skipped."""
+    from crab_rt.backends.onnxruntime import available_providers
+
+    have = available_providers()
+    out = {}
+    for n in names:
+        reason = None
+        if n in _TORCH:
+            try:
+                import torch
+            except ImportError:
+                reason = "torch is not installed"
+            else:
+                if _TORCH[n][0] != "cpu" and not torch.cuda.is_available():
+                    reason = "torch sees no CUDA device"
+        elif n == "onnxruntime-cuda" and "CUDAExecutionProvider" not in have:
+            reason = "onnxruntime has no CUDAExecutionProvider (needs onnxruntime-gpu)"
+        elif n == "onnxruntime-tensorrt" and "TensorrtExecutionProvider" not in have:
+            reason = "onnxruntime has no TensorrtExecutionProvider"
+        elif n == "tensorrt":
+            from crab_rt.backends.tensorrt import tensorrt_available
+
+            ok, why = tensorrt_available()
+            reason = None if ok else why
+        out[n] = reason
+    return out
+
+
+def _label(key: tuple) -> str:
+    graph, b, a, t = key
+    parts = [f"b{b}"] + ([f"{a:g}s"] if a is not None else []) + ([f"{t}tok"] if t is not None else [])
+    return f"{graph} " + " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crab_bench.bundles import bundle_info, ensure_bundle
+    from crab_bench.common import finish_run, resolve_threads, start_run
+    from crab_bench.stats import parse_list, summarize_ms, time_calls
+    from crab_rt.bundle import load_bundle
+
+    import warnings
+
+    say = print if not args.quiet else (lambda *a, **k: None)
+    # transformers' WavLM attention mixes a bool padding mask with a float bias (harmless, noisy).
+    warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+    threads = resolve_threads(args.threads)
+    spec = {
+        "audio_s": parse_list(args.audio_s, float), "text_tokens": parse_list(args.text_tokens, int),
+        "batch": parse_list(args.batch, int), "head_text_tokens": args.head_text_tokens,
+        "ref_audio_s": args.ref_audio_s,
+    }
+    names = list(BACKENDS) if args.backends == "all" else [n.strip() for n in args.backends.split(",") if n.strip()]
+    for n in names:
+        if n not in BACKENDS:
+            raise CrabError(f"--backends: unknown backend {n!r} (choose from {', '.join(BACKENDS)})")
+    variants = [v.strip() for v in args.ort_variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in ("fused", "int8"):
+            raise CrabError(f"--ort-variants: unknown variant {v!r} (choose from fused, int8)")
+        if f"onnxruntime-cpu-{v}" not in names:
+            names.append(f"onnxruntime-cpu-{v}")
+    ctx = start_run(args, threads)
+    bundle_dir = ensure_bundle(args.preset, args.cache_dir, say)
+    bundle = load_bundle(bundle_dir)
+    info = bundle_info(bundle_dir)
+    dims = bundle.dims
+    availability = _available([n for n in names if n in BACKENDS])
+    if any(n.startswith("torch") for n in names if availability.get(n) is None):
+        import torch
+
+        torch.set_num_threads(threads)
+    inputs = _inputs(spec, dims, args.seed)
+    say(f"models bench: preset {args.preset}, threads {threads}, backends {', '.join(names)}")
+    results, backends, skipped, reference, agreement = [], [], [], {}, {}
+    frames: dict | None = None
+    loaded: dict[str, dict] = {}
+    for name in names:
+        if availability.get(name):  # variants are always available (CPU onnxruntime)
+            skipped.append({"backend": name, "reason": availability[name]})
+            say(f"  skip {name}: {availability[name]}")
+            continue
+        try:
+            loaded[name] = load_backend(name, bundle, threads, args.precision, Path(ctx["cache_dir"]), say,
+                                        args.ort_spinning)
+        except (CrabError, ImportError) as e:
+            skipped.append({"backend": name, "reason": str(e).splitlines()[0]})
+            say(f"  skip {name}: {e}")
+            continue
+        first = next(iter(loaded[name].values()))
+        backends.append({"backend": name, "provider": first.provider, "device": first.device})
+        agreement[name] = {}
+    if loaded:  # speech frames per length, from the encoder itself
+        speech = next(iter(loaded.values()))["speech_encoder"]
+        frames = {}
+        for a in sorted(set(spec["audio_s"]) | {spec["ref_audio_s"]}):
+            n = int(round(a * 16000))
+            feed = {"input_values": np.zeros((1, n), dtype=np.float32), "attention_mask": np.ones((1, n), dtype=np.int64)}
+            frames[a] = int(speech.run(feed)["frame_mask"].sum())
+        inputs.update(_head_inputs(spec, frames, dims, args.seed))
+    # Backends alternate point by point (all loaded at once), so drift in the machine's load
+    # over the run affects them alike.
+    for key, feed in inputs.items():
+        for name, sessions in loaded.items():
+            session = sessions[key[0]]
+            last = {}
+
+            def call(session=session, feed=feed, last=last):
+                last["out"] = session.run(feed)
+
+            samples = time_calls(call, args.warmup, args.repeat, args.max_seconds)
+            stats = summarize_ms(samples)
+            out = last["out"][_MAIN_OUTPUT[key[0]]]
+            if key not in reference:
+                reference[key] = out
+            else:
+                ref = reference[key].astype(np.float64)
+                if out.shape == ref.shape:
+                    diff = out.astype(np.float64) - ref
+                    err, rel = float(np.max(np.abs(diff))), float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-12))
+                else:
+                    err = rel = float("nan")
+                prev = agreement[name].get(key[0], {"max_abs": 0.0, "rel_l2": 0.0})
+                agreement[name][key[0]] = {"max_abs": max(prev["max_abs"], err), "rel_l2": max(prev["rel_l2"], rel)}
+            results.append({"backend": name, "graph": key[0], "batch": key[1], "audio_s": key[2],
+                            "text_tokens": key[3], "ms": stats})
+            say(f"  {name:<22} {_label(key):<34} p50 {stats['p50']:9.2f} ms  p90 {stats['p90']:9.2f}  n {stats['n']}")
+    for sessions in loaded.values():
+        for s in sessions.values():
+            s.close()
+    loaded.clear()
+    gc.collect()
+    payload = {
+        "kind": "models", "preset": args.preset, "bundle": {**info, "path": str(bundle_dir)},
+        "settings": {**spec, "warmup": args.warmup, "repeat": args.repeat, "max_seconds": args.max_seconds,
+                     "precision": args.precision, "seed": args.seed, "ort_spinning": args.ort_spinning,
+                     "inputs": "random waveforms (all samples valid), random token ids, random hidden states; "
+                               "identical across backends"},
+        "backends": backends, "skipped": skipped, "speech_frames": {f"{a:g}": f for a, f in (frames or {}).items()},
+        "results": results,
+        "agreement_max_abs_diff": {"reference": backends[0]["backend"] if backends else None, **agreement},
+        "ratios": _ratios(results, spec, [b["backend"] for b in backends]),
+    }
+    for r in payload["ratios"]:
+        say(f"  ratio {r['what']}: {r['baseline']} / {r['backend']} = {r['speedup']:.2f}x")
+    finish_run(ctx, "models_" + args.preset, payload, _markdown(payload), lambda stem: _plots(stem, payload), say)
+    return 0
+
+
+def _p50(results: list, backend: str, graph: str, batch: int, audio_s, tokens) -> float | None:
+    for r in results:
+        if (r["backend"], r["graph"], r["batch"], r["audio_s"], r["text_tokens"]) == (backend, graph, batch, audio_s, tokens):
+            return r["ms"]["p50"]
+    return None
+
+
+def combined_p50(results: list, backend: str, batch: int, audio_s: float, tokens: int) -> float | None:
+    """speech(audio_s) + text(tokens) + head(audio_s, tokens) p50, ms, or None if a part is missing."""
+    parts = [_p50(results, backend, "speech_encoder", batch, audio_s, None),
+             _p50(results, backend, "text_encoder", batch, None, tokens),
+             _p50(results, backend, "head", batch, audio_s, tokens)]
+    return None if any(p is None for p in parts) else round(sum(parts), 3)
+
+
+def _ratios(results: list, spec: dict, names: list[str]) -> list[dict]:
+    """Each backend against the baseline, from this run, per batch.
+
+    The baseline is torch eager on the CPU when it ran, else the first backend.
+    Compared: speech + text + head at the reference shape, and each encoder alone.
+    speedup = baseline_ms / backend_ms (below 1 means slower than the baseline).
+    """
+    if not names:
+        return []
+    base = "torch-cpu" if "torch-cpu" in names else names[0]
+    a, t = spec["ref_audio_s"], spec["head_text_tokens"]
+    out = []
+    for b in spec["batch"]:
+        parts = (
+            (f"speech+text+head p50, {a:g} s audio, {t} tokens, batch {b}", lambda n: combined_p50(results, n, b, a, t)),
+            (f"speech_encoder p50, {a:g} s audio, batch {b}", lambda n: _p50(results, n, "speech_encoder", b, a, None)),
+            (f"text_encoder p50, {t} tokens, batch {b}", lambda n: _p50(results, n, "text_encoder", b, None, t)),
+        )
+        for what, p50 in parts:
+            ref = p50(base)
+            for n in names:
+                value = p50(n)
+                if n != base and ref and value:
+                    out.append({"what": what, "baseline": base, "baseline_ms": ref, "backend": n, "backend_ms": value,
+                                "speedup": round(ref / value, 3)})
+    return out
+
+
+def _markdown(payload: dict) -> tuple[str, list[tuple[str, str]], list[str]]:
+    from crab_bench.report import markdown_table
+
+    results = payload["results"]
+    names = [b["backend"] for b in payload["backends"]]
+    sections = []
+    for graph in ("speech_encoder", "text_encoder", "head"):
+        rows = []
+        keys = []
+        for r in results:
+            k = (r["batch"], r["audio_s"], r["text_tokens"])
+            if r["graph"] == graph and k not in keys:
+                keys.append(k)
+        for b, a, t in keys:
+            row = [b, a, t]
+            for n in names:
+                r = next((r for r in results if (r["backend"], r["graph"], r["batch"], r["audio_s"], r["text_tokens"])
+                          == (n, graph, b, a, t)), None)
+                row.append(None if r is None else f"{r['ms']['p50']:.2f} / {r['ms']['p90']:.2f} / {r['ms']['p99']:.2f} (n={r['ms']['n']})")
+            rows.append(row)
+        sections.append((f"{graph}: p50 / p90 / p99 ms", markdown_table(["batch", "audio s", "tokens", *names], rows)))
+    ratio_rows = [[r["what"], r["baseline"], r["baseline_ms"], r["backend"], r["backend_ms"], f"{r['speedup']:.2f}x"]
+                  for r in payload["ratios"]]
+    sections.insert(0, ("Ratios to the baseline (same run; speedup = baseline ms / backend ms)",
+                        markdown_table(["what", "baseline", "ms", "backend", "ms", "speedup"], ratio_rows)))
+    agree = payload["agreement_max_abs_diff"]
+    notes = [
+        f"preset **{payload['preset']}**: {payload['bundle']['speech_encoder']} + {payload['bundle']['text_encoder']}, "
+        f"random weights; bundle exported with parity check OFF (outputs compared below instead)",
+        f"warm-up {payload['settings']['warmup']} calls excluded; up to {payload['settings']['repeat']} timed calls per "
+        f"point, a point stops after {payload['settings']['max_seconds']:g} s timed (n is shown); backends are all "
+        "loaded and alternate point by point; ONNX Runtime idle spinning "
+        + ("on" if payload["settings"]["ort_spinning"] else "off (the runtime's default)"),
+        "backends skipped: " + (", ".join(f"{s['backend']} ({s['reason']})" for s in payload["skipped"]) or "none"),
+        "max abs difference vs " + str(agree.get("reference")) + ": " + "; ".join(
+            f"{n}: " + ", ".join(f"{g} {v['max_abs']:.1e} (rel {v['rel_l2']:.1e})" for g, v in d.items())
+            for n, d in agree.items() if n != "reference" and d),
+    ]
+    return f"Model latency, preset {payload['preset']}", sections, notes
+
+
+def _plots(stem: Path, payload: dict) -> list[Path]:
+    from crab_bench.report import line_panels
+
+    results = payload["results"]
+    paths = []
+    for b in payload["settings"]["batch"]:
+        panels = []
+        for graph, axis, xlabel in (("speech_encoder", "audio_s", "audio (s)"), ("text_encoder", "text_tokens", "tokens"),
+                                    ("head", "audio_s", f"audio (s), {payload['settings']['head_text_tokens']} tokens")):
+            series = {}
+            for be in payload["backends"]:
+                rows = [r for r in results if r["backend"] == be["backend"] and r["graph"] == graph and r["batch"] == b
+                        and (graph != "head" or r["text_tokens"] == payload["settings"]["head_text_tokens"])]
+                rows.sort(key=lambda r: r[axis])
+                if rows:
+                    series[be["backend"]] = ([r[axis] for r in rows], [r["ms"]["p50"] for r in rows])
+            panels.append({"title": f"{graph} (batch {b})", "xlabel": xlabel, "ylabel": "p50 ms", "series": series})
+        path = Path(f"{stem}_batch{b}.png")
+        line_panels(path, f"preset {payload['preset']}: latency vs length, batch {b}", panels)
+        paths.append(path)
+    return paths

@@ -1,0 +1,125 @@
+"""Feeding recordings through a Pipeline for the e2e and concurrency benchmarks.
+
+Each stream gets its own feeder thread that pushes fixed chunks, paced by the
+clock in real-time mode (chunk i is sent at t0 + i * chunk duration) or as
+fast as `accept` returns otherwise. Latencies are the pipeline's own per-event
+stage timings; the pipeline overhead of an utterance is its end-to-event time
+minus the model critical path, max(asr, speech encoder) + text encoder + head
+(the speech encoder runs while ASR runs).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["conversation_audio", "make_pipeline", "warm_up", "replay", "latency_table", "STAGES"]
+
+STAGES = ("end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head", "queue_wait")
+
+
+def conversation_audio(duration_s: float, seed: int) -> tuple[np.ndarray, str]:
+    """A synthetic conversation of about `duration_s` seconds (turns of 2 to 6 s), and a description."""
+    from crab_rt.audio import load_audio
+    from crab_rt.data.synth import SynthConfig, synthesize_conversation
+
+    turns = max(1, int(round(duration_s / 5.4)))
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "conversation.wav"
+        synthesize_conversation(wav, SynthConfig(min_duration_s=2.0, max_duration_s=6.0), num_turns=turns, seed=seed)
+        audio = load_audio(wav)
+    return audio, f"synthetic conversation, {turns} turns of 2-6 s, seed {seed}"
+
+
+def make_pipeline(args, threads: int, say=print):
+    """The bundle of `args.preset` and an ASR (tiny offline Whisper unless `--asr`) in one Pipeline.
+
+    Returns:
+        (pipeline, description dict of model and ASR).
+    """
+    from crab_bench.bundles import bundle_info, ensure_bundle, resolve_asr
+    from crab_rt.runtime.asr import AsrConfig
+    from crab_rt.runtime.pipeline import Pipeline, PipelineConfig
+
+    bundle = ensure_bundle(args.preset, args.cache_dir, say)
+    model, asr_note = resolve_asr(args.asr, args.cache_dir)
+    asr = None
+    if model is not None:
+        asr = AsrConfig(model=model, cpu_threads=threads, compute_type=args.asr_compute_type)
+        asr_note += f", compute type {args.asr_compute_type}"
+    pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=args.backend, threads=threads,
+                                               ort_spinning=args.ort_spinning))
+    info = {"preset": args.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
+            "ort_spinning": args.ort_spinning, "asr": asr_note,
+            "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device}
+    return pipeline, info
+
+
+def warm_up(pipeline) -> None:
+    """One untimed pass of every engine (first calls allocate and tune)."""
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(32000)).astype(np.float32)
+    pipeline.model.predict([audio], ["warm up"])
+    if pipeline.transcriber is not None:
+        pipeline.transcriber.transcribe(audio)
+
+
+def replay(pipeline, audios: Sequence[np.ndarray], realtime: bool, chunk_ms: float = 32.0) -> dict:
+    """Feed one stream per audio at once; returns events, latencies and wall time.
+
+    Returns:
+        {"events": [EmotionEvent], "latencies": [dict], "wall_s", "audio_s", "dropped"}.
+    """
+    chunk = max(1, int(round(chunk_ms * 16)))
+    events, lock = [], threading.Lock()
+
+    def collect(event):
+        with lock:
+            events.append(event)
+
+    streams = [pipeline.create_stream(f"s{i}", on_event=collect) for i in range(len(audios))]
+    first = len(pipeline.latencies)
+    start = time.perf_counter()
+    errors: list[BaseException] = []
+
+    def feed(stream, audio):
+        try:
+            for i, k in enumerate(range(0, audio.size, chunk)):
+                if realtime:
+                    delay = start + i * chunk / 16000 - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                stream.accept(audio[k: k + chunk])
+            stream.flush()
+            stream.wait()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    feeders = [threading.Thread(target=feed, args=(s, a), daemon=True) for s, a in zip(streams, audios)]
+    for t in feeders:
+        t.start()
+    for t in feeders:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    pipeline.check()
+    with pipeline._lock:  # the pipeline appends from its fusion thread
+        latencies = [dict(x) for x in pipeline.latencies[first:]]
+    for lat in latencies:
+        lat["critical_path"] = max(lat["asr"], lat["speech_encoder"]) + lat["text_encoder"] + lat["head"]
+        lat["overhead"] = lat["end_to_event"] - lat["critical_path"]
+    return {"events": events, "latencies": latencies, "wall_s": wall,
+            "audio_s": sum(a.size for a in audios) / 16000, "dropped": sum(s.dropped_utterances for s in streams)}
+
+
+def latency_table(latencies: Sequence[dict]) -> dict:
+    """Per stage: n, mean, p50, p95, p99 (ms)."""
+    from crab_bench.stats import summarize_ms
+
+    return {k: summarize_ms([lat[k] for lat in latencies if k in lat], (50, 95, 99)) for k in STAGES}

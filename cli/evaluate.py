@@ -1,0 +1,64 @@
+"""`crab-rt evaluate`: metrics, JSON report and confusion matrix for a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="evaluate a checkpoint on a manifest split (WAR, UAR, macro-F1)")
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt from crab-rt train")
+    p.add_argument("--manifest", required=True, help="CSV or JSONL manifest")
+    p.add_argument("--split", action="append", required=True, help="split to evaluate (repeatable)")
+    p.add_argument("--out", default=None, help="report folder (default: next to the checkpoint, eval/)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--paper", choices=("iemocap", "meld", "msp-podcast"),
+                   help="also print the paper's published numbers for this corpus and split beside ours")
+    p.add_argument("--submission", metavar="CSV",
+                   help="write an MSP-Podcast challenge submission (FileName,EmoClass) for the split's rows, "
+                   "labelled or not (e.g. --split test3)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from crab_rt.errors import requires_extra
+
+    with requires_extra("train"):
+        from crab_rt.train.evaluate import evaluate_checkpoint
+    from crab_rt.train.reporting import format_report_table
+
+    if args.submission:
+        return _submission(args)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    report = evaluate_checkpoint(args.checkpoint, args.manifest, args.split, out, args.batch_size, args.device)
+    print(f"{args.checkpoint} on {args.manifest} [{', '.join(args.split)}]")
+    print(format_report_table(report))
+    for kind, path in report["files"].items():
+        print(f"{kind}: {path}")
+    if args.paper:
+        from crab_rt.train.paper_results import compare_with_paper
+
+        print(compare_with_paper(args.paper, args.split[0], {k: report[k] for k in ("war", "uar", "macro_f1")}))
+    return 0
+
+
+def _submission(args: argparse.Namespace) -> int:
+    """Predict every row of the split(s), labelled or not, and write the challenge CSV."""
+    from crab_rt.train.paper_results import write_msp_submission
+    from crab_rt.data.manifest import read_manifest
+    from crab_rt.model.checkpoint import load_model
+    from crab_rt.train.evaluate import predict
+
+    model, tokenizer, payload = load_model(args.checkpoint, args.device)
+    rows = read_manifest(args.manifest, args.split)
+    _, probs = predict(model, tokenizer, rows,
+                       payload["model_settings"]["max_audio_s"], args.batch_size, args.device)
+    labels = [model.labels[i] for i in probs.argmax(1)]
+    names = [r.audio.name for r in rows]
+    path = write_msp_submission(names, labels, args.submission)
+    print(f"{len(rows)} predictions -> {path}")
+    return 0

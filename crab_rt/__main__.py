@@ -1,5 +1,0 @@
-import sys
-
-from crab_rt.cli import main
-
-sys.exit(main())

@@ -1,1 +1,0 @@
-"""CLI subcommands: one module each, discovered by `crab_rt.cli`."""
