@@ -16,7 +16,7 @@ import importlib
 import logging
 import pkgutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from crab_rt import __version__
 from crab_rt.errors import CrabError

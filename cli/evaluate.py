@@ -48,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _submission(args: argparse.Namespace) -> int:
     """Predict every row of the split(s), labelled or not, and write the challenge CSV."""
-    from crab_rt.train.paper_results import write_msp_submission
     from crab_rt.data.manifest import read_manifest
     from crab_rt.model.checkpoint import load_model
     from crab_rt.train.evaluate import predict
+    from crab_rt.train.paper_results import write_msp_submission
 
     model, tokenizer, payload = load_model(args.checkpoint, args.device)
     rows = read_manifest(args.manifest, args.split)

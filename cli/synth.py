@@ -38,7 +38,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     """Validate the settings, write the corpus, print the per-split class counts."""
-    from crab_rt.errors import ConfigError
     from crab_rt.data.synth import (
         SynthConfig,
         expected_ceilings,
@@ -47,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         synthesize_conversation,
         synthesize_corpus,
     )
+    from crab_rt.errors import ConfigError
 
     config = SynthConfig(
         num_utterances=args.num,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the `transcribe-manifest` parser."""
     p = subparsers.add_parser(

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from crab_rt.errors import BundleError
 
@@ -158,8 +159,8 @@ class Bundle:
 
 def _listed_files(manifest: dict) -> Iterator[tuple[str, str]]:
     """(relative file, sha256) for every file the manifest lists."""
-    for name, per_precision in manifest["graphs"].items():
-        for precision, entry in per_precision.items():
+    for per_precision in manifest["graphs"].values():
+        for entry in per_precision.values():
             yield entry["file"], entry["sha256"]
     for key in ("tokenizer", "torch"):
         entry = manifest.get(key)

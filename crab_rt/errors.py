@@ -8,8 +8,8 @@ keep their traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 __all__ = [
     "CrabError",

@@ -6,7 +6,7 @@ encoder sees identical inputs in both.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

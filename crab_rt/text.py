@@ -6,8 +6,8 @@ tokenizes exactly as the training run did.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class TextTokenizer:
         self.pad_id = 0 if pad is None else int(pad)
 
     @classmethod
-    def from_file(cls, path: str | Path, max_length: int = 128) -> "TextTokenizer":
+    def from_file(cls, path: str | Path, max_length: int = 128) -> TextTokenizer:
         """Load `tokenizer.json` (or a folder that holds one)."""
         from tokenizers import Tokenizer
 
@@ -51,7 +51,7 @@ class TextTokenizer:
             raise BundleError(f"{path}: not a valid tokenizer.json ({e})") from e
 
     @classmethod
-    def from_json(cls, text: str, max_length: int = 128) -> "TextTokenizer":
+    def from_json(cls, text: str, max_length: int = 128) -> TextTokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_str(text), max_length)

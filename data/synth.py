@@ -50,16 +50,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from crab_rt.audio import SAMPLE_RATE, write_wav
-from crab_rt.errors import ConfigError, ManifestError
 from crab_rt.data.manifest import ManifestRow, read_manifest, write_manifest
 from crab_rt.data.synth_voice import ProsodyProfile, background_noise, render_voice, scale_to_level
+from crab_rt.errors import ConfigError, ManifestError
 
 __all__ = [
     "SynthConfig",
@@ -140,7 +140,7 @@ class SynthConfig:
         if isinstance(self.labels, list):
             object.__setattr__(self, "labels", tuple(self.labels))
 
-    def validate(self) -> "SynthConfig":
+    def validate(self) -> SynthConfig:
         """Check every field; returns self.
 
         Raises:

@@ -10,8 +10,8 @@ Nothing here is real speech; it exists so tests and the demo need no data.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

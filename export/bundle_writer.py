@@ -12,9 +12,9 @@ import datetime as _dt
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from crab_rt.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, sha256_file
 from crab_rt.errors import BundleError, ConfigError
@@ -46,7 +46,7 @@ class ExportOptions:
     asr_model: str | None = None
     max_batch: int = 8
 
-    def validate(self) -> "ExportOptions":
+    def validate(self) -> ExportOptions:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 17 <= self.opset <= 21:

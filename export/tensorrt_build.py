@@ -16,10 +16,11 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from crab_rt.backends.engine_cache import (
     ENGINE_FORMAT,
@@ -59,7 +60,7 @@ class BuildOptions:
     workspace_gb: float | None = None
     heartbeat_s: float = HEARTBEAT_S
 
-    def validate(self) -> "BuildOptions":
+    def validate(self) -> BuildOptions:
         if self.gpu_index < 0:
             raise ConfigError(f"gpu_index must be >= 0, got {self.gpu_index}")
         if self.precision is not None and self.precision not in PRECISIONS:

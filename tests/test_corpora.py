@@ -12,7 +12,6 @@ import pytest
 
 from crab_rt.audio import load_audio
 from crab_rt.cli import main
-from crab_rt.data.transcribe import partial_path, transcribe_manifest
 from crab_rt.data.corpora import (
     IEMOCAP_LABELS,
     MELD_LABELS,
@@ -27,9 +26,10 @@ from crab_rt.data.corpora import (
 from crab_rt.data.corpora.iemocap import parse_emo_evaluation
 from crab_rt.data.corpora.meld import fix_meld_text
 from crab_rt.data.corpora.paper_counts import PAPER_CLASS_COUNTS
-from crab_rt.train.paper_results import compare_with_paper, paper_results, write_msp_submission
-from crab_rt.errors import ConfigError, ManifestError
 from crab_rt.data.manifest import check_labels, read_manifest
+from crab_rt.data.transcribe import partial_path, transcribe_manifest
+from crab_rt.errors import ConfigError, ManifestError
+from crab_rt.train.paper_results import compare_with_paper, paper_results, write_msp_submission
 
 try:
     from corpus_fixtures import make_iemocap, make_meld, make_msp

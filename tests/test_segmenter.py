@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -88,7 +87,7 @@ def test_pre_roll_limited_at_stream_start_and_ring_bounded():
     assert frame_ids(u)[:2] == [0, 1] and u.start_s == 0.0
     # A long silence keeps only about pre_roll_ms of audio.
     seg = Segmenter(SegmenterConfig(pre_roll_ms=300))
-    for k in range(2000):
+    for _ in range(2000):
         seg.push(np.zeros(F, np.float32), 0.0)
     assert seg._ring_len <= 4800 + F
 
@@ -205,7 +204,7 @@ def test_jfk_regions_match_readme(vad, jfk):
     utts = run_stream(vad, jfk, jfk.size)
     readme = [(0.29, 2.27), (3.30, 4.38), (5.41, 7.65), (8.19, 11.0)]
     assert len(utts) == 4
-    for u, (s, e) in zip(utts, readme):
+    for u, (s, _) in zip(utts, readme):
         assert abs(u.speech_start_s - s) <= 0.1
         assert u.start_s == pytest.approx(max(0.0, u.speech_start_s - 0.3))
         assert u.end_s == pytest.approx(min(11.0, u.speech_end_s + 0.1))

@@ -10,7 +10,6 @@ import pytest
 
 from crab_rt.audio import SAMPLE_RATE, load_audio
 from crab_rt.cli import main
-from crab_rt.errors import ConfigError, ManifestError
 from crab_rt.data.manifest import read_manifest
 from crab_rt.data.synth import (
     PROSODY_PROFILES,
@@ -23,6 +22,7 @@ from crab_rt.data.synth import (
     synthesize_conversation,
     synthesize_corpus,
 )
+from crab_rt.errors import ConfigError, ManifestError
 
 LABELS = ("neutral", "happy", "angry", "sad")
 

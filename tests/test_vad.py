@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 from crab_rt.errors import BackendError
 from crab_rt.runtime.segmenter import FrameBuffer
 from crab_rt.runtime.vad import CONTEXT_SAMPLES, FRAME_SAMPLES, SileroVad, VadState, default_model_path
-
-
-
 
 
 def test_initial_state_shapes():

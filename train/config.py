@@ -8,9 +8,10 @@ line overrides use dotted keys: `--set optim.epochs=3 --set loss.legs=[]`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from crab_rt.errors import ConfigError
 from crab_rt.model.config import TAP_NAMES, HeadConfig, ModelConfig
@@ -42,7 +43,7 @@ class DataConfig:
     cache_audio: bool = False  # keep decoded audio in memory (small corpora)
     num_workers: int = 0
 
-    def validate(self) -> "DataConfig":
+    def validate(self) -> DataConfig:
         if not self.manifest:
             raise ConfigError("data.manifest is required (a CSV or JSONL manifest path)")
         if len(self.labels) < 2:
@@ -70,7 +71,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 0.0  # 0 = no clipping (the official recipe clips nothing)
 
-    def validate(self) -> "OptimConfig":
+    def validate(self) -> OptimConfig:
         if self.epochs < 1:
             raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
         if self.grad_accum_steps < 1 or self.batch_size < 1:
@@ -110,7 +111,7 @@ class LossConfig:
     leg_dim: int = 512
     class_weighting: bool = True
 
-    def validate(self) -> "LossConfig":
+    def validate(self) -> LossConfig:
         unknown = [t for t in self.legs if t not in TAP_NAMES]
         if unknown:
             raise ConfigError(f"loss.legs has unknown tap(s) {unknown}; taps: {', '.join(TAP_NAMES)}")
@@ -132,7 +133,7 @@ class RunConfig:
     best_metric: str = "uar"
     progress: bool = True
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         if self.best_metric not in METRICS:
             raise ConfigError(f"run.best_metric must be one of {', '.join(METRICS)}, got {self.best_metric!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
@@ -150,7 +151,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         self.model.validate()
         self.data.validate()
         self.optim.validate()

@@ -7,16 +7,16 @@ padded by `crab_rt.features.pad_waveforms`, the function the runtime uses too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from crab_rt.audio import SAMPLE_RATE, load_audio
-from crab_rt.features import pad_waveforms
 from crab_rt.data.manifest import ManifestRow
+from crab_rt.features import pad_waveforms
 from crab_rt.text import TextTokenizer
 
 __all__ = ["EmotionDataset", "Collator", "Batch"]
@@ -78,7 +78,7 @@ class Batch:
     labels: torch.Tensor
     indices: torch.Tensor
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in
                        (self.input_values, self.audio_mask, self.input_ids, self.text_mask, self.labels, self.indices)))
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from crab_rt.errors import ManifestError
 from crab_rt.data.manifest import ManifestRow, check_labels, read_manifest
+from crab_rt.errors import ManifestError
 from crab_rt.model.crab import CrabModel
 from crab_rt.text import TextTokenizer
 from crab_rt.train.data import Collator, EmotionDataset
@@ -70,9 +70,9 @@ def evaluate_checkpoint(
     Raises:
         ManifestError: unknown labels, or the split has no labelled row.
     """
+    from crab_rt.model.checkpoint import load_model
     from crab_rt.train.metrics import classification_report
     from crab_rt.train.reporting import write_report
-    from crab_rt.model.checkpoint import load_model
 
     model, tokenizer, payload = load_model(checkpoint, device)
     rows = read_manifest(manifest, splits)

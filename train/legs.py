@@ -7,7 +7,7 @@ MLS+CE ablation the legs project to the class count and use cross-entropy.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn

@@ -6,7 +6,7 @@ how MLCS uses them: the other samples of the micro-batch are the candidates.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,7 @@ Numpy only. Conventions for classes that are absent (no NaN anywhere):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -9,9 +9,9 @@ importers (`crab_rt.data.corpora.paper_counts`).
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from crab_rt.errors import ConfigError, ManifestError
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from crab_rt.errors import ConfigError, ManifestError
 from crab_rt.data.manifest import ManifestRow, check_labels, read_manifest
+from crab_rt.errors import ConfigError, ManifestError
+from crab_rt.model.checkpoint import read_checkpoint
 from crab_rt.model.crab import CrabModel
 from crab_rt.model.presets import RANDOM_PREFIX
 from crab_rt.text import TextTokenizer, train_bpe_tokenizer
-from crab_rt.model.checkpoint import read_checkpoint
 from crab_rt.train.checkpoint import save_checkpoint
 from crab_rt.train.config import TrainConfig
 from crab_rt.train.data import Collator, EmotionDataset

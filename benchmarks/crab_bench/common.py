@@ -7,8 +7,8 @@ import datetime as _dt
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from crab_rt.errors import ConfigError
 

@@ -42,10 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crab_rt.audio import load_audio
     from crab_bench.common import finish_run, resolve_threads, start_run
     from crab_bench.machine import cpu_seconds
     from crab_bench.replay import conversation_audio, latency_table, make_pipeline, replay, warm_up
+    from crab_rt.audio import load_audio
     from crab_rt.errors import ConfigError
 
     if not 1.0 <= args.duration_s <= 3600 or not 1.0 <= args.chunk_ms <= 1000:

@@ -171,12 +171,12 @@ def _label(key: tuple) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     from crab_bench.bundles import bundle_info, ensure_bundle
     from crab_bench.common import finish_run, resolve_threads, start_run
     from crab_bench.stats import parse_list, summarize_ms, time_calls
     from crab_rt.bundle import load_bundle
-
-    import warnings
 
     say = print if not args.quiet else (lambda *a, **k: None)
     # transformers' WavLM attention mixes a bool padding mask with a float bias (harmless, noisy).
@@ -313,9 +313,9 @@ def _ratios(results: list, spec: dict, names: list[str]) -> list[dict]:
     out = []
     for b in spec["batch"]:
         parts = (
-            (f"speech+text+head p50, {a:g} s audio, {t} tokens, batch {b}", lambda n: combined_p50(results, n, b, a, t)),
-            (f"speech_encoder p50, {a:g} s audio, batch {b}", lambda n: _p50(results, n, "speech_encoder", b, a, None)),
-            (f"text_encoder p50, {t} tokens, batch {b}", lambda n: _p50(results, n, "text_encoder", b, None, t)),
+            (f"speech+text+head p50, {a:g} s audio, {t} tokens, batch {b}", lambda n, b=b: combined_p50(results, n, b, a, t)),
+            (f"speech_encoder p50, {a:g} s audio, batch {b}", lambda n, b=b: _p50(results, n, "speech_encoder", b, a, None)),
+            (f"text_encoder p50, {t} tokens, batch {b}", lambda n, b=b: _p50(results, n, "text_encoder", b, None, t)),
         )
         for what, p50 in parts:
             ref = p50(base)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["write_json", "markdown_table", "write_markdown", "line_panels", "stacked_bars", "output_paths"]
 

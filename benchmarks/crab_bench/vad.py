@@ -28,14 +28,14 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from crab_rt.audio import load_audio
     from crab_bench.common import finish_run, resolve_threads, start_run
     from crab_bench.report import markdown_table
     from crab_bench.stats import summarize_ms, time_calls
+    from crab_rt.audio import load_audio
+    from crab_rt.data.synth import synthesize_conversation
     from crab_rt.errors import ConfigError
     from crab_rt.runtime.segmenter import SegmenterConfig, StreamFrontEnd
     from crab_rt.runtime.vad import FRAME_SAMPLES, SileroVad, VadState
-    from crab_rt.data.synth import synthesize_conversation
 
     if args.frames < 10 or args.warmup < 0:
         raise ConfigError(f"--frames must be >= 10 and --warmup >= 0, got {args.frames} and {args.warmup}")

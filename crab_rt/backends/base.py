@@ -9,7 +9,7 @@ hold no per-stream state and may be called from one worker thread at a time.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -14,8 +14,8 @@ and head times there (`benchmarks/results/`, e2e before/after).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

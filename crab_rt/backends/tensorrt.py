@@ -9,8 +9,9 @@ API (`set_input_shape`, `set_tensor_address`, `execute_async_v3`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -344,7 +345,7 @@ class TensorRTSession(GraphSession):
         self._engine = None
         self._runtime = None
 
-    def __enter__(self) -> "TensorRTSession":
+    def __enter__(self) -> TensorRTSession:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,7 @@ serves from ONNX Runtime or TensorRT.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -40,7 +40,7 @@ class HeadConfig:
     num_classes: int = 4
     modality: str = "both"
 
-    def validate(self) -> "HeadConfig":
+    def validate(self) -> HeadConfig:
         for name in ("speech_dim", "text_dim", "hidden_dim", "num_attention_heads", "classifier_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -81,7 +81,7 @@ class HeadConfig:
         return {k: dims[k] for k in self.taps}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HeadConfig":
+    def from_dict(cls, d: dict) -> HeadConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -107,7 +107,7 @@ class ModelConfig:
     max_text_tokens: int = 128
     freeze_feature_encoder: bool = True
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if not 0.5 <= self.max_audio_s <= 60.0:
             raise ConfigError(f"model.max_audio_s must be in [0.5, 60], got {self.max_audio_s}")
         if not 8 <= self.max_text_tokens <= 512:

@@ -7,8 +7,8 @@ that `forward(..., return_taps=True)` returns; inference computes no tap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ class CrabModel(nn.Module):
         self.normalize_waveform = bool(normalize_waveform)
 
     @classmethod
-    def build(cls, config: ModelConfig, labels: Sequence[str]) -> "CrabModel":
+    def build(cls, config: ModelConfig, labels: Sequence[str]) -> CrabModel:
         """Build from a config: load or randomly initialise the encoders, size the head."""
         config.validate()
         modality = config.head.modality
@@ -80,7 +80,7 @@ class CrabModel(nn.Module):
         }
 
     @classmethod
-    def from_architecture(cls, arch: dict) -> "CrabModel":
+    def from_architecture(cls, arch: dict) -> CrabModel:
         """Rebuild (random weights) from `architecture()`; load a state dict afterwards."""
 
         def build(cfg: dict | None, wrapper):

@@ -9,9 +9,9 @@ padding, so results do not depend on batch-mates.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class EmotionModel:
         precision: str = "fp32",
         threads: int = 0,
         spinning: bool = False,
-    ) -> "EmotionModel":
+    ) -> EmotionModel:
         """Load a bundle folder (hashes verified) on `backend` (arguments as `load_sessions`)."""
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle)

@@ -33,9 +33,9 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class PipelineConfig:
     overflow: str = "block"
     event_queue_size: int = 256
 
-    def validate(self) -> "PipelineConfig":
+    def validate(self) -> PipelineConfig:
         self.segmenter.validate()
         if self.asr is not None:
             self.asr.validate()
@@ -102,7 +102,7 @@ class _Job:
 
     __slots__ = ("stream", "utt", "submitted", "speech", "text", "flagged", "ms", "parts_left", "ready_at", "lock")
 
-    def __init__(self, stream: "Stream", utt: Utterance, parts: int) -> None:
+    def __init__(self, stream: Stream, utt: Utterance, parts: int) -> None:
         self.stream, self.utt = stream, utt
         self.submitted = time.perf_counter()
         self.speech: Features | None = None
@@ -120,7 +120,7 @@ _STOP = object()
 class Stream:
     """One audio stream's state. Create with `Pipeline.create_stream`."""
 
-    def __init__(self, pipeline: "Pipeline", stream_id: str, on_event: Callable[[EmotionEvent], None] | None) -> None:
+    def __init__(self, pipeline: Pipeline, stream_id: str, on_event: Callable[[EmotionEvent], None] | None) -> None:
         self.pipeline = pipeline
         self.stream_id = stream_id
         self.on_event = on_event
@@ -407,7 +407,7 @@ class Pipeline:
         self._workers[2].join()
         self.model.close()
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -75,7 +75,7 @@ class SegmenterConfig:
     max_utterance_s: float = 12.0
     sample_rate_hz: int = SAMPLE_RATE
 
-    def validate(self) -> "SegmenterConfig":
+    def validate(self) -> SegmenterConfig:
         """Check every field; returns self.
 
         Raises:

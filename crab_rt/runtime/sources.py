@@ -12,8 +12,9 @@ import queue
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class AudioSource:
     def close(self) -> None:
         """Release the source; idempotent."""
 
-    def __enter__(self) -> "AudioSource":
+    def __enter__(self) -> AudioSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -229,7 +230,7 @@ def _device_row(info: dict, default_index: int | None) -> dict:
 def _default_input_index(pa: Any) -> int | None:
     try:
         return int(pa.get_default_input_device_info()["index"])
-    except (IOError, OSError, KeyError):
+    except (OSError, KeyError):
         return None
 
 
@@ -347,7 +348,7 @@ class MicrophoneSource(AudioSource):
                     frames_per_buffer=self.chunk_samples,
                     stream_callback=self._callback,
                 )
-            except (IOError, OSError, ValueError) as e:
+            except (OSError, ValueError) as e:
                 raise AudioError(
                     f"cannot open audio input device {self.device['index']} ({self.device['name']}) at {rate} Hz: {e}; "
                     f"{_DEVICES_HINT}"

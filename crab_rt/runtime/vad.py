@@ -56,7 +56,7 @@ class VadState:
     context: np.ndarray
 
     @classmethod
-    def initial(cls) -> "VadState":
+    def initial(cls) -> VadState:
         """The state at the start of a stream (all zeros)."""
         return cls(
             h=np.zeros(STATE_SHAPE, dtype=np.float32),

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from crab_rt.errors import ManifestError
 from crab_rt.data.manifest import ManifestRow, write_manifest
+from crab_rt.errors import ManifestError
 
 __all__ = [
     "CorpusLayoutError",

@@ -28,8 +28,8 @@ from crab_rt.data.corpora.common import (
     visible_files,
     write_manifest_atomic,
 )
-from crab_rt.errors import ConfigError
 from crab_rt.data.manifest import ManifestRow
+from crab_rt.errors import ConfigError
 
 __all__ = [
     "IEMOCAP_LABELS",

@@ -25,8 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 from crab_rt.data.corpora.common import CorpusLayoutError, PrepareSummary, count_by_split, write_manifest_atomic
-from crab_rt.errors import AudioError, ConfigError, ManifestError
 from crab_rt.data.manifest import ManifestRow
+from crab_rt.errors import AudioError, ConfigError, ManifestError
 
 __all__ = [
     "MELD_LABELS",

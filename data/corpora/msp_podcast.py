@@ -26,8 +26,8 @@ from crab_rt.data.corpora.common import (
     visible_files,
     write_manifest_atomic,
 )
-from crab_rt.errors import ManifestError
 from crab_rt.data.manifest import ManifestRow
+from crab_rt.errors import ManifestError
 
 __all__ = [
     "MSP_PODCAST_LABELS",
