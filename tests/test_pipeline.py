@@ -250,3 +250,189 @@ def test_ctrl_c_flushes_and_exits_0(bundle, conversation):
     events = [json.loads(line) for line in out.splitlines()]
     assert 2 <= len(events) < len(conversation[1])
     assert "interrupted" in err
+
+
+def _failing(message, gate=None):
+    """A model method that raises RuntimeError(message), after `gate` is set when one is given."""
+    def fail(*args, **kwargs):
+        if gate is not None:
+            gate.wait(30)
+        raise RuntimeError(message)
+    return fail
+
+
+def test_worker_error_is_raised_by_every_later_call_of_the_stream(bundle, conversation, monkeypatch):
+    from crab_rt.audio import load_audio
+    from crab_rt.errors import BackendError
+
+    audio = load_audio(conversation[0])
+    with _pipeline(bundle) as pipeline:
+        monkeypatch.setattr(pipeline.model, "encode_speech", _failing("speech encoder exploded"))
+        stream = pipeline.create_stream("s")
+        assert stream.accept(audio) >= 1  # submitted; the speech worker fails on them
+        with pytest.raises(BackendError, match="speech encoder failed: RuntimeError: speech encoder exploded"):
+            stream.wait(timeout=30)
+        calls = [lambda: stream.accept(audio[:512]), stream.flush, lambda: stream.wait(timeout=5),
+                 lambda: stream.get_event(timeout=5), lambda: list(stream.events())]
+        for call in calls:
+            with pytest.raises(BackendError, match="exploded") as info:
+                call()
+            assert isinstance(info.value.__cause__, RuntimeError)
+        assert isinstance(stream.error, BackendError)
+        with pytest.raises(BackendError, match="exploded"):
+            pipeline.check()  # kept for compatibility
+
+
+def test_worker_error_wakes_a_blocked_reader(bundle, conversation, monkeypatch):
+    """The head fails while the caller is blocked in get_event: it wakes and raises, it does not hang."""
+    import threading
+    import time
+
+    from crab_rt.audio import load_audio
+    from crab_rt.errors import BackendError
+
+    audio = load_audio(conversation[0])
+    gate = threading.Event()
+    with _pipeline(bundle) as pipeline:
+        monkeypatch.setattr(pipeline.model, "classify", _failing("head exploded", gate))
+        stream = pipeline.create_stream()
+        stream.accept(audio)
+        assert stream.flush() >= 0  # no error yet: the head is held at the gate
+        timer = threading.Timer(0.3, gate.set)
+        timer.start()
+        start = time.perf_counter()
+        with pytest.raises(BackendError, match="text encoder \\+ head failed: RuntimeError: head exploded"):
+            stream.get_event(timeout=30)
+        assert time.perf_counter() - start < 20
+        timer.join()
+
+
+def test_worker_error_fails_only_its_batch(bundle, conversation, monkeypatch):
+    """A per-batch failure fails the streams in that batch; later streams run normally."""
+    import itertools
+
+    from crab_rt.audio import load_audio
+    from crab_rt.errors import BackendError
+
+    path, truth = conversation
+    audio = load_audio(path)
+    cut = int((truth[0]["start_s"] + 1.0) * 16000)
+    with _pipeline(bundle) as pipeline:
+        real, calls = pipeline.model.encode_speech, itertools.count()
+
+        def flaky(audios):
+            if next(calls) == 0:
+                raise RuntimeError("first batch exploded")
+            return real(audios)
+
+        monkeypatch.setattr(pipeline.model, "encode_speech", flaky)
+        bad = pipeline.create_stream("bad")
+        bad.accept(audio[:cut])
+        assert bad.flush() == 1
+        with pytest.raises(BackendError, match="first batch exploded"):
+            bad.wait(timeout=30)
+        good = pipeline.create_stream("good")
+        good.accept(audio)
+        good.flush()
+        assert good.wait(timeout=60)
+        assert len(list(good.events())) == len(truth) and good.error is None
+        with pytest.raises(BackendError):
+            pipeline.check()
+
+
+def test_on_event_error_fails_its_stream_as_is(bundle, conversation):
+    from crab_rt.audio import load_audio
+
+    audio = load_audio(conversation[0])
+
+    def broken(event):
+        raise BrokenPipeError("reader went away")
+
+    with _pipeline(bundle) as pipeline:
+        stream = pipeline.create_stream(on_event=broken)
+        stream.accept(audio)
+        with pytest.raises(BrokenPipeError, match="reader went away"):
+            stream.flush()
+            stream.wait(timeout=30)
+        assert pipeline.error is None  # the caller's callback, not a worker
+
+
+def test_listen_worker_error_is_one_line_exit_2(bundle, conversation, tmp_path, monkeypatch, capsys):
+    from crab_rt.runtime.emotion_model import EmotionModel
+
+    monkeypatch.setattr(EmotionModel, "encode_speech", _failing("speech encoder exploded\nsecond line"))
+    out = tmp_path / "events.jsonl"
+    code = main(["listen", "--bundle", str(bundle), "--input", str(conversation[0]), "--no-asr",
+                 "--backend", "onnxruntime", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("crab-rt: error:")] == lines[-1:]
+    assert "speech encoder failed: RuntimeError: speech encoder exploded second line" in lines[-1]
+    assert out.read_text() == ""
+
+
+def test_stream_state_is_read_only_properties(bundle, conversation):
+    from crab_rt.audio import load_audio
+
+    path, truth = conversation
+    audio = load_audio(path)
+    cut = int((truth[0]["start_s"] + 1.0) * 16000)  # in the middle of turn 0
+    with _pipeline(bundle) as pipeline:
+        stream = pipeline.create_stream("props")
+        assert not stream.in_speech
+        stream.accept(audio[:cut])
+        assert stream.in_speech and stream.samples_accepted == cut and not stream.flushed
+        stream.flush()
+        stream.wait(timeout=30)
+        assert not stream.in_speech and stream.flushed
+        assert (stream.emitted, stream.dropped_utterances, stream.dropped_events, stream.error) == (1, 0, 0, None)
+        for name in ("in_speech", "samples_accepted", "emitted", "dropped_utterances", "dropped_events", "flushed"):
+            with pytest.raises(AttributeError):
+                setattr(stream, name, 0)
+        assert pipeline.latencies.count == 1
+
+
+def test_latency_histogram_is_bounded_and_matches_numpy():
+    from crab_rt.runtime.summary import LatencyHistogram
+
+    def storage(obj):  # bytes held by every attribute of the object
+        return sum(v.nbytes if isinstance(v, np.ndarray) else sys.getsizeof(v) for v in vars(obj).values())
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.lognormal(3.0, 1.5, 99_000), np.zeros(500), rng.uniform(1e6, 2e6, 500)])
+    rng.shuffle(values)
+    hist = LatencyHistogram()
+    for i, v in enumerate(values, 1):
+        hist.add(v)
+        if i == 10_000:
+            size_at_10k = storage(hist)
+    assert storage(hist) == size_at_10k < 100_000  # fixed buckets, whatever the run length
+    assert hist.count == values.size and hist.min == values.min() and hist.max == values.max()
+    assert hist.mean == pytest.approx(values.mean(), rel=1e-9)
+    for q in (0, 0.1, 1, 5, 25, 50, 75, 95, 99, 99.9, 100):
+        expected = np.percentile(values, q)
+        assert abs(hist.percentile(q) - expected) <= LatencyHistogram.RELATIVE_ERROR * expected + 1e-9, q
+    assert LatencyHistogram().percentile(50) is None
+
+
+def test_run_summary_from_stats_matches_the_raw_values():
+    from crab_rt.runtime.events import LATENCY_KEYS
+    from crab_rt.runtime.summary import LatencyStats, format_summary, run_summary
+
+    rng = np.random.default_rng(1)
+    latencies = [{k: float(rng.uniform(1, 500)) for k in LATENCY_KEYS} for _ in range(7)]
+    stats = LatencyStats()
+    for lat in latencies:
+        stats.add(lat)
+    summary = run_summary(stats, 10.0, 2.0, dropped=1)
+    assert summary == run_summary(latencies, 10.0, 2.0, dropped=1)
+    assert summary["utterances"] == 7 and summary["real_time_factor"] == 0.2
+    for key in LATENCY_KEYS:
+        values = [lat[key] for lat in latencies]
+        for q in (50, 95):
+            assert summary["latency_ms"][key][f"p{q}"] == pytest.approx(np.percentile(values, q), rel=0.006)
+    text = format_summary(summary)
+    assert text.splitlines()[0] == "utterances 7  audio 10.0 s  wall 2.0 s  RTF 0.2  dropped 1"
+    assert len(text.splitlines()) == 1 + len(LATENCY_KEYS)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crab_rt.audio import SAMPLE_RATE, load_audio
+
 __all__ = ["conversation_audio", "make_pipeline", "warm_up", "replay", "latency_table", "STAGES"]
 
 STAGES = ("end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head", "queue_wait")
@@ -25,7 +27,6 @@ STAGES = ("end_to_event", "critical_path", "overhead", "asr", "speech_encoder", 
 
 def conversation_audio(duration_s: float, seed: int) -> tuple[np.ndarray, str]:
     """A synthetic conversation of about `duration_s` seconds (turns of 2 to 6 s), and a description."""
-    from crab_rt.audio import load_audio
     from crab_rt.data.synth import SynthConfig, synthesize_conversation
 
     turns = max(1, int(round(duration_s / 5.4)))
@@ -63,7 +64,7 @@ def make_pipeline(args, threads: int, say=print):
 def warm_up(pipeline) -> None:
     """One untimed pass of every engine (first calls allocate and tune)."""
     rng = np.random.default_rng(0)
-    audio = (0.1 * rng.standard_normal(32000)).astype(np.float32)
+    audio = (0.1 * rng.standard_normal(2 * SAMPLE_RATE)).astype(np.float32)
     pipeline.model.predict([audio], ["warm up"])
     if pipeline.transcriber is not None:
         pipeline.transcriber.transcribe(audio)
@@ -75,7 +76,7 @@ def replay(pipeline, audios: Sequence[np.ndarray], realtime: bool, chunk_ms: flo
     Returns:
         {"events": [EmotionEvent], "latencies": [dict], "wall_s", "audio_s", "dropped"}.
     """
-    chunk = max(1, int(round(chunk_ms * 16)))
+    chunk = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
     events, lock = [], threading.Lock()
 
     def collect(event):
@@ -83,7 +84,6 @@ def replay(pipeline, audios: Sequence[np.ndarray], realtime: bool, chunk_ms: flo
             events.append(event)
 
     streams = [pipeline.create_stream(f"s{i}", on_event=collect) for i in range(len(audios))]
-    first = len(pipeline.latencies)
     start = time.perf_counter()
     errors: list[BaseException] = []
 
@@ -91,7 +91,7 @@ def replay(pipeline, audios: Sequence[np.ndarray], realtime: bool, chunk_ms: flo
         try:
             for i, k in enumerate(range(0, audio.size, chunk)):
                 if realtime:
-                    delay = start + i * chunk / 16000 - time.perf_counter()
+                    delay = start + i * chunk / SAMPLE_RATE - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
                 stream.accept(audio[k: k + chunk])
@@ -109,13 +109,13 @@ def replay(pipeline, audios: Sequence[np.ndarray], realtime: bool, chunk_ms: flo
     if errors:
         raise errors[0]
     pipeline.check()
-    with pipeline._lock:  # the pipeline appends from its fusion thread
-        latencies = [dict(x) for x in pipeline.latencies[first:]]
+    # Raw per-utterance values from the events: pipeline.latencies only keeps bounded histograms.
+    latencies = [dict(e.latency_ms) for e in events]
     for lat in latencies:
         lat["critical_path"] = max(lat["asr"], lat["speech_encoder"]) + lat["text_encoder"] + lat["head"]
         lat["overhead"] = lat["end_to_event"] - lat["critical_path"]
     return {"events": events, "latencies": latencies, "wall_s": wall,
-            "audio_s": sum(a.size for a in audios) / 16000, "dropped": sum(s.dropped_utterances for s in streams)}
+            "audio_s": sum(a.size for a in audios) / SAMPLE_RATE, "dropped": sum(s.dropped_utterances for s in streams)}
 
 
 def latency_table(latencies: Sequence[dict]) -> dict:

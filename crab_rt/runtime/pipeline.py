@@ -13,7 +13,7 @@ Contract
   segmentation run in the caller's thread (about 0.1 ms per 32 ms frame);
   each finished utterance is submitted at once: the speech encoder starts
   while ASR runs. Raises `AudioError` for bad samples, `RuntimeError` after
-  `flush()` or `close()`.
+  `flush()` or `close()`, and the stream's error (below) once it has one.
 - `stream.flush()`: end of input; the utterance in flight is closed and
   processed. `stream.events()` then ends after the stream's last event.
 - Events go to `on_event` (called from the fusion thread; keep it short) or,
@@ -24,12 +24,26 @@ Contract
   loss) and `overflow="drop"` drops the new utterance and counts it in
   `stream.dropped_utterances` (live audio: latency stays bounded). An unread
   event queue drops its oldest event when full (`stream.dropped_events`).
+  `pipeline.latencies` (`LatencyStats`) keeps every event's stage timings in
+  fixed histograms: memory does not grow with the run.
+- Errors. When a worker step fails, every stream with an utterance in that
+  batch is failed: its next `accept`, `flush`, `wait`, `get_event` or
+  `events` raises (a blocked `wait`/`get_event` wakes up), and so does every
+  later call. The error is a `BackendError` naming the stage and the cause
+  (chained with `from`), or the worker's own `CrabError`; the failed batch
+  produces no events. Other streams and the workers carry on: a failure is
+  per batch. An exception raised by `on_event` fails only its own stream and
+  is raised as is. `pipeline.error` / `pipeline.check()` give the first
+  worker error too.
+- A stream's state is read-only properties: `in_speech`, `samples_accepted`,
+  `emitted`, `dropped_utterances`, `dropped_events`, `flushed`, `error`.
 - `pipeline.close()` waits for work in flight, stops the workers; idempotent.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -39,14 +53,21 @@ from pathlib import Path
 
 import numpy as np
 
-from crab_rt.errors import ConfigError
+from crab_rt.backends.base import BACKEND_NAMES
+from crab_rt.bundle import PRECISIONS
+from crab_rt.errors import BackendError, ConfigError, CrabError
 from crab_rt.runtime.asr import AsrConfig, Transcriber
 from crab_rt.runtime.emotion_model import EmotionModel, Features
 from crab_rt.runtime.events import EmotionEvent
 from crab_rt.runtime.segmenter import SegmenterConfig, StreamFrontEnd, Utterance
+from crab_rt.runtime.summary import LatencyStats
 from crab_rt.runtime.vad import SileroVad
 
-__all__ = ["PipelineConfig", "Pipeline", "Stream"]
+__all__ = ["OVERFLOW_POLICIES", "PipelineConfig", "Pipeline", "Stream"]
+
+OVERFLOW_POLICIES = ("block", "drop")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,20 +111,102 @@ class PipelineConfig:
             raise ConfigError(f"max_batch must be in [1, 64], got {self.max_batch}")
         if not 1 <= self.max_in_flight <= 1024:
             raise ConfigError(f"max_in_flight must be in [1, 1024], got {self.max_in_flight}")
-        if self.overflow not in ("block", "drop"):
-            raise ConfigError(f"overflow must be 'block' or 'drop', got {self.overflow!r}")
+        if self.backend not in BACKEND_NAMES:
+            raise ConfigError(f"backend must be one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ConfigError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {self.overflow!r}")
         if self.event_queue_size < 1:
             raise ConfigError(f"event_queue_size must be >= 1, got {self.event_queue_size}")
         return self
 
 
+class _Outbox:
+    """Where one stream's results go: its pending count, events, and the first error that hit it.
+
+    The stream reads it, the pipeline's workers write it; neither reaches into the other.
+    """
+
+    def __init__(self, stream_id: str, on_event: Callable[[EmotionEvent], None] | None, queue_size: int) -> None:
+        self.stream_id = stream_id
+        self.on_event = on_event
+        self.events: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.cond = threading.Condition()
+        self.pending = 0
+        self.input_closed = False  # flush() was called
+        self.ended = False  # the end marker is in the event queue
+        self.error: BaseException | None = None
+        self.emitted = 0
+        self.dropped_events = 0
+
+    def add(self) -> None:
+        """One more utterance submitted."""
+        with self.cond:
+            self.pending += 1
+
+    def done(self) -> None:
+        """One submitted utterance delivered or abandoned."""
+        with self.cond:
+            self.pending -= 1
+            self.cond.notify_all()
+        self._end_if_done()
+
+    def close_input(self) -> None:
+        with self.cond:
+            self.input_closed = True
+            self.cond.notify_all()
+        self._end_if_done()
+
+    def fail(self, error: BaseException) -> None:
+        """Record an error for the stream's next call; the first one wins."""
+        with self.cond:
+            if self.error is None:
+                self.error = error
+            self.cond.notify_all()
+        if self.on_event is None:
+            self.put(_STOP)  # wake a reader blocked in get_event(); it then raises
+
+    def deliver(self, event: EmotionEvent) -> None:
+        with self.cond:
+            self.emitted += 1
+        if self.on_event is None:
+            self.put(event)
+            return
+        try:
+            self.on_event(event)
+        except Exception as e:  # noqa: BLE001 - the caller's own callback: raised as is by its stream's next call
+            self.fail(e)
+
+    def put(self, item: object) -> None:
+        """Queue an item; a full queue drops its oldest."""
+        while True:
+            try:
+                self.events.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self.events.get_nowait()
+                    with self.cond:
+                        self.dropped_events += 1
+                except queue.Empty:
+                    pass
+
+    def _end_if_done(self) -> None:
+        with self.cond:
+            end = self.input_closed and self.pending == 0 and not self.ended
+            self.ended = self.ended or end
+        if end and self.on_event is None:
+            self.put(_STOP)
+
+
 class _Job:
     """One utterance moving through the workers, with its stage timings."""
 
-    __slots__ = ("stream", "utt", "submitted", "speech", "text", "flagged", "ms", "parts_left", "ready_at", "lock")
+    __slots__ = ("outbox", "utt", "submitted", "speech", "text", "flagged", "ms", "parts_left", "ready_at", "lock")
 
-    def __init__(self, stream: Stream, utt: Utterance, parts: int) -> None:
-        self.stream, self.utt = stream, utt
+    def __init__(self, outbox: _Outbox, utt: Utterance, parts: int) -> None:
+        self.outbox, self.utt = outbox, utt
         self.submitted = time.perf_counter()
         self.speech: Features | None = None
         self.text, self.flagged = "", False
@@ -118,58 +221,113 @@ _STOP = object()
 
 
 class Stream:
-    """One audio stream's state. Create with `Pipeline.create_stream`."""
+    """One audio stream's state. Create with `Pipeline.create_stream`.
 
-    def __init__(self, pipeline: Pipeline, stream_id: str, on_event: Callable[[EmotionEvent], None] | None) -> None:
-        self.pipeline = pipeline
+    Args:
+        stream_id: the name its events carry.
+        front_end: its own VAD state, frame buffer and segmenter.
+        outbox: where the pipeline delivers its events and errors.
+        submit: the pipeline's admission: queues an utterance, False when the overflow policy dropped it.
+    """
+
+    def __init__(self, stream_id: str, front_end: StreamFrontEnd, outbox: _Outbox,
+                 submit: Callable[[_Outbox, Utterance], bool]) -> None:
         self.stream_id = stream_id
-        self.on_event = on_event
-        self.front_end = StreamFrontEnd(pipeline.vad, pipeline.config.segmenter)
-        self._events: queue.Queue = queue.Queue(maxsize=pipeline.config.event_queue_size)
-        self._pending = 0
-        self._cond = threading.Condition()
-        self.flushed = False
-        self.samples_accepted = 0
-        self.dropped_utterances = 0
-        self.dropped_events = 0
-        self.emitted = 0
+        self._front_end = front_end
+        self._outbox = outbox
+        self._submit = submit
+        self._samples_accepted = 0
+        self._dropped_utterances = 0
+
+    @property
+    def on_event(self) -> Callable[[EmotionEvent], None] | None:
+        return self._outbox.on_event
+
+    @property
+    def in_speech(self) -> bool:
+        """The segmenter is inside an utterance (speech seen, its end not yet decided)."""
+        return self._front_end.segmenter.in_speech
+
+    @property
+    def samples_accepted(self) -> int:
+        """Samples fed to `accept` so far."""
+        return self._samples_accepted
+
+    @property
+    def flushed(self) -> bool:
+        return self._outbox.input_closed
+
+    @property
+    def emitted(self) -> int:
+        """Events produced (delivered to `on_event` or queued)."""
+        return self._outbox.emitted
+
+    @property
+    def dropped_utterances(self) -> int:
+        """Utterances the `overflow="drop"` policy dropped."""
+        return self._dropped_utterances
+
+    @property
+    def dropped_events(self) -> int:
+        """Events pushed out of the full, unread event queue."""
+        return self._outbox.dropped_events
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that failed this stream (raised by its next call), or None."""
+        return self._outbox.error
+
+    def _raise_if_failed(self) -> None:
+        error = self._outbox.error
+        if error is not None:
+            raise error
+
+    def _submit_all(self, utterances: list[Utterance]) -> None:
+        for utt in utterances:
+            if not self._submit(self._outbox, utt):
+                self._dropped_utterances += 1
 
     def accept(self, samples: np.ndarray) -> int:
-        """Feed audio; returns how many utterances this call submitted."""
+        """Feed audio; returns how many utterances this call submitted (dropped ones included)."""
+        self._raise_if_failed()
         if self.flushed:
             raise RuntimeError(f"stream {self.stream_id}: accept() after flush()")
-        utterances = self.front_end.accept(samples)
-        self.samples_accepted += int(np.asarray(samples).size)
-        for utt in utterances:
-            self.pipeline._submit(self, utt)
+        utterances = self._front_end.accept(samples)
+        self._samples_accepted += int(np.asarray(samples).size)
+        self._submit_all(utterances)
         return len(utterances)
 
     def flush(self) -> int:
         """End of input: submit the utterance in flight; returns how many were submitted."""
+        self._raise_if_failed()
         if self.flushed:
             return 0
-        utterances = self.front_end.flush()
-        for utt in utterances:
-            self.pipeline._submit(self, utt)
-        with self._cond:
-            self.flushed = True
-            self._cond.notify_all()
-        self._maybe_finish()
+        utterances = self._front_end.flush()
+        self._submit_all(utterances)
+        self._outbox.close_input()
         return len(utterances)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until every submitted utterance has produced its event (or was dropped)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+        """Block until every submitted utterance has produced its event (or was dropped).
+
+        Returns False on timeout. Raises the stream's error as soon as one is recorded.
+        """
+        outbox = self._outbox
+        with outbox.cond:
+            done = outbox.cond.wait_for(lambda: outbox.pending == 0 or outbox.error is not None, timeout)
+        self._raise_if_failed()
+        return done
 
     def get_event(self, timeout: float | None = None) -> EmotionEvent | None:
-        """The next event, or None at the end of a flushed stream or on timeout."""
+        """The next event, or None at the end of a flushed stream or on timeout; raises the stream's error."""
+        self._raise_if_failed()
         try:
-            item = self._events.get(timeout=timeout)
+            item = self._outbox.events.get(timeout=timeout)
         except queue.Empty:
             return None
         if item is _STOP:
-            self._events.put(_STOP)  # later calls see the end too
+            self._outbox.put(_STOP)  # later calls see the end too
+            self._raise_if_failed()
             return None
         return item
 
@@ -181,38 +339,15 @@ class Stream:
                 return
             yield event
 
-    # called by the pipeline ---------------------------------------------------------
-    def _add_pending(self, n: int) -> None:
-        with self._cond:
-            self._pending += n
-            self._cond.notify_all()
-        if n < 0:
-            self._maybe_finish()
 
-    def _maybe_finish(self) -> None:
-        with self._cond:
-            done = self.flushed and self._pending == 0
-        if done and self.on_event is None:
-            self._put(_STOP)
-
-    def _put(self, item) -> None:
-        while True:
-            try:
-                self._events.put_nowait(item)
-                return
-            except queue.Full:
-                try:
-                    self._events.get_nowait()
-                    self.dropped_events += 1
-                except queue.Empty:
-                    pass
-
-    def _emit(self, event: EmotionEvent) -> None:
-        self.emitted += 1
-        if self.on_event is not None:
-            self.on_event(event)
-        else:
-            self._put(event)
+def _stage_error(stage: str, error: BaseException) -> CrabError:
+    """A worker failure as the `CrabError` the streams raise: one line naming the stage and the cause."""
+    if isinstance(error, CrabError):
+        return error
+    message = " ".join(str(error).split())  # ONNX Runtime messages span lines; the CLI prints one
+    wrapped = BackendError(f"{stage} failed: {type(error).__name__}" + (f": {message}" if message else ""))
+    wrapped.__cause__ = error  # as `raise wrapped from error` would
+    return wrapped
 
 
 class Pipeline:
@@ -240,7 +375,7 @@ class Pipeline:
         self._closed = False
         self._lock = threading.Lock()
         self.error: BaseException | None = None  # first worker failure; raised by `check()`
-        self.latencies: list[dict[str, float]] = []
+        self.latencies = LatencyStats()  # every event's stage timings, bounded memory
         self.started = time.perf_counter()
         self._workers = [
             threading.Thread(target=self._speech_worker, name="crab-speech", daemon=True),
@@ -255,23 +390,26 @@ class Pipeline:
         """A new stream with its own VAD state and segmenter."""
         if self._closed:
             raise RuntimeError("create_stream() on a closed pipeline")
-        return Stream(self, stream_id or f"stream-{next(self._ids)}", on_event)
+        stream_id = stream_id or f"stream-{next(self._ids)}"
+        outbox = _Outbox(stream_id, on_event, self.config.event_queue_size)
+        return Stream(stream_id, StreamFrontEnd(self.vad, self.config.segmenter), outbox, self._submit)
 
     # ---- scheduling -----------------------------------------------------------------
-    def _submit(self, stream: Stream, utt: Utterance) -> None:
+    def _submit(self, outbox: _Outbox, utt: Utterance) -> bool:
+        """Queue one utterance of a stream; False when the overflow policy dropped it."""
         if self._closed:
             raise RuntimeError("pipeline is closed")
         if self.config.overflow == "block":
             self._admission.acquire()
         elif not self._admission.acquire(blocking=False):
-            stream.dropped_utterances += 1
-            return
-        stream._add_pending(1)
+            return False
+        outbox.add()
         parts = int(self.model.uses_speech) + 1  # speech encoder (if any) and ASR (or its stand-in)
-        job = _Job(stream, utt, parts)
+        job = _Job(outbox, utt, parts)
         if self.model.uses_speech:
             self._speech_q.put(job)
         self._asr_q.put(job)
+        return True
 
     def _part_done(self, job: _Job) -> None:
         with job.lock:
@@ -300,15 +438,18 @@ class Pipeline:
             batch.append(item)
         return batch
 
-    def _guarded(self, batch: list[_Job], work: Callable[[list[_Job]], None]) -> None:
-        """Run a worker step; on error, fail its jobs instead of hanging their streams."""
+    def _guarded(self, stage: str, batch: list[_Job], work: Callable[[list[_Job]], None]) -> None:
+        """Run a worker step; on error, fail its jobs' streams instead of hanging them."""
         try:
             work(batch)
-        except BaseException as e:  # noqa: BLE001 - reported to the caller through the pipeline
+        except BaseException as e:  # noqa: BLE001 - raised by the next call of every stream in the batch
+            error = _stage_error(stage, e)
+            logger.debug("%s failed on %d utterance(s)", stage, len(batch), exc_info=e)
             with self._lock:
                 if self.error is None:
-                    self.error = e
+                    self.error = error
             for job in batch:
+                job.outbox.fail(error)  # before _abandon: a stream woken by its last utterance sees the error
                 self._abandon(job)
 
     def _abandon(self, job: _Job) -> None:
@@ -317,11 +458,11 @@ class Pipeline:
                 return
             job.parts_left = -1
         self._admission.release()
-        job.stream._add_pending(-1)
+        job.outbox.done()
 
     def _speech_worker(self) -> None:
         while (batch := self._take_batch(self._speech_q, self.config.max_batch)) is not None:
-            self._guarded(batch, self._speech_step)
+            self._guarded("speech encoder", batch, self._speech_step)
 
     def _speech_step(self, batch: list[_Job]) -> None:
         start = time.perf_counter()
@@ -335,7 +476,7 @@ class Pipeline:
 
     def _asr_worker(self) -> None:
         while (batch := self._take_batch(self._asr_q, 1)) is not None:
-            self._guarded(batch, self._asr_step)
+            self._guarded("ASR", batch, self._asr_step)
 
     def _asr_step(self, batch: list[_Job]) -> None:
         job = batch[0]
@@ -350,7 +491,7 @@ class Pipeline:
 
     def _fusion_worker(self) -> None:
         while (batch := self._take_batch(self._fusion_q, self.config.max_batch)) is not None:
-            self._guarded(batch, self._fusion_step)
+            self._guarded("text encoder + head", batch, self._fusion_step)
 
     def _fusion_step(self, batch: list[_Job]) -> None:
         start = time.perf_counter()
@@ -372,24 +513,23 @@ class Pipeline:
         best = int(np.argmax(probs))
         latency = {"end_to_event": (time.perf_counter() - job.utt.end_of_speech_time) * 1000, **job.ms}
         event = EmotionEvent(
-            stream_id=job.stream.stream_id, utterance_id=job.utt.utterance_index,
+            stream_id=job.outbox.stream_id, utterance_id=job.utt.utterance_index,
             start_s=job.utt.start_s, end_s=job.utt.end_s, text=job.text, text_flagged=job.flagged,
             label=labels[best], confidence=float(probs[best]),
             probabilities={k: float(v) for k, v in zip(labels, probs)},
             latency_ms=latency, forced_split=job.utt.forced_split,
         )
-        with self._lock:
-            self.latencies.append(latency)
+        self.latencies.add(latency)
         with job.lock:
             job.parts_left = -1
         try:
-            job.stream._emit(event)
+            job.outbox.deliver(event)
         finally:
             self._admission.release()
-            job.stream._add_pending(-1)
+            job.outbox.done()
 
     def check(self) -> None:
-        """Re-raise the first error a worker hit (its utterances produced no event)."""
+        """Raise the first error a worker hit, if any (its streams raise it too; kept for compatibility)."""
         if self.error is not None:
             raise self.error
 
