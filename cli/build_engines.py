@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from crab_rt.bundle import PRECISIONS
+from crab_rt.cli._options import add_config_option, config_from_args
+from crab_rt.export.tensorrt_build import BuildOptions
+
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the `build-engines` subcommand."""
@@ -20,26 +24,21 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         ),
     )
     parser.add_argument("--bundle", required=True, help="bundle folder written by crab-rt export")
-    parser.add_argument("--gpu", type=int, default=0, help="CUDA device index to build for (default 0)")
-    parser.add_argument(
-        "--precision", choices=("fp32", "fp16"), default=None,
-        help="which graphs to build: fp16 uses the bundle's *.fp16.onnx (export --precision fp16); "
-        "default fp16 when the bundle has fp16 graphs, else fp32",
+    add_config_option(parser, "--gpu", BuildOptions, "gpu_index", "CUDA device index to build for")
+    add_config_option(
+        parser, "--precision", BuildOptions, "precision", choices=PRECISIONS,
+        help="which graphs to build: fp16 uses the bundle's *.fp16.onnx (export --precision fp16)",
+        default_text="fp16 when the bundle has fp16 graphs, else fp32",
     )
-    parser.add_argument("--force", action="store_true", help="rebuild even when current engines exist")
-    parser.add_argument(
-        "--workspace-gb", type=float, default=None,
-        help="TensorRT workspace limit in GiB (default: TensorRT's, up to the device memory)",
-    )
+    add_config_option(parser, "--force", BuildOptions, "force", "rebuild even when current engines exist")
+    add_config_option(parser, "--workspace-gb", BuildOptions, "workspace_gb", "TensorRT workspace limit in GiB",
+                      type=float, default_text="TensorRT's, up to the device memory")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the engines; returns 0."""
-    from crab_rt.export.tensorrt_build import BuildOptions, build_engines
+    from crab_rt.export.tensorrt_build import build_engines
 
-    options = BuildOptions(
-        gpu_index=args.gpu, precision=args.precision, force=args.force, workspace_gb=args.workspace_gb
-    )
-    build_engines(args.bundle, options)
+    build_engines(args.bundle, config_from_args(BuildOptions, args))
     return 0

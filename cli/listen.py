@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+from crab_rt.audio import SAMPLE_RATE
+from crab_rt.backends.base import BACKEND_NAMES
+from crab_rt.bundle import PRECISIONS
+from crab_rt.cli._options import add_config_option, config_from_args
+from crab_rt.runtime.asr import GUARDS, AsrConfig
+from crab_rt.runtime.pipeline import OVERFLOW_POLICIES, PipelineConfig
+from crab_rt.runtime.segmenter import SegmenterConfig
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -16,34 +25,54 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input", help="audio/video file, or - for raw signed 16-bit little-endian PCM on stdin")
     src.add_argument("--device", help="microphone: index or (part of) a name, see `crab-rt devices`")
-    src.add_argument("--rate", type=int, default=16000, help="sample rate of --input - (default 16000)")
+    src.add_argument("--rate", type=int, default=SAMPLE_RATE, help=f"sample rate of --input - (default {SAMPLE_RATE})")
     src.add_argument("--channels", type=int, default=1, help="channels of --input - (default 1)")
     src.add_argument("--realtime", action="store_true", help="pace a file at 1x (default: as fast as possible)")
     m = p.add_argument_group("model")
     m.add_argument("--bundle", required=True, help="model bundle folder from `crab-rt export`")
-    m.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
-    m.add_argument("--gpu", type=int, help="CUDA device index for the model and ASR (default: CPU, or GPU 0 for auto)")
-    m.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
-    m.add_argument("--threads", type=int, default=0, help="CPU threads per ONNX Runtime session (0 = default)")
+    add_config_option(m, "--backend", PipelineConfig, "backend", "inference backend", choices=BACKEND_NAMES)
+    add_config_option(m, "--gpu", PipelineConfig, "gpu", "CUDA device index for the model and ASR", type=int,
+                      default_text="CPU, or GPU 0 for auto")
+    add_config_option(m, "--precision", PipelineConfig, "precision", "graph precision (fp16: GPU only)",
+                      choices=PRECISIONS)
+    add_config_option(m, "--threads", PipelineConfig, "threads",
+                      "CPU threads per ONNX Runtime session (0 = its default)")
     a = p.add_argument_group("ASR")
-    a.add_argument("--asr", help="faster-whisper size name or CTranslate2 folder (default: the bundle's, else small.en)")
-    a.add_argument("--language", default="en", help="language code, or 'auto' (default en)")
-    a.add_argument("--asr-guard", default="drop", choices=("drop", "flag", "off"),
-                   help="on no-speech/low-confidence text: drop it, flag it, or keep it (default drop)")
+    add_config_option(a, "--asr", AsrConfig, "model", "faster-whisper size name or CTranslate2 folder",
+                      default_text=f"the bundle's, else {AsrConfig.model}")
+    add_config_option(a, "--language", AsrConfig, "language", "language code, or 'auto' to detect it",
+                      convert=lambda code: None if code == "auto" else code)
+    add_config_option(a, "--asr-guard", AsrConfig, "guard", "on no-speech/low-confidence text: drop it, flag it, "
+                      "or keep it", choices=GUARDS)
     a.add_argument("--no-asr", action="store_true", help="run without ASR (empty text)")
     s = p.add_argument_group("segmentation")
-    s.add_argument("--start-threshold", type=float, default=0.5)
-    s.add_argument("--end-threshold", type=float, default=0.35)
-    s.add_argument("--min-speech-ms", type=float, default=250.0)
-    s.add_argument("--min-silence-ms", type=float, default=500.0, help="hangover before an utterance ends")
-    s.add_argument("--pre-roll-ms", type=float, default=300.0)
-    s.add_argument("--max-utterance-s", type=float, default=12.0)
+    add_config_option(s, "--start-threshold", SegmenterConfig, "start_threshold", "speech starts at this probability")
+    add_config_option(s, "--end-threshold", SegmenterConfig, "end_threshold", "frames below this count as silence")
+    add_config_option(s, "--min-speech-ms", SegmenterConfig, "min_speech_ms", "shorter speech is dropped")
+    add_config_option(s, "--min-silence-ms", SegmenterConfig, "min_silence_ms", "hangover before an utterance ends")
+    add_config_option(s, "--pre-roll-ms", SegmenterConfig, "pre_roll_ms", "audio kept before the speech")
+    add_config_option(s, "--post-roll-ms", SegmenterConfig, "post_roll_ms",
+                      "audio kept after the speech (at most --min-silence-ms)")
+    add_config_option(s, "--max-utterance-s", SegmenterConfig, "max_utterance_s", "longer speech is split")
     o = p.add_argument_group("output")
     o.add_argument("--format", default="jsonl", choices=("jsonl", "pretty"))
     o.add_argument("--output", help="write events to this file instead of stdout")
-    o.add_argument("--overflow", choices=("block", "drop"),
-                   help="when processing falls behind: wait (files, default) or drop new utterances (microphone, default)")
+    add_config_option(o, "--overflow", PipelineConfig, "overflow",
+                      "when processing falls behind: wait (block) or drop new utterances", choices=OVERFLOW_POLICIES,
+                      default_text="block for files, drop for live input")
     p.set_defaults(func=run)
+
+
+def pipeline_config_from_args(args: argparse.Namespace, bundle_asr_model: str | None, live: bool) -> PipelineConfig:
+    """The pipeline settings: config defaults, the bundle's ASR model, the input kind, then the flags given."""
+    asr = None
+    if not args.no_asr:
+        asr = AsrConfig(model=bundle_asr_model) if bundle_asr_model else AsrConfig()
+        asr = config_from_args(asr, args)
+        asr = dataclasses.replace(asr, device="auto" if args.gpu is not None else "cpu", device_index=args.gpu or 0)
+    config = PipelineConfig(segmenter=config_from_args(SegmenterConfig, args), asr=asr,
+                            overflow="drop" if live else "block")
+    return config_from_args(config, args)
 
 
 def _source(args):
@@ -64,28 +93,12 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from crab_rt.bundle import load_bundle
-    from crab_rt.runtime.asr import AsrConfig
-    from crab_rt.runtime.pipeline import Pipeline, PipelineConfig
-    from crab_rt.runtime.segmenter import SegmenterConfig
+    from crab_rt.runtime.pipeline import Pipeline
     from crab_rt.runtime.summary import format_summary, run_summary
 
     bundle = load_bundle(args.bundle)
     source, live = _source(args)
-    asr = None
-    if not args.no_asr:
-        asr = AsrConfig(
-            model=args.asr or bundle.asr_model or "small.en",
-            device="auto" if args.gpu is not None else "cpu", device_index=args.gpu or 0,
-            language=None if args.language == "auto" else args.language, guard=args.asr_guard,
-        )
-    config = PipelineConfig(
-        segmenter=SegmenterConfig(
-            start_threshold=args.start_threshold, end_threshold=args.end_threshold, min_speech_ms=args.min_speech_ms,
-            min_silence_ms=args.min_silence_ms, pre_roll_ms=args.pre_roll_ms, max_utterance_s=args.max_utterance_s,
-        ),
-        asr=asr, backend=args.backend, gpu=args.gpu, precision=args.precision, threads=args.threads,
-        overflow=args.overflow or ("drop" if live else "block"),
-    )
+    config = pipeline_config_from_args(args, bundle.asr_model, live)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     pretty = args.format == "pretty"
     status = sys.stderr
@@ -104,27 +117,32 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     interrupted = False
-    with Pipeline(bundle, config) as pipeline:
-        print(f"crab-rt: {pipeline.model.choice.describe()}", file=sys.stderr)
-        stream = pipeline.create_stream("file" if args.input not in (None, "-") else "live", on_event=on_event)
-        try:
-            with source:
-                for chunk in source:
-                    stream.accept(chunk)
-                    if pretty and status.isatty():
-                        state = "speech" if stream.front_end.segmenter.in_speech else "silence"
-                        status.write(f"\r\033[K{stream.samples_accepted / 16000:7.1f} s  {state}  "
-                                     f"events {stream.emitted}")
-                        status.flush()
-        except KeyboardInterrupt:
-            interrupted = True
-        stream.flush()
-        stream.wait()
-        pipeline.check()
-        summary = run_summary(pipeline.latencies, stream.samples_accepted / 16000,
-                              time.perf_counter() - started, stream.dropped_utterances)
-    if out is not sys.stdout:
-        out.close()
+    try:
+        with Pipeline(bundle, config) as pipeline:
+            print(f"crab-rt: {pipeline.model.choice.describe()}", file=sys.stderr)
+            stream = pipeline.create_stream("file" if args.input not in (None, "-") else "live", on_event=on_event)
+            try:
+                with source:
+                    for chunk in source:
+                        stream.accept(chunk)
+                        if pretty and status.isatty():
+                            state = "speech" if stream.in_speech else "silence"
+                            status.write(f"\r\033[K{stream.samples_accepted / SAMPLE_RATE:7.1f} s  {state}  "
+                                         f"events {stream.emitted}")
+                            status.flush()
+            except KeyboardInterrupt:
+                interrupted = True
+            # A worker error is raised by accept, flush or wait: leaving the `with` still emits the utterances
+            # in flight, then main() prints the error as one line and exits 2.
+            stream.flush()
+            stream.wait()
+            summary = run_summary(pipeline.latencies, stream.samples_accepted / SAMPLE_RATE,
+                                  time.perf_counter() - started, stream.dropped_utterances)
+    finally:
+        if pretty and status.isatty():
+            status.write("\r\033[K")  # the live status line ends here
+        if out is not sys.stdout:
+            out.close()
     print(("interrupted; " if interrupted else "") + format_summary(summary),
           file=sys.stdout if pretty and out is sys.stdout else sys.stderr)
     return 0

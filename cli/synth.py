@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+
+from crab_rt.cli._options import add_config_option, config_from_args
+from crab_rt.data.synth import SynthConfig, synthesize_conversation
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -17,43 +21,26 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         ),
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--num", type=int, default=480, metavar="N", help="number of utterances (default 480)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument(
-        "--imbalance", type=float, default=3.0, metavar="R",
-        help="largest/smallest class count (default 3.0)",
-    )  # fmt: skip
-    p.add_argument(
-        "--noise-snr-db", type=float, default=20.0, metavar="X",
-        help="speech-to-noise ratio in dB (default 20)",
-    )  # fmt: skip
+    add_config_option(p, "--num", SynthConfig, "num_utterances", "number of utterances", metavar="N")
+    add_config_option(p, "--seed", SynthConfig, "seed", "random seed", metavar="S")
+    add_config_option(p, "--imbalance", SynthConfig, "imbalance_ratio", "largest/smallest class count", metavar="R")
+    add_config_option(p, "--noise-snr-db", SynthConfig, "noise_snr_db", "speech-to-noise ratio in dB", metavar="X")
     p.add_argument(
         "--conversation", default=None, metavar="PATH",
         help="also write a conversation WAV here, with ground-truth turns in PATH's .json sidecar",
     )  # fmt: skip
-    p.add_argument("--turns", type=int, default=6, help="turns in the conversation (default 6)")
+    turns = inspect.signature(synthesize_conversation).parameters["num_turns"].default
+    p.add_argument("--turns", type=int, default=turns, help=f"turns in the conversation (default: {turns})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate the settings, write the corpus, print the per-split class counts."""
-    from crab_rt.data.synth import (
-        SynthConfig,
-        expected_ceilings,
-        format_summary,
-        summarize_manifest,
-        synthesize_conversation,
-        synthesize_corpus,
-    )
+    from crab_rt.data.synth import expected_ceilings, format_summary, summarize_manifest, synthesize_corpus
     from crab_rt.errors import ConfigError
 
-    config = SynthConfig(
-        num_utterances=args.num,
-        seed=args.seed,
-        imbalance_ratio=args.imbalance,
-        noise_snr_db=args.noise_snr_db,
-    ).validate()
+    config = config_from_args(SynthConfig, args).validate()
     if args.conversation and not str(args.conversation).lower().endswith(".wav"):
         raise ConfigError(f"--conversation {args.conversation} must end in .wav")
     if not 1 <= args.turns <= 1000:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from crab_rt.cli._options import add_config_option, config_from_args
+from crab_rt.runtime.asr import DEVICES, AsrConfig
+
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the `transcribe-manifest` parser."""
@@ -20,13 +23,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     p.add_argument("--manifest", required=True, help="input manifest (.csv or .jsonl)")
     p.add_argument("--out", required=True, help="output manifest (.csv or .jsonl)")
-    p.add_argument("--asr", default=None, help="faster-whisper model name or local folder (default: the ASR default)")
-    p.add_argument("--language", default="en", help="spoken language code (default en)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="ASR device (default auto)")
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="let faster-whisper fetch a named model from the Hugging Face hub (default: local files only)",
+    add_config_option(p, "--asr", AsrConfig, "model", "faster-whisper model name or local folder")
+    add_config_option(p, "--language", AsrConfig, "language", "spoken language code")
+    add_config_option(p, "--device", AsrConfig, "device", "ASR device", choices=DEVICES)
+    add_config_option(
+        p, "--download", AsrConfig, "local_files_only",
+        "let faster-whisper fetch a named model from the Hugging Face hub (default: local files only)",
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -51,12 +53,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from crab_rt.data.transcribe import transcribe_manifest
-    from crab_rt.runtime.asr import AsrConfig, Transcriber
+    from crab_rt.runtime.asr import Transcriber
 
-    cfg_kwargs = {"language": args.language, "device": args.device, "local_files_only": not args.download}
-    if args.asr is not None:
-        cfg_kwargs["model"] = args.asr
-    transcriber = Transcriber(AsrConfig(**cfg_kwargs))
+    transcriber = Transcriber(config_from_args(AsrConfig, args))
 
     def transcribe(audio: np.ndarray) -> str:
         return transcriber.transcribe(audio).text

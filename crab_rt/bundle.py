@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import BundleError
 
 __all__ = [
@@ -63,7 +64,7 @@ class Bundle:
         root: the bundle folder.
         manifest: the parsed manifest.json (read-only by convention).
         labels: class names in logit order.
-        sample_rate: audio rate the speech encoder expects (16000).
+        sample_rate: audio rate the speech encoder expects (always `crab_rt.audio.SAMPLE_RATE`).
         normalize_waveform: whether waveforms are normalised per utterance.
         max_audio_s: longest audio the model was trained on; longer input is cut.
         max_text_tokens: longest token sequence, special tokens included.
@@ -211,10 +212,15 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
     Raises:
         BundleError: missing folder or manifest, invalid JSON, wrong format or
-            a newer format_version, a listed file missing, or a sha256 mismatch.
+            a newer format_version, a sample rate other than SAMPLE_RATE, a listed
+            file missing, or a sha256 mismatch.
     """
     root = Path(path)
     manifest = _read_manifest(root)
+    if manifest["sample_rate"] != SAMPLE_RATE:
+        raise BundleError(
+            f"{root}: bundle sample_rate is {manifest['sample_rate']!r} Hz, crab-rt runs at {SAMPLE_RATE} Hz"
+        )
     try:
         listed = list(_listed_files(manifest))
     except (KeyError, TypeError, AttributeError) as e:

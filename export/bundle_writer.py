@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crab_rt.audio import SAMPLE_RATE
 from crab_rt.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, sha256_file
 from crab_rt.errors import BundleError, ConfigError
 
 __all__ = ["ExportOptions", "export_bundle", "shape_ranges"]
 
-SAMPLE_RATE = 16000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,15 +111,15 @@ def export_bundle(
     checkpoint: str | Path,
     out: str | Path,
     options: ExportOptions = ExportOptions(),
-    log: Callable[[str], None] | None = print,
 ) -> Path:
     """Export a checkpoint to a bundle folder.
+
+    Each step is logged at INFO to `crab_rt.export.bundle_writer` (the graphs to `crab_rt.export.onnx_export`).
 
     Args:
         checkpoint: a crab-rt checkpoint (best.pt / last.pt).
         out: the bundle folder to create (an existing bundle there is replaced).
         options: see `ExportOptions`.
-        log: called with one line per step; None for silence.
 
     Returns:
         the bundle folder.
@@ -137,11 +138,10 @@ def export_bundle(
     from crab_rt.model.checkpoint import load_model
 
     options.validate()
-    say = log or (lambda line: None)
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file())):
         raise BundleError(f"{out}: exists and is not a crab-rt bundle; choose another --out")
-    say(f"loading checkpoint {checkpoint}...")
+    log.info("loading checkpoint %s...", checkpoint)
     model, tokenizer, payload = load_model(checkpoint)
     settings = payload["model_settings"]
     max_audio_s, max_text_tokens = float(settings["max_audio_s"]), int(settings["max_text_tokens"])
@@ -151,31 +151,33 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
-        graphs = export_graphs(model, tmp, options.opset, log=say)
+        graphs = export_graphs(model, tmp, options.opset)
         if set(graphs) != set(graph_names(modality)):
             raise BundleError(f"exported graphs {sorted(graphs)} do not match modality {modality}")
         entries: dict[str, dict] = {}
         for name, path in graphs.items():
             entries[name] = {"fp32": _graph_entry(path)}
             check_graph_ops(name, entries[name]["fp32"]["ops"])
+            ops = entries[name]["fp32"]["ops"]
+            log.debug("  %s: %.1f MB, ops %s", path.name, path.stat().st_size / 1e6, ", ".join(ops))
         parity: dict[str, float] | None = None
         if options.parity:
-            say(f"parity (ONNX Runtime CPU vs torch, tolerance {options.tolerance:g})...")
+            log.info("parity (ONNX Runtime CPU vs torch, tolerance %g)...", options.tolerance)
             parity = check_parity(model, graphs, max_text_tokens, options.tolerance)
             for name, err in parity.items():
-                say(f"  {name:<15} max err {err:.1e} OK")
+                log.info("  %-15s max err %.1e OK", name, err)
         else:
-            say("parity check skipped (--no-parity)")
+            log.info("parity check skipped (--no-parity)")
 
         fp16_parity = None
         if options.precision == "fp16":
             fp16_graphs = {}
             for name, path in graphs.items():
-                say(f"converting {name} to fp16...")
+                log.info("converting %s to fp16...", name)
                 fp16_graphs[name] = convert_to_fp16(path, tmp / f"{name}.fp16.onnx")
                 entries[name]["fp16"] = _graph_entry(fp16_graphs[name])
             if options.parity:
-                say(f"fp16 parity (probabilities vs fp32, tolerance {options.fp16_tolerance:g})...")
+                log.info("fp16 parity (probabilities vs fp32, tolerance %g)...", options.fp16_tolerance)
                 vocab, pad_id = 2, 0
                 if model.text_encoder is not None:
                     cfg = model.text_encoder.model.config
@@ -184,9 +186,9 @@ def export_bundle(
                     graphs, fp16_graphs, modality, vocab, pad_id, max_text_tokens,
                     model.normalize_waveform, options.fp16_tolerance,
                 )
-                say(f"  probabilities max err {fp16_parity['probabilities']:.1e} OK")
+                log.info("  probabilities max err %.1e OK", fp16_parity["probabilities"])
 
-        say("writing tokenizer, torch weights and manifest...")
+        log.info("writing tokenizer, torch weights and manifest...")
         tokenizer_entry = None
         if tokenizer is not None and modality != "speech":
             tok_path = tokenizer.save(tmp / "tokenizer.json")
@@ -234,5 +236,5 @@ def export_bundle(
         raise
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     built = ", ".join(f"{n}.onnx" for n in graphs) + (" (+ fp16)" if options.precision == "fp16" else "")
-    say(f"bundle {out}: {len(model.labels)} labels, modality {modality}, {built}, {size_mb:.1f} MB")
+    log.info("bundle %s: %d labels, modality %s, %s, %.1f MB", out, len(model.labels), modality, built, size_mb)
     return out

@@ -10,12 +10,14 @@ are dynamic. The graphs are checked for ops TensorRT handles badly.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import BundleError
 from crab_rt.model.crab import CrabModel
 
@@ -33,12 +35,14 @@ __all__ = [
     "check_graph_ops",
 ]
 
+log = logging.getLogger(__name__)
+
 GRAPH_NAMES = ("speech_encoder", "text_encoder", "head")
 # Ops that come from in-place boolean indexing (`x[mask] = 0`) or data-dependent
 # shapes; TensorRT either rejects them or builds slow, shape-rigid engines.
 FORBIDDEN_OPS = ("NonZero", "ScatterND")
 
-_EXAMPLE_SAMPLES = (16000, 9600)  # two padded waveforms (1.0 s, 0.6 s)
+_EXAMPLE_SAMPLES = (SAMPLE_RATE, SAMPLE_RATE * 6 // 10)  # two padded waveforms (1.0 s, 0.6 s)
 _EXAMPLE_TOKENS = (12, 7)
 
 
@@ -141,14 +145,13 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: d
         )
 
 
-def export_graphs(model: CrabModel, out_dir: str | Path, opset: int = 17, log=None) -> dict[str, Path]:
-    """Export the model's graphs (fp32) into `out_dir`.
+def export_graphs(model: CrabModel, out_dir: str | Path, opset: int = 17) -> dict[str, Path]:
+    """Export the model's graphs (fp32) into `out_dir`, logging one INFO line per graph.
 
     Args:
         model: the Crab model (not modified; a folded copy is exported).
         out_dir: existing folder; files are `<graph>.onnx`.
         opset: ONNX opset (17 has LayerNormalization).
-        log: optional callable taking one progress line.
 
     Returns:
         {graph name: path} for the graphs this modality has.
@@ -161,8 +164,7 @@ def export_graphs(model: CrabModel, out_dir: str | Path, opset: int = 17, log=No
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # see _export; also the eager example runs
         if model.speech_encoder is not None:
-            if log:
-                log("exporting speech encoder...")
+            log.info("exporting speech encoder...")
             mask = _padded_batch(_EXAMPLE_SAMPLES)
             values = torch.randn(mask.shape) * mask
             path = out_dir / "speech_encoder.onnx"
@@ -178,8 +180,7 @@ def export_graphs(model: CrabModel, out_dir: str | Path, opset: int = 17, log=No
             speech_hidden, frame_mask = model.speech_encoder(values, mask)
             speech_mask = frame_mask.to(torch.int64)
         if model.text_encoder is not None:
-            if log:
-                log("exporting text encoder...")
+            log.info("exporting text encoder...")
             text_mask = _padded_batch(_EXAMPLE_TOKENS)
             config = model.text_encoder.model.config
             pad_id = int(getattr(config, "pad_token_id", 0) or 0)
@@ -196,8 +197,7 @@ def export_graphs(model: CrabModel, out_dir: str | Path, opset: int = 17, log=No
             )
             paths["text_encoder"] = path
             text_hidden = model.text_encoder(ids, text_mask)
-        if log:
-            log("exporting head...")
+        log.info("exporting head...")
         args: list[torch.Tensor] = []
         axes: dict[str, dict[int, str]] = {}
         if modality in ("both", "speech"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import BundleError, ConfigError
 
 __all__ = [
@@ -87,7 +88,7 @@ def parity_cases(
     for name, seconds, lengths in layout:
         values = amask = ids = tmask = None
         if use_speech:
-            waves = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
+            waves = [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
             values, amask = pad_waveforms(waves, normalize)
         if use_text:
             rows = [rng.integers(5, max(6, vocab_size), size=n).astype(np.int64) for n in lengths]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def exported(tiny_model_parts, tmp_path_factory) -> Path:
     model, tokenizer = tiny_model_parts
     root = tmp_path_factory.mktemp("bundle")
     ckpt = save_checkpoint(root / "best.pt", model, tokenizer, {"max_audio_s": 8.0, "max_text_tokens": 32})
-    return export_bundle(ckpt, root / "tiny", ExportOptions(), log=None)
+    return export_bundle(ckpt, root / "tiny", ExportOptions())
 
 
 @pytest.fixture
@@ -107,6 +108,15 @@ def test_newer_format_version_is_refused(copy):
     _edit_manifest(copy, format_version=BUNDLE_FORMAT_VERSION + 1)
     with pytest.raises(BundleError, match=r"format_version 2 is newer than this crab-rt reads \(1\)"):
         load_bundle(copy)
+
+
+def test_other_sample_rate_is_refused(copy):
+    _edit_manifest(copy, sample_rate=8000)
+    with pytest.raises(BundleError) as info:
+        load_bundle(copy)
+    message = str(info.value)
+    assert "\n" not in message and str(copy) in message
+    assert re.search(r"sample_rate is 8000 Hz, crab-rt runs at 16000 Hz", message), message
 
 
 def test_wrong_format_is_refused(copy):

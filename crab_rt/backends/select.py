@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crab_rt.backends.base import BACKEND_NAMES, GraphSession
-from crab_rt.bundle import Bundle
+from crab_rt.bundle import PRECISIONS, Bundle
 from crab_rt.errors import BackendError, ConfigError
 
 __all__ = ["BackendChoice", "load_sessions"]
@@ -39,7 +39,8 @@ def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int,
     for name in bundle.graph_names:
         providers = None
         if provider == "tensorrt":
-            providers = ort_providers("tensorrt", gpu, bundle.root / "engines" / "ort-trt-cache", precision == "fp16", None)
+            cache = bundle.root / "engines" / "ort-trt-cache"
+            providers = ort_providers("tensorrt", gpu, cache, precision == "fp16", None)
         sessions[name] = OrtSession(bundle.graph_path(name, precision), name, provider, gpu,
                                     bundle.graph_io(name, precision), threads, providers, spinning)
     return sessions
@@ -71,8 +72,8 @@ def load_sessions(
     """
     if backend not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"unknown precision {precision!r} (choose fp32 or fp16)")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if backend == "auto":
         return _auto(bundle, gpu, precision, threads, spinning)
     if backend == "tensorrt":

@@ -29,7 +29,7 @@ Each `Utterance` carries two pairs of times, in seconds from the stream start:
 `speech_start_s`/`speech_end_s` are the detected speech (frame-aligned), and
 `start_s`/`end_s` delimit `audio`, which adds up to pre_roll_ms before and
 post_roll_ms after (less at the stream start or at a forced split), so
-`len(audio) == round((end_s - start_s) * 16000)`. The audio of an utterance
+`len(audio) == round((end_s - start_s) * SAMPLE_RATE)`. The audio of an utterance
 never exceeds max_utterance_s: at the limit it is cut (`forced_split=True`);
 if a silence run is in progress the cut is made where the run began,
 otherwise exactly at the limit and the speech continues in the next utterance
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crab_rt.audio import as_mono_float32
+from crab_rt.audio import SAMPLE_RATE, as_mono_float32
 from crab_rt.errors import AudioError, ConfigError
-from crab_rt.runtime.vad import FRAME_SAMPLES, SAMPLE_RATE, SileroVad, VadState
+from crab_rt.runtime.vad import FRAME_SAMPLES, SileroVad, VadState
 
 __all__ = ["SegmenterConfig", "Utterance", "Segmenter", "FrameBuffer", "StreamFrontEnd"]
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import BackendError
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "default_model_path",
 ]
 
-SAMPLE_RATE = 16_000
 FRAME_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 STATE_SHAPE = (1, 1, 128)
