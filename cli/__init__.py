@@ -67,6 +67,21 @@ class _CliFormatter(logging.Formatter):
         return message
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever `sys.stderr` is when a record is emitted (tests and callers swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbosity: int) -> None:
     """Route the `crab_rt` logger to stderr: -1 warnings only, 0 info, 1 debug."""
     level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
@@ -75,7 +90,7 @@ def configure_logging(verbosity: int) -> None:
     for handler in list(logger.handlers):  # a second main() in one process replaces the first's handler
         if getattr(handler, "crab_cli", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_CliFormatter("%(message)s"))
     handler.crab_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

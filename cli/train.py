@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -42,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("run.progress=false")
     config = load_recipe(args.recipe, overrides, ablation=args.ablation)
     trainer = Trainer(config, resume=args.resume)
-    print(f"training on {trainer.device}: {len(trainer.train_rows)} train / {len(trainer.dev_rows)} dev utterances, "
-          f"legs {list(config.loss.legs) or 'none'} ({config.loss.leg_loss}), out {config.run.out_dir}")
+    log.info(f"training on {trainer.device}: {len(trainer.train_rows)} train / {len(trainer.dev_rows)} dev utterances, "
+             f"legs {list(config.loss.legs) or 'none'} ({config.loss.leg_loss}), out {config.run.out_dir}")
     best = trainer.fit()
     print(f"best dev {best['metric'].upper()} {best['value']:.4f} at epoch {best['epoch']}: {config.run.out_dir}/best.pt")
     return 0

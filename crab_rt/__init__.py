@@ -7,9 +7,13 @@ onnxruntime nor tensorrt. The public names below are imported on first use.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# The library logs to "crab_rt.*" and never configures logging; the CLI (or the application) does.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _PUBLIC = {
     "Pipeline": "crab_rt.runtime.pipeline",

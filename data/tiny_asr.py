@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -48,6 +49,8 @@ from pathlib import Path
 from crab_rt.errors import ConfigError, CrabError, missing_dependency, requires_extra
 
 __all__ = ["build_tiny_whisper", "is_tiny_whisper", "describe_size", "SIZES", "main"]
+
+log = logging.getLogger(__name__)
 
 _MARKER = "crab_tiny_asr.json"
 _FORMAT_VERSION = 1
@@ -308,7 +311,8 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, progress: bool = Fals
         out_dir: folder to create; an existing complete build with the same seed
             and size is returned as is (a few milliseconds).
         seed: seed of the tokenizer corpus and the random weights.
-        progress: print the steps and the time taken to stderr.
+        progress: show transformers' progress bars. The steps and the time taken are
+            logged at INFO to `crab_rt.data.tiny_asr` either way.
         size: "micro" (default) or a real Whisper shape: "tiny", "base", "small".
 
     Returns:
@@ -332,18 +336,14 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, progress: bool = Fals
             "choose an empty or new folder"
         )
 
-    def say(msg: str) -> None:
-        if progress:
-            print(f"[tiny_asr] {msg}", file=sys.stderr, flush=True)
-
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tiny-asr-", dir=out.parent) as tmp:
         hf_dir, ct2_dir = Path(tmp) / "hf", Path(tmp) / "ct2"
-        say(f"building tokenizer and random Whisper {size} ({describe_size(size)})")
+        log.info("building tokenizer and random Whisper %s (%s)", size, describe_size(size))
         with _transformers_progress(progress):
             _build_hf_model(hf_dir, seed, size)
-            say("converting to CTranslate2")
+            log.info("converting to CTranslate2")
             _convert(hf_dir, ct2_dir)
         marker = {
             "format_version": _FORMAT_VERSION,
@@ -355,7 +355,7 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, progress: bool = Fals
         if out.exists():
             shutil.rmtree(out)  # an empty folder or a stale/partial tiny ASR build
         ct2_dir.rename(out)
-    say(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+    log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
     return out
 
 
@@ -365,8 +365,22 @@ def describe_size(size: str) -> str:
     return f"d_model {d_model}, {layers}+{layers} layers, {heads} heads"
 
 
+class _EntryFormatter(logging.Formatter):
+    """`[tiny_asr] step` for progress, `tiny_asr: error: ...` for problems (main() only)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"tiny_asr: {record.levelname.lower()}: {message}"
+        return f"[tiny_asr] {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m crab_rt.data.tiny_asr --out DIR`."""
+    """Entry point of `python -m crab_rt.data.tiny_asr --out DIR`: steps on stderr, the folder on stdout.
+
+    As an entry point it routes this module's log to stderr (INFO, or WARNING with
+    --quiet) while it runs; the library functions above only log.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m crab_rt.data.tiny_asr",
         description="Build a tiny random Whisper (CTranslate2) for offline tests and the demo. "
@@ -378,12 +392,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="micro (default: tests and demo) or a real Whisper shape for latency work: tiny, base, small")
     parser.add_argument("--quiet", action="store_true", help="do not print progress")
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EntryFormatter("%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log.propagate = False  # a CLI handler on "crab_rt" in the same process would print it twice
     try:
         path = build_tiny_whisper(args.out, seed=args.seed, progress=not args.quiet, size=args.size)
     except CrabError as e:
-        print(f"tiny_asr: error: {e}", file=sys.stderr)
+        log.error("%s", e)
         return 2
-    print(path)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+    sys.stdout.write(f"{path}\n")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,8 @@ from crab_rt.bundle import PRECISIONS, Bundle, load_bundle, sha256_file
 from crab_rt.errors import BackendError, BundleError, ConfigError
 
 __all__ = ["BuildOptions", "resolve_precision", "timing_cache_name", "build_engine", "build_engines"]
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0  # how often a long build reports that it is still running
 
@@ -182,14 +185,14 @@ def _is_current(folder: Path, expected: dict) -> bool:
     return True
 
 
-def _timed(work: Callable[[], Any], say: Callable[[str], None], label: str, every_s: float) -> tuple[Any, float]:
-    """Run `work()`, printing "still ..." every `every_s` seconds; returns (result, seconds)."""
+def _timed(work: Callable[[], Any], label: str, every_s: float) -> tuple[Any, float]:
+    """Run `work()`, logging "<label>... N s" at INFO every `every_s` seconds; returns (result, seconds)."""
     start = time.perf_counter()
     done = threading.Event()
 
     def heartbeat() -> None:
         while not done.wait(every_s):
-            say(f"  {label}... {time.perf_counter() - start:.0f} s")
+            log.info("  %s... %.0f s", label, time.perf_counter() - start)
 
     thread = threading.Thread(target=heartbeat, daemon=True)
     thread.start()
@@ -204,14 +207,15 @@ def _timed(work: Callable[[], Any], say: Callable[[str], None], label: str, ever
 def build_engines(
     bundle_path: str | Path,
     options: BuildOptions = BuildOptions(),
-    log: Callable[[str], None] | None = print,
 ) -> Path:
     """Build one TensorRT engine per graph of a bundle.
+
+    Progress (one line per step, and a heartbeat during long builds) is logged at INFO
+    to `crab_rt.export.tensorrt_build`.
 
     Args:
         bundle_path: the bundle folder (from `crab-rt export`).
         options: see `BuildOptions`.
-        log: called with one progress line per step; None for silence.
 
     Returns:
         the engine folder `<bundle>/engines/<key>`.
@@ -226,7 +230,6 @@ def build_engines(
     from crab_rt.backends.cuda_memory import require_device, set_device
 
     options.validate()
-    say = log or (lambda line: None)
     bundle = load_bundle(bundle_path)
     precision = resolve_precision(bundle, options.precision)
     trt = import_tensorrt()
@@ -237,7 +240,9 @@ def build_engines(
     root = bundle.root / ENGINES_DIR
     folder = root / expected["key"]
     if not options.force and _is_current(folder, expected):
-        say(f"engines in {folder} are current for {info.name} and TensorRT {trt.__version__} (--force to rebuild)")
+        log.info(
+            "engines in %s are current for %s and TensorRT %s (--force to rebuild)", folder, info.name, trt.__version__
+        )
         return folder
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,7 +250,7 @@ def build_engines(
     cache_path = root / timing_cache_name(expected)
     timing_cache = cache_path.read_bytes() if cache_path.is_file() else b""
     profiles = graph_profiles(bundle.manifest, precision)
-    say(
+    log.info(
         f"building {precision} engines with TensorRT {trt.__version__} on {info.name} ({info.sm}) -> {folder}"
         + (f" (timing cache {cache_path.name})" if timing_cache else "")
     )
@@ -256,16 +261,12 @@ def build_engines(
     for i, graph in enumerate(names, 1):
         onnx_path = bundle.graph_path(graph, precision)
         tag = f"[{i}/{len(names)}] {graph}"
-        say(f"{tag}: building from {onnx_path.name} ({onnx_path.stat().st_size / 1e6:.1f} MB); this can take minutes")
+        size_mb = onnx_path.stat().st_size / 1e6
+        log.info("%s: building from %s (%.1f MB); this can take minutes", tag, onnx_path.name, size_mb)
         work = partial(
             build_engine, trt, onnx_path, profiles[graph], timing_cache, options.workspace_gb, precision, logger
         )
-        (engine, timing_cache), seconds = _timed(
-            work,
-            say,
-            f"{tag}: still building",
-            options.heartbeat_s,
-        )
+        (engine, timing_cache), seconds = _timed(work, f"{tag}: still building", options.heartbeat_s)
         engine_path = folder / f"{graph}.engine"
         _write_atomic(engine_path, engine)
         _write_atomic(cache_path, timing_cache)  # saved per graph, so an interrupted build keeps its timings
@@ -276,7 +277,7 @@ def build_engines(
             "build_s": round(seconds, 2),
             **expected["graphs"][graph],
         }
-        say(f"{tag}: done in {seconds:.1f} s, engine {len(engine) / 1e6:.1f} MB")
+        log.info("%s: done in %.1f s, engine %.1f MB", tag, seconds, len(engine) / 1e6)
 
     total = time.perf_counter() - total_start
     record = {
@@ -291,5 +292,5 @@ def build_engines(
         "graphs": graphs,
     }
     _write_atomic(folder / ENGINE_RECORD, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
-    say(f"{len(graphs)} engine(s) written to {folder} in {total:.1f} s")
+    log.info("%d engine(s) written to %s in %.1f s", len(graphs), folder, total)
     return folder

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+
+
+@pytest.fixture(autouse=True)
+def _restore_crab_rt_logger():
+    """Undo what `crab_rt.cli.main()` does to the "crab_rt" logger (level, stderr handler, no propagation),
+    so one test's CLI run does not change what the next test logs or what `caplog` sees."""
+    import crab_rt  # noqa: F401 (its NullHandler is part of the state to keep)
+
+    logger = logging.getLogger("crab_rt")
+    saved = logger.level, logger.propagate, list(logger.handlers)
+    yield
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+    logger.handlers[:] = saved[2]
 
 
 @pytest.fixture(scope="session")
@@ -84,4 +99,4 @@ def tiny_bundle(tiny_model_parts, tmp_path_factory) -> Path:
     model, tokenizer = tiny_model_parts
     root = tmp_path_factory.mktemp("tiny_bundle")
     ckpt = save_checkpoint(root / "model.pt", model, tokenizer, {"max_audio_s": 12.0, "max_text_tokens": 32})
-    return export_bundle(ckpt, root / "bundle", ExportOptions(parity=False), log=lambda s: None)
+    return export_bundle(ckpt, root / "bundle", ExportOptions(parity=False))

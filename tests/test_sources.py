@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import threading
 import time
@@ -54,12 +55,14 @@ def test_pcm_resamples_to_16k(rate):
     assert np.sqrt(np.mean(out[4000:28000] ** 2)) == pytest.approx(16000 / 32768 / np.sqrt(2), rel=0.02)
 
 
-def test_pcm_trailing_byte_is_reported():
+def test_pcm_trailing_byte_is_reported(caplog):
     data = pcm_bytes(np.arange(100, dtype=np.int16)) + b"\x01"
     src = PcmStreamSource(io.BytesIO(data), 16000)
-    with pytest.warns(RuntimeWarning, match="1 trailing byte"):
+    with caplog.at_level(logging.WARNING, logger="crab_rt.runtime.sources"):
         out = np.concatenate(list(src))
     assert out.size == 100 and src.trailing_bytes == 1
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "1 trailing byte(s)" in record.getMessage()
 
 
 def test_pcm_rejects_bad_formats():

@@ -694,7 +694,7 @@ def test_build_engines_orchestration(tmp_path, capsys, monkeypatch, fake_gpu):
     trt, _ = fake_gpu
     bundle_dir = _write_bundle(tmp_path / "b")
     assert main(["build-engines", "--bundle", str(bundle_dir), "--workspace-gb", "2"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # progress is logged (crab_rt.export.tensorrt_build), on stderr by the CLI
     folder = bundle_dir / "engines" / "h100-sm90-trt10.9-fp16"
     assert "[1/3] speech_encoder: building from speech_encoder.fp16.onnx" in out
     assert "[3/3] head: done in" in out
@@ -720,7 +720,7 @@ def test_build_engines_orchestration(tmp_path, capsys, monkeypatch, fake_gpu):
     # Current engines are kept; --force rebuilds and reuses the timing cache.
     trt.calls.clear()
     assert main(["build-engines", "--bundle", str(bundle_dir)]) == 0
-    assert "are current" in capsys.readouterr().out and not trt.calls
+    assert "are current" in capsys.readouterr().err and not trt.calls
     assert main(["build-engines", "--bundle", str(bundle_dir), "--force", "--precision", "fp32"]) == 0
     assert ("clear_flag", "tf32") in trt.calls
     assert [c[1] for c in trt.calls if c[0] == "timing_cache_in"][0] == b"+++"
@@ -837,7 +837,7 @@ def exported_bundle(tiny_model_parts, tmp_path_factory) -> Path:
     model, tokenizer = tiny_model_parts
     root = tmp_path_factory.mktemp("trt")
     ckpt = save_checkpoint(root / "best.pt", model, tokenizer, {"max_audio_s": 12.0, "max_text_tokens": 32})
-    return export_bundle(ckpt, root / "bundle", ExportOptions(precision="fp16", parity=False), log=None)
+    return export_bundle(ckpt, root / "bundle", ExportOptions(precision="fp16", parity=False))
 
 
 def test_graph_profiles_on_exported_manifest(exported_bundle):
@@ -875,7 +875,7 @@ def test_tensorrt_matches_onnxruntime(exported_bundle, tmp_path, precision, tole
 
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(exported_bundle, bundle_dir)
-    folder = build_engines(bundle_dir, BuildOptions(precision=precision), log=None)
+    folder = build_engines(bundle_dir, BuildOptions(precision=precision))
     bundle = load_bundle(bundle_dir)
     assert find_engines(bundle, 0, precision) == folder
     sessions = load_tensorrt_sessions(bundle, 0, precision)

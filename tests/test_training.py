@@ -1,6 +1,7 @@
 """Training: recipes and overrides, a short MLCS run that learns, exact resume, CLI errors."""
 
 import json
+import logging
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_short_mlcs_run_beats_chance(synthetic_corpus, tmp_path):
     reaches about 0.50 on this machine (a deterministic CPU run).
     """
     cfg = _recipe(synthetic_corpus, tmp_path / "run", "optim.epochs=10")
-    best = Trainer(cfg, log=lambda s: None).fit()
+    best = Trainer(cfg).fit()
     assert best["metric"] == "uar" and best["value"] >= 0.40, best
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, 11))
@@ -75,16 +76,17 @@ def test_short_mlcs_run_beats_chance(synthetic_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reproduces_uninterrupted_run(synthetic_corpus, tmp_path):
+def test_resume_reproduces_uninterrupted_run(synthetic_corpus, tmp_path, caplog):
     extra = ("optim.epochs=2", "optim.batch_size=16", "optim.grad_accum_steps=2")
-    straight = Trainer(_recipe(synthetic_corpus, tmp_path / "a", *extra), log=lambda s: None)
+    straight = Trainer(_recipe(synthetic_corpus, tmp_path / "a", *extra))
     straight.fit()
-    first = Trainer(_recipe(synthetic_corpus, tmp_path / "b", *extra), log=lambda s: None)
+    first = Trainer(_recipe(synthetic_corpus, tmp_path / "b", *extra))
     first.fit(stop_after_epoch=1)
     assert first.epoch == 1
-    messages = []
-    resumed = Trainer(_recipe(synthetic_corpus, tmp_path / "b", *extra), resume=True, log=messages.append)
-    assert resumed.epoch == 1 and "resumed" in messages[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="crab_rt.train.trainer"):
+        resumed = Trainer(_recipe(synthetic_corpus, tmp_path / "b", *extra), resume=True)
+    assert resumed.epoch == 1 and "resumed from" in caplog.messages[0]
     resumed.fit()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
@@ -117,7 +119,8 @@ def test_cli_train_errors_are_one_line_exit_2(synthetic_corpus, tmp_path, capsys
     cases.append((["--set", "optim.lr=1"], "unknown key(s) in [optim]: lr"))
     for args, message in cases:
         code = main(["train", "--no-progress", "--out", str(tmp_path / "out"), "--epochs", "1", *args])
-        err = capsys.readouterr().err.strip()
+        lines = capsys.readouterr().err.strip().splitlines()
+        err = "\n".join(line for line in lines if not line.startswith("training on "))  # INFO before a bad epoch
         assert code == 2, (args, err)
         assert message in err and err.count("\n") == 0 and err.startswith("crab-rt: error:"), err
 

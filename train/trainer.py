@@ -10,9 +10,9 @@ epoch, `best.pt` by the dev metric, and `metrics.jsonl` with one line per epoch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,6 +32,8 @@ from crab_rt.train.legs import ContrastiveLegs
 from crab_rt.train.losses import class_weights, mpcl_loss, scl_loss, weighted_cross_entropy
 
 __all__ = ["Trainer", "load_tokenizer", "resolve_device"]
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,12 +76,12 @@ class Trainer:
     Args:
         config: validated training config.
         resume: continue from `out_dir/last.pt` when it exists.
-        log: where progress lines go (default: print).
+
+    Progress (one line per epoch, resume) is logged at INFO to `crab_rt.train.trainer`.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
         self.config = config.validate()
-        self.log = log
         self.out_dir = Path(config.run.out_dir)
         self.device = resolve_device(config.run.device)
         torch.manual_seed(config.run.seed)
@@ -191,7 +193,7 @@ class Trainer:
             self.tokenizer = TextTokenizer.from_json(payload["tokenizer_json"], self.config.model.max_text_tokens)
             self.collate.tokenizer = self.tokenizer
         self.epoch, self.history, self.best = payload["epoch"], payload["history"], payload["best"]
-        self.log(f"resumed from {path} after epoch {self.epoch}")
+        log.info("resumed from %s after epoch %d", path, self.epoch)
 
     def _write_metrics(self) -> None:
         # Rewritten from the history each epoch, so a resumed run's log has no gap or duplicate.
@@ -292,7 +294,7 @@ class Trainer:
                 self._save("best.pt", full=False)
             self._save("last.pt", full=True)
             self._write_metrics()
-            self.log(
+            log.info(
                 f"epoch {self.epoch}/{self.config.optim.epochs}  loss {train['loss']:.4f}  "
                 f"dev WAR {dev['war']:.4f} UAR {dev['uar']:.4f} F1 {dev['macro_f1']:.4f}"
                 f"{'  *best' if improved else ''}  ({record['seconds']:.1f}s)"

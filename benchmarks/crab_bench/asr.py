@@ -1,4 +1,4 @@
-"""`crab-rt bench asr`: faster-whisper latency per utterance vs audio length, per model and compute type.
+"""`python benchmarks/asr.py`: faster-whisper latency per utterance vs audio length, per model and compute type.
 
 `--models` takes random-weight Whispers in OpenAI's shapes
 ("random:whisper-tiny", "-base", "-small", built offline by export/tiny_asr.py:
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from crab_bench.common import finish_run, resolve_threads, start_run
     from crab_bench.replay import conversation_audio
     from crab_bench.stats import parse_list, summarize_ms, time_calls
+    from crab_rt.audio import SAMPLE_RATE
     from crab_rt.errors import ConfigError
     from crab_rt.runtime.asr import AsrConfig, Transcriber
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if any(model is None for model, _ in resolved.values()):
         raise ConfigError("--models: 'none' is not an ASR model")
     audio, source = conversation_audio(max(lengths) + 2.0, args.seed)
-    clips = {a: audio[: int(round(a * 16000))] for a in sorted(lengths)}
+    clips = {a: audio[: int(round(a * SAMPLE_RATE))] for a in sorted(lengths)}
     results = []
     for spec, (model, _) in resolved.items():
         for ct in compute_types:

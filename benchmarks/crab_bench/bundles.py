@@ -79,7 +79,7 @@ def build_bench_bundle(preset: str, out: str | Path, seed: int = 0) -> Path:
                            {"max_audio_s": 12.0, "max_text_tokens": max_tokens})
     counts = model.parameter_counts()
     del model
-    export_bundle(ckpt, out, ExportOptions(parity=False), log=None)
+    export_bundle(ckpt, out, ExportOptions(parity=False))
     ckpt.unlink()
     marker = {"preset": preset, "speech_encoder": speech, "text_encoder": text, "seed": seed,
               "parameters": counts, "parity_checked": False}

@@ -1,4 +1,4 @@
-"""`crab-rt bench concurrency`: N streams at once through one Pipeline; latency and throughput vs N.
+"""`python benchmarks/concurrency.py`: N streams at once through one Pipeline; latency and throughput vs N.
 
 Each stream replays its own synthetic conversation (a different seed, so
 utterance ends do not all coincide), fed at real time by default.

@@ -1,4 +1,4 @@
-"""`crab-rt bench e2e`: a long recording through the whole Pipeline, end-of-speech-to-event latency.
+"""`python benchmarks/e2e.py`: a long recording through the whole Pipeline, end-of-speech-to-event latency.
 
 Default input: a synthetic conversation of about 60 s, made on the fly;
 `--input` replays a real file. Real time by default (the latency a live user
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from crab_bench.common import finish_run, resolve_threads, start_run
     from crab_bench.machine import cpu_seconds
     from crab_bench.replay import conversation_audio, latency_table, make_pipeline, replay, warm_up
-    from crab_rt.audio import load_audio
+    from crab_rt.audio import SAMPLE_RATE, load_audio
     from crab_rt.errors import ConfigError
 
     if not 1.0 <= args.duration_s <= 3600 or not 1.0 <= args.chunk_ms <= 1000:
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     pipeline, info = make_pipeline(args, threads, say)
     try:
         warm_up(pipeline)
-        say(f"e2e: {source}, {audio.size / 16000:.1f} s, {'real time' if args.realtime else 'as fast as possible'}; "
+        pace = "real time" if args.realtime else "as fast as possible"
+        say(f"e2e: {source}, {audio.size / SAMPLE_RATE:.1f} s, {pace}; "
             f"{info['backend']}; ASR: {info['asr']}")
         cpu0 = cpu_seconds()
         out = replay(pipeline, [audio], args.realtime, args.chunk_ms)

@@ -1,4 +1,4 @@
-"""`crab-rt bench models`: latency of speech encoder, text encoder and head, per backend.
+"""`python benchmarks/models.py`: latency of speech encoder, text encoder and head, per backend.
 
 One random-weight bundle of the preset is loaded on every backend present (all
 at once; the backends take turns point by point, so a change in the machine's
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import CrabError
 
 __all__ = ["add_arguments", "run", "BACKENDS", "load_backend"]
@@ -61,7 +62,7 @@ def _inputs(spec: dict, dims: dict, seed: int) -> dict:
     points: dict = {}
     for b in spec["batch"]:
         for a in spec["audio_s"]:
-            n = int(round(a * 16000))
+            n = int(round(a * SAMPLE_RATE))
             values = (0.1 * rng.standard_normal((b, n))).astype(np.float32)
             points[("speech_encoder", b, a, None)] = {"input_values": values,
                                                       "attention_mask": np.ones((b, n), dtype=np.int64)}
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         speech = next(iter(loaded.values()))["speech_encoder"]
         frames = {}
         for a in sorted(set(spec["audio_s"]) | {spec["ref_audio_s"]}):
-            n = int(round(a * 16000))
+            n = int(round(a * SAMPLE_RATE))
             feed = {"input_values": np.zeros((1, n), dtype=np.float32), "attention_mask": np.ones((1, n), dtype=np.int64)}
             frames[a] = int(speech.run(feed)["frame_mask"].sum())
         inputs.update(_head_inputs(spec, frames, dims, args.seed))

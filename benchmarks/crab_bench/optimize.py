@@ -1,6 +1,6 @@
 """Offline ONNX Runtime transformer fusion of an encoder graph (attention, SkipLayerNorm, BiasGelu).
 
-Used by `crab-rt bench models --ort-optimized` to measure what
+Used by `python benchmarks/models.py --ort-variants` to measure what
 `onnxruntime.transformers.optimizer` buys on the CPU. The fused graph is
 checked against the original on a random input before it is used.
 """

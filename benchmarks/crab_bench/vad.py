@@ -1,4 +1,4 @@
-"""`crab-rt bench vad`: Silero VAD cost per 32 ms frame, and the whole front end (VAD + segmenter).
+"""`python benchmarks/vad.py`: Silero VAD cost per 32 ms frame, and the whole front end (VAD + segmenter).
 
 Frames are fed one at a time, as a live stream does (one ONNX Runtime call per
 frame, one intra-op thread); a batched whole-file call is timed too, divided

@@ -29,7 +29,9 @@ __all__ = [
     "copy_to_host",
 ]
 
-CUDA_PYTHON_HINT = "pip install 'crab-rt[tensorrt]' (cuda-python, NVIDIA's CUDA bindings; match your CUDA major version)"
+CUDA_PYTHON_HINT = (
+    "pip install 'crab-rt[tensorrt]' (cuda-python, NVIDIA's CUDA bindings; match your CUDA major version)"
+)
 
 
 def load_cudart() -> Any:

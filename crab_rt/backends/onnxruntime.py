@@ -44,11 +44,13 @@ def ort_providers(provider: str, gpu: int, trt_cache_dir: Path | None, fp16: boo
         return ["CPUExecutionProvider"]
     if provider == "cuda":
         if "CUDAExecutionProvider" not in have:
-            raise BackendError("onnxruntime has no CUDA provider here: pip uninstall onnxruntime && pip install onnxruntime-gpu")
+            raise BackendError(
+                "onnxruntime has no CUDA provider here: pip uninstall onnxruntime && pip install onnxruntime-gpu")
         return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
     if provider == "tensorrt":
         if "TensorrtExecutionProvider" not in have:
-            raise BackendError("onnxruntime has no TensorRT provider here (needs onnxruntime-gpu and TensorRT libraries)")
+            raise BackendError(
+                "onnxruntime has no TensorRT provider here (needs onnxruntime-gpu and TensorRT libraries)")
         options: dict = {"device_id": gpu, "trt_fp16_enable": fp16}
         if trt_cache_dir is not None:
             trt_cache_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,8 @@ def ort_providers(provider: str, gpu: int, trt_cache_dir: Path | None, fp16: boo
                            trt_timing_cache_enable=True)
         if profile:
             options.update(profile)
-        return [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+        return [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", {"device_id": gpu}),
+                "CPUExecutionProvider"]
     raise BackendError(f"unknown onnxruntime provider {provider!r} (choose from {', '.join(PROVIDERS)})")
 
 
@@ -120,7 +123,8 @@ class OrtSession(GraphSession):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self, inputs)
         if not self._use_binding:
-            outputs = self._session.run(list(self.output_names), {k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            feed = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+            outputs = self._session.run(list(self.output_names), feed)
             return dict(zip(self.output_names, outputs))
         binding = self._session.io_binding()
         for k, v in inputs.items():

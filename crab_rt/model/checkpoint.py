@@ -40,7 +40,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CrabModel, TextTokenizer | None, dict]:
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[CrabModel, TextTokenizer | None, dict]:
     """Rebuild the model (eval mode) and tokenizer from a checkpoint.
 
     Returns:

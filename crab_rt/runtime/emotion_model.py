@@ -35,6 +35,11 @@ class Features:
         return int(self.hidden.shape[0])
 
 
+def _unpad(hidden: np.ndarray, lengths: np.ndarray) -> list[Features]:
+    """One fp32 feature matrix per batch item, cut to its valid length."""
+    return [Features(hidden[i, : int(n)].astype(np.float32, copy=False)) for i, n in enumerate(lengths)]
+
+
 def _stack(features: Sequence[Features], dim: int) -> tuple[np.ndarray, np.ndarray]:
     length = max(1, max(f.length for f in features))
     hidden = np.zeros((len(features), length, dim), dtype=np.float32)
@@ -88,21 +93,20 @@ class EmotionModel:
         """Speech encoder on a batch of 16 kHz waveforms (cut at the model's maximum length)."""
         values, mask = pad_waveforms(audios, self.bundle.normalize_waveform, self.bundle.max_audio_samples)
         out = self.sessions["speech_encoder"].run({"input_values": values, "attention_mask": mask})
-        lengths = out["frame_mask"].sum(1)
-        return [Features(out["hidden_states"][i, : int(n)].astype(np.float32, copy=False)) for i, n in enumerate(lengths)]
+        return _unpad(out["hidden_states"], out["frame_mask"].sum(1))
 
     def encode_text(self, texts: Sequence[str]) -> list[Features]:
         """Text encoder on a batch of transcripts (empty text is just `<s></s>`)."""
         ids, mask = self.tokenizer.encode_batch(list(texts))
         out = self.sessions["text_encoder"].run({"input_ids": ids, "attention_mask": mask})
-        lengths = mask.sum(1)
-        return [Features(out["hidden_states"][i, : int(n)].astype(np.float32, copy=False)) for i, n in enumerate(lengths)]
+        return _unpad(out["hidden_states"], mask.sum(1))
 
     def classify(self, speech: Sequence[Features] | None, text: Sequence[Features] | None) -> np.ndarray:
         """Head on a batch; returns probabilities [B, C] in `labels` order."""
         inputs = {}
         if self.uses_speech:
-            inputs["speech_hidden"], inputs["speech_mask"] = _stack(speech, self._speech_dim or speech[0].hidden.shape[1])
+            dim = self._speech_dim or speech[0].hidden.shape[1]
+            inputs["speech_hidden"], inputs["speech_mask"] = _stack(speech, dim)
         if self.uses_text:
             inputs["text_hidden"], inputs["text_mask"] = _stack(text, self._text_dim or text[0].hidden.shape[1])
         return self.sessions["head"].run(inputs)["probabilities"]

@@ -8,10 +8,10 @@ shorter too). PyAudio is imported only by the microphone functions.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +28,8 @@ __all__ = [
     "MicrophoneSource",
     "list_input_devices",
 ]
+
+log = logging.getLogger(__name__)
 
 _DEVICES_HINT = "run 'crab-rt devices' to list input devices"
 
@@ -128,7 +130,7 @@ class PcmStreamSource(AudioSource):
 
     Interleaved channels are averaged; other rates are resampled to 16 kHz with
     a streaming soxr resampler. If the stream ends inside a sample frame, the
-    leftover bytes are counted in `trailing_bytes` and a `RuntimeWarning` says so.
+    leftover bytes are counted in `trailing_bytes` and a warning is logged.
 
     Args:
         stream: binary file object with `read(n)`.
@@ -190,11 +192,10 @@ class PcmStreamSource(AudioSource):
             yield tail
         if pending:
             self.trailing_bytes = len(pending)
-            warnings.warn(
-                f"{self.name}: input ended with {len(pending)} trailing byte(s) that do not form a whole "
-                f"{self.sample_width * 8}-bit x {self.channels}-channel sample frame; they were ignored",
-                RuntimeWarning,
-                stacklevel=2,
+            log.warning(
+                "%s: input ended with %d trailing byte(s) that do not form a whole %d-bit x %d-channel "
+                "sample frame; they were ignored",
+                self.name, len(pending), self.sample_width * 8, self.channels,
             )
 
     def close(self) -> None:
