@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     for d in devices:
         mark = "*" if d.get("is_default") else " "
         print(
-            f"{d['index']:>4}{mark}  {d['name']:<{width}}  {d['default_sample_rate']:>8.0f}  {d['max_input_channels']:>8}"
+            f"{d['index']:>4}{mark}  {d['name']:<{width}}  "
+            f"{d['default_sample_rate']:>8.0f}  {d['max_input_channels']:>8}"
         )
     print("* default input device")
     return 0

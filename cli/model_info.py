@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     legs = ContrastiveLegs(model.head.config.tap_dims(), model.head.config.taps, 512, 512)
     h = model.head.config
     print(f"model: {source}")
-    print(f"head: h={h.hidden_dim}, {h.num_attention_heads} attention head(s), {h.num_classes} classes, modality {h.modality}")
+    print(f"head: h={h.hidden_dim}, {h.num_attention_heads} attention head(s), "
+          f"{h.num_classes} classes, modality {h.modality}")
     width = 34
     rows = [
         ("speech encoder", counts["speech_encoder"]),

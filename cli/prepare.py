@@ -49,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
         summary = prepare_iemocap(args.root, args.out)
     elif args.corpus == "meld":
         summary = prepare_meld(
-            args.root, args.out, audio_cache=args.audio_cache, progress=not args.no_progress and args.verbosity >= 0, workers=args.workers
+            args.root,
+            args.out,
+            audio_cache=args.audio_cache,
+            progress=not args.no_progress and args.verbosity >= 0,
+            workers=args.workers,
         )
     else:
         summary = prepare_msp_podcast(args.root, args.out)

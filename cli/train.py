@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Train a Crab model. Recipes are TOML files (built-in: iemocap, meld, msp_podcast, "
         "synthetic, and the paper's ablations); any key can be overridden with --set section.key=value.",
     )
-    p.add_argument("--recipe", default="synthetic", help="built-in recipe name or path to a .toml file (default: synthetic)")
+    p.add_argument("--recipe", default="synthetic",
+                   help="built-in recipe name or path to a .toml file (default: synthetic)")
     p.add_argument("--manifest", help="shortcut for --set data.manifest=PATH")
     p.add_argument("--out", help="shortcut for --set run.out_dir=DIR")
     p.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
@@ -48,5 +49,6 @@ def run(args: argparse.Namespace) -> int:
     log.info(f"training on {trainer.device}: {len(trainer.train_rows)} train / {len(trainer.dev_rows)} dev utterances, "
              f"legs {list(config.loss.legs) or 'none'} ({config.loss.leg_loss}), out {config.run.out_dir}")
     best = trainer.fit()
-    print(f"best dev {best['metric'].upper()} {best['value']:.4f} at epoch {best['epoch']}: {config.run.out_dir}/best.pt")
+    print(f"best dev {best['metric'].upper()} {best['value']:.4f} at epoch {best['epoch']}: "
+          f"{config.run.out_dir}/best.pt")
     return 0

@@ -61,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
         return transcriber.transcribe(audio).text
 
     result = transcribe_manifest(
-        args.manifest, args.out, transcribe, only_missing=args.only_missing, progress=not args.no_progress and args.verbosity >= 0
+        args.manifest,
+        args.out,
+        transcribe,
+        only_missing=args.only_missing,
+        progress=not args.no_progress and args.verbosity >= 0,
     )
     print(
         f"{result['out']}: {result['rows']} rows, {result['transcribed']} transcribed now, "

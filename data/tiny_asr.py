@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", choices=sorted(SIZES), default="micro",
-                        help="micro (default: tests and demo) or a real Whisper shape for latency work: tiny, base, small")
+                        help="micro (default: tests and demo) or a real Whisper shape for latency work: "
+                        "tiny, base, small")
     parser.add_argument("--quiet", action="store_true", help="do not print progress")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)

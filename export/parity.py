@@ -143,7 +143,9 @@ def _check(errors: dict[str, float], tolerance: float, what: str) -> None:
             raise BundleError(f"{what} failed: {key} max abs error {err:.3g} exceeds tolerance {tolerance:g}")
 
 
-def check_parity(model, graphs: Mapping[str, str | Path], max_text_tokens: int, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, float]:
+def check_parity(
+    model, graphs: Mapping[str, str | Path], max_text_tokens: int, tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, float]:
     """Compare ONNX Runtime (CPU) with torch, per graph and end to end.
 
     Each graph is fed the torch model's own upstream outputs (so errors do not
@@ -194,7 +196,9 @@ def check_parity(model, graphs: Mapping[str, str | Path], max_text_tokens: int, 
                 head_feed.update(speech_hidden=hidden.numpy(), speech_mask=fmask.numpy().astype(np.int64))
             if "text_encoder" in sessions:
                 hidden = model.text_encoder(t["input_ids"], t["text_mask"])
-                (got,) = sessions["text_encoder"].run(None, {"input_ids": case.input_ids, "attention_mask": case.text_mask})
+                (got,) = sessions["text_encoder"].run(
+                    None, {"input_ids": case.input_ids, "attention_mask": case.text_mask}
+                )
                 errors["text_encoder"] = max(errors["text_encoder"], _max_err(got, hidden.numpy(), case.text_mask))
                 head_feed.update(text_hidden=hidden.numpy(), text_mask=case.text_mask)
         logits, probs = sessions["head"].run(None, head_feed)
@@ -236,7 +240,8 @@ def check_fp16_parity(
     errors = {"probabilities": 0.0, "logits": 0.0}
     for case in parity_cases(modality, vocab_size, pad_id, max_text_tokens, normalize):
         a, b = run_pipeline(s32, case), run_pipeline(s16, case)
-        errors["probabilities"] = max(errors["probabilities"], _max_err(a["head.probabilities"], b["head.probabilities"]))
+        prob_err = _max_err(a["head.probabilities"], b["head.probabilities"])
+        errors["probabilities"] = max(errors["probabilities"], prob_err)
         errors["logits"] = max(errors["logits"], _max_err(a["head.logits"], b["head.logits"]))
     _check({"fp16 probabilities": errors["probabilities"]}, tolerance, "fp16 parity")
     return errors

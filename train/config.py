@@ -78,7 +78,8 @@ class OptimConfig:
             raise ConfigError("optim.batch_size and optim.grad_accum_steps must be >= 1")
         if self.batch_size % self.grad_accum_steps:
             raise ConfigError(
-                f"optim.batch_size={self.batch_size} must be a multiple of optim.grad_accum_steps={self.grad_accum_steps}"
+                f"optim.batch_size={self.batch_size} must be a multiple of "
+                f"optim.grad_accum_steps={self.grad_accum_steps}"
             )
         for name in ("head_lr", "encoder_lr"):
             if not 0 < getattr(self, name) < 1:

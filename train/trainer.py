@@ -107,8 +107,9 @@ class Trainer:
                 config.model.max_text_tokens,
             )
         load_speech = self.model.speech_encoder is not None
-        self.train_set = EmotionDataset(self.train_rows, labels, config.model.max_audio_s, load_speech, config.data.cache_audio)
-        self.dev_set = EmotionDataset(self.dev_rows, labels, config.model.max_audio_s, load_speech, config.data.cache_audio)
+        max_audio_s, cache_audio = config.model.max_audio_s, config.data.cache_audio
+        self.train_set = EmotionDataset(self.train_rows, labels, max_audio_s, load_speech, cache_audio)
+        self.dev_set = EmotionDataset(self.dev_rows, labels, max_audio_s, load_speech, cache_audio)
         self.collate = Collator(self.tokenizer, self.model.normalize_waveform, config.model.max_audio_s)
 
         loss = config.loss
@@ -215,8 +216,10 @@ class Trainer:
 
     def _micro_step(self, batch) -> dict[str, float]:
         use_legs = bool(self.legs.names) and self.config.loss.alpha > 0
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            out = self.model(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask, return_taps=use_legs)
+        amp_dtype = self.amp_dtype or torch.float32
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.model(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask,
+                             return_taps=use_legs)
             logits, taps = out if use_legs else (out, None)
             ce = weighted_cross_entropy(logits, batch.labels, self.weights)
             leg = self._leg_loss(self.legs(taps), batch.labels) if use_legs else torch.zeros((), device=self.device)
@@ -246,7 +249,8 @@ class Trainer:
         self.legs.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "ce": 0.0, "legs": 0.0}
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{opt.epochs}", disable=not self.config.run.progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{opt.epochs}", disable=not self.config.run.progress,
+                   leave=False)
         steps = 0
         for i, batch in enumerate(bar, start=1):
             parts = self._micro_step(batch.to(self.device))

@@ -156,10 +156,13 @@ class PcmStreamSource(AudioSource):
     ) -> None:
         if sample_width != 2:
             raise AudioError(
-                f"{name}: sample width {sample_width!r} bytes is not supported: only 2 (signed 16-bit little-endian PCM)"
+                f"{name}: sample width {sample_width!r} bytes is not supported: "
+                "only 2 (signed 16-bit little-endian PCM)"
             )
         if not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384_000:
-            raise AudioError(f"{name}: sample rate {sample_rate!r} Hz is out of range: must be an integer in [1000, 384000]")
+            raise AudioError(
+                f"{name}: sample rate {sample_rate!r} Hz is out of range: must be an integer in [1000, 384000]"
+            )
         if not isinstance(channels, int) or not 1 <= channels <= 32:
             raise AudioError(f"{name}: channels = {channels!r} is out of range: must be in [1, 32]")
         self.stream = stream
