@@ -173,6 +173,7 @@ def test_vad_script_entry_point(tmp_path):
     })
     assert data["results"]["vad_per_frame"]["n"] == 40
     assert data["target"]["target_ms"] == 0.3
+    assert data["config"]["frames"] == 40 and data["config"]["warmup"] == 4 and data["config"]["tag"] is None
     _check_md(tmp_path / "vad.md")
 
 
@@ -223,3 +224,94 @@ def test_models_backend_names_map_to_torch_compile_modes(tmp_path, tiny_bundle):
         for name in ("torch-cuda", "torch-cuda-compile", "torch-cuda-graphs"):
             with pytest.raises(CrabError, match="torch sees no CUDA device"):
                 load_backend(name, bundle, 1, "fp32", tmp_path)
+
+
+def _kind_modules():
+    import importlib
+
+    from crab_bench.cli import KINDS
+
+    return {kind: importlib.import_module(module) for kind, (module, _) in KINDS.items()}
+
+
+@pytest.mark.parametrize("kind", ["models", "e2e", "concurrency", "asr", "vad"])
+def test_config_defaults_are_the_flags_defaults(kind):
+    """One owner per default: the flags default to None and the parsed config is the config class's default."""
+    import dataclasses
+
+    from crab_bench.cli import build_config, build_parser
+    from crab_rt.cli._options import OPTIONS_KEY
+
+    config_cls = _kind_modules()[kind].CONFIG
+    args = build_parser().parse_args([kind])
+    assert build_config(args) == config_cls()
+    config_cls().validate()
+    options = getattr(args, OPTIONS_KEY)
+    # every field has exactly one flag, and argparse holds no default of its own
+    assert sorted(o.field for o in options.values()) == sorted(f.name for f in dataclasses.fields(config_cls))
+    assert all(getattr(args, dest) is None for dest in options)
+
+
+def test_flags_build_typed_configs():
+    from crab_bench.cli import build_config, build_parser
+    from crab_bench.concurrency import ConcurrencyBenchConfig
+    from crab_bench.models import BACKENDS, ModelsBenchConfig
+
+    parse = build_parser().parse_args
+    models = build_config(parse(["models", "--audio-s", "1,2.5", "--batch", "2", "--backends", "torch-cpu, onnxruntime-cpu",
+                                 "--ort-variants", "int8", "--no-plots", "--threads", "3"]))
+    assert models == ModelsBenchConfig(audio_s=(1.0, 2.5), batch=(2,), backends=("torch-cpu", "onnxruntime-cpu"),
+                                       ort_variants=("int8",), plots=False, threads=3)
+    assert build_config(parse(["models", "--backends", "all"])).backends == BACKENDS
+    concurrency = build_config(parse(["concurrency", "--streams", "1,3", "--no-realtime", "--asr", "none"]))
+    assert concurrency == ConcurrencyBenchConfig(streams=(1, 3), realtime=False, asr="none")
+    assert concurrency.duration_s == 30.0 and build_config(parse(["e2e"])).duration_s == 60.0
+
+
+def test_vad_run_takes_a_config_object(tmp_path):
+    """The library entry point: run(config), no argparse; the options used are recorded in the JSON."""
+    import dataclasses
+
+    from crab_bench.vad import VadBenchConfig, run
+    from crab_rt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--frames must be >= 10, got 5"):
+        run(VadBenchConfig(frames=5, out_dir=tmp_path))
+    assert not any(tmp_path.iterdir())
+    config = VadBenchConfig(frames=20, warmup=2, out_dir=tmp_path, tag="lib", threads=1, quiet=True)
+    assert run(config) == 0
+    data = _load(tmp_path / "vad_lib.json", {"type": "object", "required": ["results", "target", "config"]})
+    assert data["results"]["vad_per_frame"]["n"] == 20 and data["frames"] == 20 and data["warmup"] == 2
+    assert data["config"] == {**dataclasses.asdict(config), "out_dir": str(tmp_path)}
+    _check_md(tmp_path / "vad_lib.md")
+
+
+@pytest.mark.parametrize("kind, changes, match", [
+    ("vad", {"frames": 5}, r"^--frames must be >= 10, got 5$"),
+    ("vad", {"warmup": -1}, r"^--warmup must be >= 0, got -1$"),
+    ("vad", {"threads": -2}, r"^--threads must be >= 0 \(0 = number of cores\), got -2$"),
+    ("vad", {"tag": ""}, r"^--tag '' must be letters"),
+    ("vad", {"seed": -1}, r"^--seed must be >= 0, got -1$"),
+    ("models", {"audio_s": (1.0, 0.0)}, r"^--audio-s must be >= 0.1, got 1,0$"),
+    ("models", {"batch": ()}, r"^--batch must be >= 1, got an empty list$"),
+    ("models", {"precision": "fp8"}, r"^--precision 'fp8' is not one of fp32, fp16$"),
+    ("models", {"backends": ("torch-cpu", "cuda-magic")}, r"^--backends: unknown backend 'cuda-magic'"),
+    ("models", {"max_seconds": -1.0}, r"^--max-seconds must be >= 0 \(0 = never\), got -1$"),
+    ("e2e", {"duration_s": 0.5}, r"^--duration-s must be in \[1, 3600\], got 0.5$"),
+    ("e2e", {"chunk_ms": 2000.0}, r"^--chunk-ms must be in \[1, 1000\], got 2000$"),
+    ("e2e", {"backend": "magic"}, r"^--backend 'magic' is not one of "),
+    ("e2e", {"asr": "random:whisper-huge"}, r"^--asr: unknown random Whisper size 'huge'"),
+    ("e2e", {"asr_compute_type": "int3"}, r"^--asr-compute-type: asr.compute_type: 'int3' is not one of"),
+    ("concurrency", {"streams": (1, 300)}, r"^--streams must be in \[1, 256\], got 1,300$"),
+    ("concurrency", {"preset": "huge"}, r"^--preset 'huge' is not one of tiny, base, large$"),
+    ("asr", {"device": "tpu"}, r"^--device 'tpu' is not one of auto, cpu, cuda$"),
+    ("asr", {"repeat": 0}, r"^--repeat must be >= 1, got 0$"),
+    ("asr", {"models": ()}, r"^--models needs at least one entry$"),
+    ("asr", {"compute_types": ("default", "int3")}, r"^--compute-types: asr.compute_type: 'int3' is not one of"),
+])
+def test_validate_names_the_option_value_and_range(kind, changes, match):
+    from crab_rt.errors import ConfigError
+
+    config = _kind_modules()[kind].CONFIG(**changes)
+    with pytest.raises(ConfigError, match=match):
+        config.validate()

@@ -13,58 +13,114 @@ Every model gets the same audio: a synthetic conversation cut to each length.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-__all__ = ["add_arguments", "run"]
+from crab_bench.bundles import check_asr_spec
+from crab_bench.common import (
+    CommonBenchConfig,
+    add_common_arguments,
+    add_list_option,
+    check_choice,
+    check_compute_type,
+    check_range,
+    finish_run,
+    resolve_threads,
+    start_run,
+)
+from crab_rt.cli._options import add_config_option
+from crab_rt.errors import ConfigError
+from crab_rt.runtime.asr import DEVICES
+
+__all__ = ["CONFIG", "AsrBenchConfig", "add_arguments", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AsrBenchConfig(CommonBenchConfig):
+    """Options of `asr` (and of CommonBenchConfig).
+
+    Attributes:
+        models: ASR models to time: "random:whisper-tiny|base|small|micro", a faster-whisper name in
+            the local cache, or a CTranslate2 folder.
+        compute_types: CTranslate2 compute types to time each model with; the first is the ratios' baseline.
+        device: ASR device, "auto", "cpu" or "cuda".
+        audio_s: utterance lengths, seconds.
+        ref_audio_s: utterance length of the compute-type ratios, seconds (added to audio_s when absent).
+        warmup: untimed calls per point.
+        repeat: timed calls per point (at most).
+        max_seconds: a point stops after this many timed seconds, keeping >= 3 calls; 0 = never.
+    """
+
+    models: tuple[str, ...] = ("random:whisper-tiny", "random:whisper-small")
+    compute_types: tuple[str, ...] = ("default", "int8")
+    device: str = "auto"
+    audio_s: tuple[float, ...] = (1.0, 4.0, 12.0)
+    ref_audio_s: float = 4.0
+    warmup: int = 1
+    repeat: int = 10
+    max_seconds: float = 8.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.models:
+            raise ConfigError("--models needs at least one entry")
+        for spec in self.models:
+            if spec == "none":
+                raise ConfigError("--models: 'none' is not an ASR model")
+            check_asr_spec("--models", spec)
+        if not self.compute_types:
+            raise ConfigError("--compute-types needs at least one entry")
+        for ct in self.compute_types:
+            check_compute_type("--compute-types", ct)
+        check_choice("--device", self.device, DEVICES)
+        check_range("--audio-s", self.audio_s, 0.1)
+        check_range("--ref-audio-s", self.ref_audio_s, 0.1)
+        check_range("--warmup", self.warmup, 0)
+        check_range("--repeat", self.repeat, 1)
+        check_range("--max-seconds", self.max_seconds, 0, note=" (0 = never)")
+
+
+CONFIG = AsrBenchConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from crab_bench.common import add_common_arguments
-
+    cls = AsrBenchConfig
     add_common_arguments(p)
-    p.add_argument("--models", default="random:whisper-tiny,random:whisper-small",
-                   help="comma list of ASR models: random:whisper-tiny|base|small|micro, a faster-whisper name in "
-                        "the local cache, or a CTranslate2 folder (default random:whisper-tiny,random:whisper-small)")
-    p.add_argument("--compute-types", default="default,int8",
-                   help="CTranslate2 compute types to time each model with (default default,int8)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="ASR device (default auto)")
-    p.add_argument("--audio-s", default="1,4,12", help="utterance lengths in seconds (default 1,4,12)")
-    p.add_argument("--ref-audio-s", type=float, default=4.0, help="length of the compute-type ratio (default 4)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per point (default 1)")
-    p.add_argument("--repeat", type=int, default=10, help="timed calls per point (default 10)")
-    p.add_argument("--max-seconds", type=float, default=8.0,
-                   help="stop a point early after this many timed seconds, keeping at least 3 calls (0 = never)")
+    add_list_option(p, "--models", cls, "models", "comma list of ASR models: random:whisper-tiny|base|small|micro, "
+                    "a faster-whisper name in the local cache, or a CTranslate2 folder")
+    add_list_option(p, "--compute-types", cls, "compute_types", "CTranslate2 compute types to time each model with")
+    add_config_option(p, "--device", cls, "device", "ASR device", choices=DEVICES)
+    add_list_option(p, "--audio-s", cls, "audio_s", "utterance lengths in seconds", float)
+    add_config_option(p, "--ref-audio-s", cls, "ref_audio_s", "length of the compute-type ratio")
+    add_config_option(p, "--warmup", cls, "warmup", "untimed calls per point")
+    add_config_option(p, "--repeat", cls, "repeat", "timed calls per point")
+    add_config_option(p, "--max-seconds", cls, "max_seconds",
+                      "stop a point early after this many timed seconds, keeping at least 3 calls (0 = never)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: AsrBenchConfig) -> int:
+    """Time faster-whisper per model, compute type and length; writes asr[_tag].json, .md and the PNG."""
     from crab_bench.bundles import resolve_asr
-    from crab_bench.common import finish_run, resolve_threads, start_run
     from crab_bench.replay import conversation_audio
-    from crab_bench.stats import parse_list, summarize_ms, time_calls
+    from crab_bench.stats import summarize_ms, time_calls
     from crab_rt.audio import SAMPLE_RATE
-    from crab_rt.errors import ConfigError
     from crab_rt.runtime.asr import AsrConfig, Transcriber
 
-    say = print if not args.quiet else (lambda *a, **k: None)
-    threads = resolve_threads(args.threads)
-    lengths = parse_list(args.audio_s, float)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    compute_types = [c.strip() for c in args.compute_types.split(",") if c.strip()]
-    if not models or not compute_types:
-        raise ConfigError("--models and --compute-types need at least one entry each")
-    if args.ref_audio_s not in lengths:
-        lengths.append(args.ref_audio_s)
-    for ct in compute_types:  # reuse the runtime's validation, before anything is built
-        AsrConfig(model="x", compute_type=ct).validate()
-    ctx = start_run(args, threads)
+    config.validate()
+    say = print if not config.quiet else (lambda *a, **k: None)
+    threads = resolve_threads(config.threads)
+    lengths = list(config.audio_s)
+    models = list(config.models)
+    compute_types = list(config.compute_types)
+    if config.ref_audio_s not in lengths:
+        lengths.append(config.ref_audio_s)
+    ctx = start_run(config, threads)
     resolved = {spec: resolve_asr(spec, ctx["cache_dir"]) for spec in models}  # builds random Whispers once
-    if any(model is None for model, _ in resolved.values()):
-        raise ConfigError("--models: 'none' is not an ASR model")
-    audio, source = conversation_audio(max(lengths) + 2.0, args.seed)
+    audio, source = conversation_audio(max(lengths) + 2.0, config.seed)
     clips = {a: audio[: int(round(a * SAMPLE_RATE))] for a in sorted(lengths)}
     results = []
     for spec, (model, _) in resolved.items():
         for ct in compute_types:
-            engine = Transcriber(AsrConfig(model=model, device=args.device, compute_type=ct, cpu_threads=threads,
+            engine = Transcriber(AsrConfig(model=model, device=config.device, compute_type=ct, cpu_threads=threads,
                                            guard="off"))
             for a, clip in clips.items():
                 last = {}
@@ -72,23 +128,26 @@ def run(args: argparse.Namespace) -> int:
                 def call(engine=engine, clip=clip, last=last):
                     last["text"] = engine.transcribe(clip).text
 
-                stats = summarize_ms(time_calls(call, args.warmup, args.repeat, args.max_seconds))
+                stats = summarize_ms(time_calls(call, config.warmup, config.repeat, config.max_seconds))
                 results.append({"model": spec, "compute_type": ct, "device": engine.device, "audio_s": a,
                                 "words": len(last["text"].split()), "ms": stats})
-                say(f"  {spec:<24} {ct:<8} {a:5g} s  p50 {stats['p50']:9.1f} ms  p90 {stats['p90']:9.1f}  n {stats['n']}")
+                say(f"  {spec:<24} {ct:<8} {a:5g} s  p50 {stats['p50']:9.1f} ms  p90 {stats['p90']:9.1f}  "
+                    f"n {stats['n']}")
             del engine  # free the model before the next one loads
     ratios = []
     for spec in models:
-        ref = {r["compute_type"]: r["ms"]["p50"] for r in results if r["model"] == spec and r["audio_s"] == args.ref_audio_s}
+        ref = {r["compute_type"]: r["ms"]["p50"] for r in results
+               if r["model"] == spec and r["audio_s"] == config.ref_audio_s}
         base = compute_types[0]
         for ct in compute_types[1:]:
-            ratios.append({"model": spec, "audio_s": args.ref_audio_s, "baseline": base, "baseline_ms": ref[base],
+            ratios.append({"model": spec, "audio_s": config.ref_audio_s, "baseline": base, "baseline_ms": ref[base],
                            "compute_type": ct, "ms": ref[ct], "speedup": round(ref[base] / ref[ct], 3)})
-            say(f"  ratio {spec} {args.ref_audio_s:g} s: {base} / {ct} = {ratios[-1]['speedup']:.2f}x")
-    payload = {"kind": "asr", "models": {spec: note for spec, (_, note) in resolved.items()}, "compute_types": compute_types, "device": args.device,
+            say(f"  ratio {spec} {config.ref_audio_s:g} s: {base} / {ct} = {ratios[-1]['speedup']:.2f}x")
+    payload = {"kind": "asr", "models": {spec: note for spec, (_, note) in resolved.items()},
+               "compute_types": compute_types, "device": config.device,
                "threads": threads, "input": f"{source}, cut to each length",
-               "settings": {"audio_s": sorted(lengths), "warmup": args.warmup, "repeat": args.repeat,
-                            "max_seconds": args.max_seconds, "seed": args.seed, "beam_size": 1, "guard": "off"},
+               "settings": {"audio_s": sorted(lengths), "warmup": config.warmup, "repeat": config.repeat,
+                            "max_seconds": config.max_seconds, "seed": config.seed, "beam_size": 1, "guard": "off"},
                "results": results, "ratios": ratios}
     finish_run(ctx, "asr", payload, _markdown(payload), lambda stem: _plots(stem, payload), say)
     return 0
@@ -113,7 +172,8 @@ def _markdown(p: dict) -> tuple[str, list, list]:
         sections.append(("Compute types (same run)", markdown_table(
             ["model", "audio s", "baseline", "ms", "compute type", "ms", "speedup"], ratio_rows)))
     notes = [f"{m}: {note}" for m, note in p["models"].items()]
-    notes += [f"faster-whisper, greedy (beam 1), no-speech guard off, device {p['device']}, {p['threads']} CPU threads; "
+    notes += [f"faster-whisper, greedy (beam 1), no-speech guard off, device {p['device']}, "
+              f"{p['threads']} CPU threads; "
               f"input: {p['input']}",
               f"warm-up {p['settings']['warmup']} call(s) excluded; up to {p['settings']['repeat']} timed calls per "
               f"point, a point stops after {p['settings']['max_seconds']:g} s timed (n is shown)"]

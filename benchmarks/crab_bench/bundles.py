@@ -17,8 +17,8 @@ from pathlib import Path
 
 from crab_rt.errors import ConfigError
 
-__all__ = ["PRESETS", "default_cache_dir", "ensure_bundle", "ensure_tiny_asr", "resolve_asr", "build_bench_bundle",
-           "bundle_info", "main"]
+__all__ = ["PRESETS", "default_cache_dir", "ensure_bundle", "ensure_tiny_asr", "check_asr_spec", "resolve_asr",
+           "build_bench_bundle", "bundle_info", "main"]
 
 # preset -> (speech encoder, text encoder, head hidden_dim, head classifier_dim, max_text_tokens)
 PRESETS: dict[str, tuple[str, str, int, int, int]] = {
@@ -136,6 +136,21 @@ def ensure_tiny_asr(cache_dir: str | Path | None = None, size: str = "micro") ->
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
         raise ConfigError(f"building the random Whisper {size} in {out} failed: {tail}")
     return out
+
+
+def check_asr_spec(option: str, spec: str | None) -> None:
+    """Raise ConfigError when `spec` (an `--asr` value, see `resolve_asr`) cannot name a model.
+
+    Checked before anything is built: an empty name, or a random Whisper of an unknown size.
+    """
+    from crab_rt.data.tiny_asr import SIZES
+
+    if spec is not None and not spec.strip():
+        raise ConfigError(f"{option}: {spec!r} is not a model name")
+    if spec is not None and spec.startswith("random:whisper-"):
+        size = spec.split("-", 1)[1]
+        if size not in SIZES:
+            raise ConfigError(f"{option}: unknown random Whisper size {size!r} (choose from {', '.join(SIZES)})")
 
 
 def resolve_asr(spec: str | None, cache_dir: str | Path | None = None) -> tuple[str | None, str]:

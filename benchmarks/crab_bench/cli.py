@@ -12,10 +12,15 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from crab_rt.cli._options import config_from_args
 from crab_rt.errors import CrabError
 
-__all__ = ["KINDS", "build_parser", "main"]
+if TYPE_CHECKING:
+    from crab_bench.common import CommonBenchConfig
+
+__all__ = ["KINDS", "build_parser", "build_config", "main"]
 
 KINDS = {
     "models": ("crab_bench.models", "encoders and head: latency vs audio/text length and batch, per backend"),
@@ -40,12 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_config(args: argparse.Namespace) -> CommonBenchConfig:
+    """The parsed kind's config (its module's CONFIG class): the fields' defaults, replaced by the flags given.
+
+    Raises:
+        ConfigError: a list flag that does not parse (e.g. `--audio-s 1,x`).
+    """
+    return config_from_args(importlib.import_module(args.bench_module).CONFIG, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run one benchmark kind, and turn user errors into one line and exit code 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
-        return int(importlib.import_module(args.bench_module).run(args) or 0)
+        config = build_config(args)
+        logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO, format="%(message)s")
+        return int(importlib.import_module(args.bench_module).run(config) or 0)
     except CrabError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2

@@ -1,43 +1,159 @@
-"""What every benchmark kind shares: options, thread pinning, and writing the results."""
+"""What every benchmark kind shares: the common options, thread pinning, and writing the results.
+
+Each kind's options are a frozen dataclass extending `CommonBenchConfig`; its
+flags take their defaults from the dataclass fields (`add_config_option` from
+crab_rt's CLI: argparse default None, given flags replace fields), and
+`validate()` checks every field, naming the flag, the value and what is allowed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
+from crab_rt.cli._options import OPTIONS_KEY, ConfigOption, add_config_option, field_default
 from crab_rt.errors import ConfigError
 
-__all__ = ["add_common_arguments", "add_spinning_argument", "resolve_threads", "start_run", "finish_run"]
+__all__ = ["CommonBenchConfig", "add_common_arguments", "add_spinning_argument", "add_list_option", "add_bool_option",
+           "parse_names", "check_range", "check_choice", "check_names", "check_compute_type", "resolve_threads",
+           "start_run", "finish_run"]
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_range(option: str, value: Any, low: float, high: float = math.inf, note: str = "") -> None:
+    """Raise ConfigError unless `low <= value <= high`; a sequence must be non-empty with every item in range."""
+    many = isinstance(value, (tuple, list))
+    items = list(value) if many else [value]
+    if not items or any(not low <= v <= high for v in items):
+        allowed = f">= {_show(low)}" if high == math.inf else f"in [{_show(low)}, {_show(high)}]"
+        shown = (",".join(_show(v) for v in items) or "an empty list") if many else _show(value)
+        raise ConfigError(f"{option} must be {allowed}{note}, got {shown}")
+
+
+def check_choice(option: str, value: Any, choices: Collection[str]) -> None:
+    """Raise ConfigError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{option} {value!r} is not one of {', '.join(choices)}")
+
+
+def check_names(option: str, values: Sequence[str], choices: Collection[str], what: str) -> None:
+    """Raise ConfigError for the first of `values` (a list option) not in `choices`."""
+    for v in values:
+        if v not in choices:
+            raise ConfigError(f"{option}: unknown {what} {v!r} (choose from {', '.join(choices)})")
+
+
+def check_compute_type(option: str, value: str) -> None:
+    """Raise ConfigError unless `value` is a CTranslate2 compute type (the runtime's AsrConfig check)."""
+    from crab_rt.runtime.asr import AsrConfig
+
+    try:
+        AsrConfig(model="x", compute_type=value).validate()
+    except ConfigError as e:
+        raise ConfigError(f"{option}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonBenchConfig:
+    """Options of every benchmark kind; each kind's config extends it.
+
+    Attributes:
+        out_dir: results folder; None = benchmarks/results/<machine> under the current folder.
+        tag: suffix of the result files (`<name>_<tag>.json`): letters, digits, '-', '_', '.'; None = none.
+        threads: CPU threads for ONNX Runtime intra-op and torch; 0 = the number of cores.
+        cache_dir: where benchmark bundles and random Whispers are built once; None = ~/.cache/crab-rt/bench.
+        seed: seed of the generated inputs (>= 0).
+        plots: write the PNG plots.
+        quiet: no progress lines (and logging at WARNING).
+    """
+
+    out_dir: str | Path | None = None
+    tag: str | None = None
+    threads: int = 0
+    cache_dir: str | Path | None = None
+    seed: int = 0
+    plots: bool = True
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad option, its value and the allowed range."""
+        check_range("--threads", self.threads, 0, note=" (0 = number of cores)")
+        if self.tag is not None and (not self.tag or not all(c.isalnum() or c in "-_." for c in self.tag)):
+            raise ConfigError(f"--tag {self.tag!r} must be letters, digits, '-', '_' or '.'")
+        check_range("--seed", self.seed, 0)
+
+    def record(self) -> dict:
+        """The options as JSON values, for the result files."""
+        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out-dir", default=None,
-                   help="results folder (default benchmarks/results/<machine> under the current folder)")
-    p.add_argument("--tag", default=None, help="suffix of the result files, e.g. before / after")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for ONNX Runtime intra-op and torch (default 0 = number of cores)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where benchmark bundles and random Whispers are built once (default ~/.cache/crab-rt/bench)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="print only the output paths")
+    cls = CommonBenchConfig
+    add_config_option(p, "--out-dir", cls, "out_dir", "results folder", type=str,
+                      default_text="benchmarks/results/<machine> under the current folder")
+    add_config_option(p, "--tag", cls, "tag", "suffix of the result files, e.g. before / after", type=str)
+    add_config_option(p, "--threads", cls, "threads", "CPU threads for ONNX Runtime intra-op and torch, 0 = number "
+                      "of cores")
+    add_config_option(p, "--cache-dir", cls, "cache_dir", "where benchmark bundles and random Whispers are built once",
+                      type=str, default_text="~/.cache/crab-rt/bench")
+    add_config_option(p, "--seed", cls, "seed", "seed of the generated inputs")
+    add_config_option(p, "--no-plots", cls, "plots", "skip the PNG plots")
+    add_config_option(p, "--quiet", cls, "quiet", "print only the output paths")
 
 
-def add_spinning_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ort-spinning", action="store_true",
-                   help="let idle ONNX Runtime CPU threads spin (the runtime's default is off; see "
-                        "crab_rt/backends/onnxruntime.py)")
+def add_spinning_argument(p: argparse.ArgumentParser, cls: type) -> None:
+    add_config_option(p, "--ort-spinning", cls, "ort_spinning", "let idle ONNX Runtime CPU threads spin (the "
+                      "runtime's default is off; see crab_rt/backends/onnxruntime.py)")
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """"a, b," -> ("a", "b")."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def add_list_option(p: argparse.ArgumentParser, flag: str, cls: type, field: str, help: str,
+                    item: type = str, **kwargs: Any) -> argparse.Action:
+    """A comma-separated flag for the tuple field `cls.field` (`--audio-s 1,2,4` -> (1.0, 2.0, 4.0)).
+
+    Numbers (`item` int or float) are parsed when the config is built: a bad list is a
+    ConfigError, as in `crab_bench.stats.parse_list`.
+    """
+    from crab_bench.stats import parse_list
+
+    default = field_default(cls, field)
+    kwargs.setdefault("default_text", ",".join(_show(v) for v in default) or "none")
+    convert = parse_names if item is str else (lambda text: tuple(parse_list(text, item)))
+    kwargs.setdefault("convert", convert)
+    return add_config_option(p, flag, cls, field, help, type=str, **kwargs)
+
+
+def add_bool_option(p: argparse.ArgumentParser, flag: str, cls: type, field: str, help: str) -> argparse.Action:
+    """`--x` / `--no-x` for the bool field `cls.field` (add_config_option's switch only flips the default)."""
+    negative = "--no-" + flag.removeprefix("--")
+    shown = flag if field_default(cls, field) else negative
+    action = p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                            help=f"{help} (default: {shown})")
+    options = p.get_default(OPTIONS_KEY)
+    if options is None:
+        options = {}
+        p.set_defaults(**{OPTIONS_KEY: options})
+    options[action.dest] = ConfigOption(cls, field, action)
+    return action
 
 
 def resolve_threads(threads: int) -> int:
-    """0 -> the number of cores; negative is refused."""
-    if threads < 0:
-        raise ConfigError(f"--threads must be >= 0 (0 = number of cores), got {threads}")
+    """0 -> the number of cores (`threads` >= 0: CommonBenchConfig.validate checks it)."""
     return threads or os.cpu_count() or 1
 
 
@@ -61,19 +177,17 @@ def code_version() -> dict:
     return out
 
 
-def start_run(args: argparse.Namespace, threads: int) -> dict:
+def start_run(config: CommonBenchConfig, threads: int) -> dict:
     """Machine description, results folder and the CPU/wall clocks at the start."""
     from crab_bench.bundles import default_cache_dir
     from crab_bench.machine import cpu_seconds, describe_machine, matmul_gflops, results_dir
 
-    if args.tag is not None and (not args.tag or not all(c.isalnum() or c in "-_." for c in args.tag)):
-        raise ConfigError(f"--tag {args.tag!r} must be letters, digits, '-', '_' or '.'")
     machine = describe_machine(threads)
     machine["matmul_gflops"] = {"start": matmul_gflops()}
-    return {"machine": machine, "out_dir": results_dir(args.out_dir, machine), "tag": args.tag,
-            "cache_dir": Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
-            "code": code_version(), "cpu0": cpu_seconds(), "wall0": time.perf_counter(), "no_plots": args.no_plots,
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""}
+    return {"machine": machine, "out_dir": results_dir(config.out_dir, machine), "tag": config.tag,
+            "cache_dir": Path(config.cache_dir) if config.cache_dir else default_cache_dir(),
+            "code": code_version(), "cpu0": cpu_seconds(), "wall0": time.perf_counter(), "plots": config.plots,
+            "config": config.record(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""}
 
 
 def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, list],
@@ -86,7 +200,8 @@ def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, l
     ctx["machine"]["matmul_gflops"]["end"] = matmul_gflops()
     payload = {
         "name": name, "tag": ctx["tag"], "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ctx["command"], "code": ctx["code"], "machine": ctx["machine"], **payload,
+        "command": ctx["command"], "config": ctx["config"], "code": ctx["code"], "machine": ctx["machine"],
+        **payload,
         "process": {"wall_s": round(time.perf_counter() - ctx["wall0"], 2),
                     "cpu_s": round(cpu_seconds() - ctx["cpu0"], 2), "peak_rss_mb": peak_rss_mb()},
     }
@@ -103,7 +218,7 @@ def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, l
                     + (f" (git {ctx['code']['git']})" if ctx["code"]["git"] else ""))
     written["md"] = write_markdown(paths["md"], title, sections, [machine_note, *notes,
                                                                    f"JSON: `{paths['json'].name}`"])
-    if plots is not None and not ctx["no_plots"]:
+    if plots is not None and ctx["plots"]:
         for i, p in enumerate(plots(paths["stem"])):
             written[f"png{i}"] = p
     for p in written.values():

@@ -10,69 +10,132 @@ and peak RSS.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-__all__ = ["add_arguments", "run", "add_pipeline_arguments", "OVERHEAD_TARGET_MS"]
+from crab_bench.bundles import PRESETS, check_asr_spec
+from crab_bench.common import (
+    CommonBenchConfig,
+    add_bool_option,
+    add_common_arguments,
+    add_spinning_argument,
+    check_choice,
+    check_compute_type,
+    check_range,
+    finish_run,
+    resolve_threads,
+    start_run,
+)
+from crab_rt.backends.base import BACKEND_NAMES
+from crab_rt.cli._options import add_config_option
+
+__all__ = ["CONFIG", "E2EBenchConfig", "PipelineBenchConfig", "add_arguments", "run", "add_pipeline_arguments",
+           "OVERHEAD_TARGET_MS"]
 
 OVERHEAD_TARGET_MS = 2.0
 
 
-def add_pipeline_arguments(p: argparse.ArgumentParser, duration_s: float) -> None:
-    from crab_bench.common import add_common_arguments, add_spinning_argument
+@dataclasses.dataclass(frozen=True)
+class PipelineBenchConfig(CommonBenchConfig):
+    """Options of the kinds that replay audio through a Pipeline (e2e, concurrency).
 
+    Attributes:
+        preset: model sizes, one of PRESETS: "tiny", "base" or "large".
+        backend: emotion model backend, one of crab-rt's BACKEND_NAMES.
+        asr: faster-whisper model (a name in the local cache or a CTranslate2 folder); "none" = no ASR;
+            "random:whisper-tiny|base|small" = random weights in the real shape, built offline;
+            None = the micro offline Whisper (cheap, not a real ASR cost).
+        asr_compute_type: CTranslate2 compute type of the ASR ("default", "int8", "float32", ...).
+        duration_s: length of the synthetic conversation (per stream), seconds.
+        realtime: feed at real time; False = as fast as possible.
+        chunk_ms: feed chunk, milliseconds.
+        ort_spinning: let idle ONNX Runtime CPU threads spin.
+    """
+
+    preset: str = "base"
+    backend: str = "onnxruntime"
+    asr: str | None = None
+    asr_compute_type: str = "default"
+    duration_s: float = 60.0
+    realtime: bool = True
+    chunk_ms: float = 32.0
+    ort_spinning: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("--preset", self.preset, PRESETS)
+        check_choice("--backend", self.backend, BACKEND_NAMES)
+        check_asr_spec("--asr", self.asr)
+        check_compute_type("--asr-compute-type", self.asr_compute_type)
+        check_range("--duration-s", self.duration_s, 1, 3600)
+        check_range("--chunk-ms", self.chunk_ms, 1, 1000)
+
+
+@dataclasses.dataclass(frozen=True)
+class E2EBenchConfig(PipelineBenchConfig):
+    """Options of `e2e` (and of PipelineBenchConfig, CommonBenchConfig).
+
+    Attributes:
+        input: audio file to replay instead of the synthetic conversation; None = synthetic.
+    """
+
+    input: str | None = None
+
+
+CONFIG = E2EBenchConfig
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser, cls: type[PipelineBenchConfig]) -> None:
+    """The flags of PipelineBenchConfig's fields, with the defaults of `cls`."""
     add_common_arguments(p)
-    add_spinning_argument(p)
-    p.add_argument("--preset", default="base", help="model preset: tiny, base or large (default base)")
-    p.add_argument("--backend", default="onnxruntime", help="emotion model backend (default onnxruntime)")
-    p.add_argument("--asr", default=None,
-                   help="faster-whisper model (name in the local cache or CTranslate2 folder); 'none' = no ASR; "
-                        "'random:whisper-tiny|base|small' = random weights in the real shape, built offline; "
-                        "default: the micro offline Whisper (cheap, not a real ASR cost)")
-    p.add_argument("--asr-compute-type", default="default",
-                   help="CTranslate2 compute type of the ASR: default, int8, float32, float16, ... (default: default)")
-    p.add_argument("--duration-s", type=float, default=duration_s,
-                   help=f"length of the synthetic conversation (default {duration_s:g})")
-    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
-                   help="feed at real time (default) or as fast as possible (--no-realtime)")
-    p.add_argument("--chunk-ms", type=float, default=32.0, help="feed chunk in ms (default 32)")
+    add_spinning_argument(p, cls)
+    add_config_option(p, "--preset", cls, "preset", "model preset: tiny, base or large")
+    add_config_option(p, "--backend", cls, "backend", "emotion model backend")
+    add_config_option(p, "--asr", cls, "asr", "faster-whisper model (name in the local cache or CTranslate2 "
+                      "folder); 'none' = no ASR; 'random:whisper-tiny|base|small' = random weights in the real "
+                      "shape, built offline", type=str,
+                      default_text="the micro offline Whisper, cheap, not a real ASR cost")
+    add_config_option(p, "--asr-compute-type", cls, "asr_compute_type",
+                      "CTranslate2 compute type of the ASR: default, int8, float32, float16, ...")
+    add_config_option(p, "--duration-s", cls, "duration_s", "length of the synthetic conversation in seconds")
+    add_bool_option(p, "--realtime", cls, "realtime", "feed at real time or as fast as possible")
+    add_config_option(p, "--chunk-ms", cls, "chunk_ms", "feed chunk in ms")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_pipeline_arguments(p, 60.0)
-    p.add_argument("--input", default=None, help="audio file to replay instead of the synthetic conversation")
+    add_pipeline_arguments(p, E2EBenchConfig)
+    add_config_option(p, "--input", E2EBenchConfig, "input",
+                      "audio file to replay instead of the synthetic conversation", type=str)
 
 
-def run(args: argparse.Namespace) -> int:
-    from crab_bench.common import finish_run, resolve_threads, start_run
+def run(config: E2EBenchConfig) -> int:
+    """Replay one recording through the Pipeline; writes e2e_<preset>[_tag].json, .md and the stages PNG."""
     from crab_bench.machine import cpu_seconds
     from crab_bench.replay import conversation_audio, latency_table, make_pipeline, replay, warm_up
     from crab_rt.audio import SAMPLE_RATE, load_audio
-    from crab_rt.errors import ConfigError
 
-    if not 1.0 <= args.duration_s <= 3600 or not 1.0 <= args.chunk_ms <= 1000:
-        raise ConfigError(f"--duration-s must be in [1, 3600] and --chunk-ms in [1, 1000], got "
-                          f"{args.duration_s} and {args.chunk_ms}")
-    say = print if not args.quiet else (lambda *a, **k: None)
-    threads = resolve_threads(args.threads)
-    ctx = start_run(args, threads)
-    if args.input:
-        audio, source = load_audio(args.input), f"file {args.input}"
+    config.validate()
+    say = print if not config.quiet else (lambda *a, **k: None)
+    threads = resolve_threads(config.threads)
+    ctx = start_run(config, threads)
+    if config.input:
+        audio, source = load_audio(config.input), f"file {config.input}"
     else:
-        audio, source = conversation_audio(args.duration_s, args.seed)
-    pipeline, info = make_pipeline(args, threads, say)
+        audio, source = conversation_audio(config.duration_s, config.seed)
+    pipeline, info = make_pipeline(config, threads, say)
     try:
         warm_up(pipeline)
-        pace = "real time" if args.realtime else "as fast as possible"
+        pace = "real time" if config.realtime else "as fast as possible"
         say(f"e2e: {source}, {audio.size / SAMPLE_RATE:.1f} s, {pace}; "
             f"{info['backend']}; ASR: {info['asr']}")
         cpu0 = cpu_seconds()
-        out = replay(pipeline, [audio], args.realtime, args.chunk_ms)
+        out = replay(pipeline, [audio], config.realtime, config.chunk_ms)
         cpu = cpu_seconds() - cpu0
     finally:
         pipeline.close()
     table = latency_table(out["latencies"])
     overhead = table["overhead"]
     payload = {
-        "kind": "e2e", **info, "input": source, "realtime": args.realtime, "chunk_ms": args.chunk_ms,
+        "kind": "e2e", **info, "input": source, "realtime": config.realtime, "chunk_ms": config.chunk_ms,
         "threads": threads, "utterances": len(out["latencies"]), "audio_s": round(out["audio_s"], 3),
         "wall_s": round(out["wall_s"], 3), "real_time_factor": round(out["wall_s"] / out["audio_s"], 4),
         "cpu_s": round(cpu, 3), "cpu_s_per_audio_s": round(cpu / out["audio_s"], 4), "dropped": out["dropped"],
@@ -84,33 +147,38 @@ def run(args: argparse.Namespace) -> int:
                    "met": overhead.get("p50") is not None and overhead["p50"] < OVERHEAD_TARGET_MS},
     }
     say(_summary_line(payload))
-    finish_run(ctx, f"e2e_{args.preset}", payload, markdown(payload, "End to end"), lambda stem: plots(stem, [payload],
-               ["e2e"]), say)
+    finish_run(ctx, f"e2e_{config.preset}", payload, markdown(payload, "End to end"),
+               lambda stem: plots(stem, [payload], ["e2e"]), say)
     return 0
 
 
 def _summary_line(p: dict) -> str:
     t = p["latency_ms"]
     return (f"  {p['utterances']} utterances; end_to_event p50 {t['end_to_event'].get('p50')} ms, p95 "
-            f"{t['end_to_event'].get('p95')} ms; overhead p50 {t['overhead'].get('p50')} ms; RTF {p['real_time_factor']}; "
+            f"{t['end_to_event'].get('p95')} ms; overhead p50 {t['overhead'].get('p50')} ms; "
+            f"RTF {p['real_time_factor']}; "
             f"CPU {p['cpu_s_per_audio_s']} s per audio s")
 
 
 def markdown(p: dict, title: str) -> tuple[str, list, list]:
     from crab_bench.report import markdown_table
 
-    rows = [[k, v.get("n"), v.get("mean"), v.get("p50"), v.get("p95"), v.get("p99")] for k, v in p["latency_ms"].items()]
+    rows = [[k, v.get("n"), v.get("mean"), v.get("p50"), v.get("p95"), v.get("p99")]
+            for k, v in p["latency_ms"].items()]
+    met = "met" if p["target"]["met"] else "missed"
     notes = [
-        f"model: preset {p['preset']} ({p['bundle']['speech_encoder']} + {p['bundle']['text_encoder']}, random weights), "
+        f"model: preset {p['preset']} ({p['bundle']['speech_encoder']} + {p['bundle']['text_encoder']}, "
+        "random weights), "
         f"{p['backend']}; ONNX Runtime threads {p['threads']}, idle spinning {'on' if p['ort_spinning'] else 'off'}",
         f"ASR: {p['asr']} (device {p['asr_device']})",
         f"input: {p['input']}, {p['audio_s']} s, fed {'at real time' if p['realtime'] else 'as fast as possible'} in "
         f"{p['chunk_ms']:g} ms chunks; warm-up pass excluded",
-        f"{p['utterances']} utterances, dropped {p['dropped']}; real-time factor (wall / audio) {p['real_time_factor']}; "
+        f"{p['utterances']} utterances, dropped {p['dropped']}; "
+        f"real-time factor (wall / audio) {p['real_time_factor']}; "
         f"CPU {p['cpu_s']} s = {p['cpu_s_per_audio_s']} CPU s per audio s; peak RSS in the JSON (process)",
         "critical_path = max(asr, speech_encoder) + text_encoder + head; overhead = end_to_event - critical_path "
         "(VAD hangover excluded: end of speech is when the segmenter decided; queue waits are in the overhead)",
-        f"target: overhead p50 < {OVERHEAD_TARGET_MS:g} ms per utterance: **{'met' if p['target']['met'] else 'missed'}** "
+        f"target: overhead p50 < {OVERHEAD_TARGET_MS:g} ms per utterance: **{met}** "
         f"({p['target']['measured_ms']} ms)",
     ]
     return title, [("Latency per stage (ms)", markdown_table(["stage", "n", "mean", "p50", "p95", "p99"], rows))], notes

@@ -14,46 +14,120 @@ exported without its parity check.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 from pathlib import Path
 
 import numpy as np
 
+from crab_bench.bundles import PRESETS
+from crab_bench.common import (
+    CommonBenchConfig,
+    add_common_arguments,
+    add_list_option,
+    add_spinning_argument,
+    check_choice,
+    check_names,
+    check_range,
+    finish_run,
+    parse_names,
+    resolve_threads,
+    start_run,
+)
 from crab_rt.audio import SAMPLE_RATE
-from crab_rt.errors import CrabError
+from crab_rt.cli._options import add_config_option
+from crab_rt.errors import ConfigError, CrabError
 
-__all__ = ["add_arguments", "run", "BACKENDS", "load_backend"]
+__all__ = ["CONFIG", "ModelsBenchConfig", "add_arguments", "run", "BACKENDS", "load_backend"]
 
-BACKENDS = ("torch-cpu", "torch-cpu-compile", "onnxruntime-cpu", "torch-cuda", "torch-cuda-compile", "torch-cuda-graphs",
-            "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+BACKENDS = ("torch-cpu", "torch-cpu-compile", "onnxruntime-cpu", "torch-cuda", "torch-cuda-compile",
+            "torch-cuda-graphs", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+ORT_VARIANTS = ("fused", "int8")
+PRECISIONS = ("fp32", "fp16")
 # bench backend -> (torch device, torch.compile mode)
 _TORCH = {"torch-cpu": ("cpu", "none"), "torch-cpu-compile": ("cpu", "inductor"), "torch-cuda": ("cuda:0", "none"),
           "torch-cuda-compile": ("cuda:0", "inductor"), "torch-cuda-graphs": ("cuda:0", "cuda-graphs")}
 _MAIN_OUTPUT = {"speech_encoder": "hidden_states", "text_encoder": "hidden_states", "head": "probabilities"}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from crab_bench.common import add_common_arguments, add_spinning_argument
+@dataclasses.dataclass(frozen=True)
+class ModelsBenchConfig(CommonBenchConfig):
+    """Options of `models` (and of CommonBenchConfig).
 
+    Attributes:
+        preset: model sizes, one of PRESETS: "tiny", "base" (wavlm-base-plus + roberta-base) or "large".
+        backends: backends to time, from BACKENDS (default: all); those absent here are skipped with the reason.
+        audio_s: audio lengths of the speech encoder and head sweeps, seconds.
+        text_tokens: text lengths of the text encoder sweep, tokens.
+        batch: batch sizes.
+        head_text_tokens: text length of the head-vs-audio sweep and of the combined ratio, tokens.
+        ref_audio_s: audio length of the combined ratio, seconds.
+        warmup: untimed calls per point.
+        repeat: timed calls per point (at most).
+        max_seconds: a point stops after this many timed seconds, keeping >= 3 calls; 0 = never.
+        precision: "fp32" or "fp16", of the GPU backends.
+        ort_variants: ONNX Runtime CPU variants of the encoder graphs to time as well: "fused", "int8".
+        ort_spinning: let idle ONNX Runtime CPU threads spin.
+    """
+
+    preset: str = "base"
+    backends: tuple[str, ...] = BACKENDS
+    audio_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 12.0)
+    text_tokens: tuple[int, ...] = (8, 32, 128)
+    batch: tuple[int, ...] = (1, 4)
+    head_text_tokens: int = 32
+    ref_audio_s: float = 4.0
+    warmup: int = 2
+    repeat: int = 20
+    max_seconds: float = 8.0
+    precision: str = "fp32"
+    ort_variants: tuple[str, ...] = ()
+    ort_spinning: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("--preset", self.preset, PRESETS)
+        check_names("--backends", self.backends, BACKENDS, "backend")
+        check_names("--ort-variants", self.ort_variants, ORT_VARIANTS, "variant")
+        if not self.backends and not self.ort_variants:
+            raise ConfigError("--backends: no backend to time (give at least one, or 'all')")
+        check_range("--audio-s", self.audio_s, 0.1)
+        check_range("--text-tokens", self.text_tokens, 1)
+        check_range("--batch", self.batch, 1)
+        check_range("--head-text-tokens", self.head_text_tokens, 1)
+        check_range("--ref-audio-s", self.ref_audio_s, 0.1)
+        check_range("--warmup", self.warmup, 0)
+        check_range("--repeat", self.repeat, 1)
+        check_range("--max-seconds", self.max_seconds, 0, note=" (0 = never)")
+        check_choice("--precision", self.precision, PRECISIONS)
+
+
+CONFIG = ModelsBenchConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    cls = ModelsBenchConfig
     add_common_arguments(p)
-    add_spinning_argument(p)
-    p.add_argument("--preset", default="base", help="tiny, base (wavlm-base-plus + roberta-base) or large (default base)")
-    p.add_argument("--backends", default="all",
-                   help=f"comma list from {', '.join(BACKENDS)}; 'all' = every one present (default)")
-    p.add_argument("--audio-s", default="1,2,4,8,12", help="audio lengths in seconds (default 1,2,4,8,12)")
-    p.add_argument("--text-tokens", default="8,32,128", help="text lengths in tokens (default 8,32,128)")
-    p.add_argument("--batch", default="1,4", help="batch sizes (default 1,4)")
-    p.add_argument("--head-text-tokens", type=int, default=32,
-                   help="text length for the head-vs-audio sweep and the combined ratio (default 32)")
-    p.add_argument("--ref-audio-s", type=float, default=4.0, help="audio length of the combined ratio (default 4)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per point (default 2)")
-    p.add_argument("--repeat", type=int, default=20, help="timed calls per point (default 20)")
-    p.add_argument("--max-seconds", type=float, default=8.0,
-                   help="stop a point early after this many timed seconds, keeping at least 3 calls (0 = never)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="precision of the GPU backends")
-    p.add_argument("--ort-variants", default="",
-                   help="also time ONNX Runtime CPU variants of the encoder graphs: 'fused' (onnxruntime.transformers "
-                        "fusion, parity-checked) and/or 'int8' (dynamic int8 MatMul, NOT parity-preserving), e.g. fused,int8")
+    add_spinning_argument(p, cls)
+    add_config_option(p, "--preset", cls, "preset", "tiny, base (wavlm-base-plus + roberta-base) or large")
+    add_list_option(p, "--backends", cls, "backends", f"comma list from {', '.join(BACKENDS)}; 'all' = every one "
+                    "present", default_text="all",
+                    convert=lambda text: BACKENDS if text.strip() == "all" else parse_names(text))
+    add_list_option(p, "--audio-s", cls, "audio_s", "audio lengths in seconds", float)
+    add_list_option(p, "--text-tokens", cls, "text_tokens", "text lengths in tokens", int)
+    add_list_option(p, "--batch", cls, "batch", "batch sizes", int)
+    add_config_option(p, "--head-text-tokens", cls, "head_text_tokens",
+                      "text length for the head-vs-audio sweep and the combined ratio")
+    add_config_option(p, "--ref-audio-s", cls, "ref_audio_s", "audio length of the combined ratio")
+    add_config_option(p, "--warmup", cls, "warmup", "untimed calls per point")
+    add_config_option(p, "--repeat", cls, "repeat", "timed calls per point")
+    add_config_option(p, "--max-seconds", cls, "max_seconds",
+                      "stop a point early after this many timed seconds, keeping at least 3 calls (0 = never)")
+    add_config_option(p, "--precision", cls, "precision", "precision of the GPU backends", choices=PRECISIONS)
+    add_list_option(p, "--ort-variants", cls, "ort_variants",
+                    "also time ONNX Runtime CPU variants of the encoder graphs: 'fused' (onnxruntime.transformers "
+                    "fusion, parity-checked) and/or 'int8' (dynamic int8 MatMul, NOT parity-preserving), e.g. "
+                    "fused,int8")
 
 
 def _inputs(spec: dict, dims: dict, seed: int) -> dict:
@@ -171,35 +245,29 @@ def _label(key: tuple) -> str:
     return f"{graph} " + " ".join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: ModelsBenchConfig) -> int:
+    """Time every graph of the preset on each backend; writes models_<preset>[_tag].json, .md and PNGs."""
     import warnings
 
     from crab_bench.bundles import bundle_info, ensure_bundle
-    from crab_bench.common import finish_run, resolve_threads, start_run
-    from crab_bench.stats import parse_list, summarize_ms, time_calls
+    from crab_bench.stats import summarize_ms, time_calls
     from crab_rt.bundle import load_bundle
 
-    say = print if not args.quiet else (lambda *a, **k: None)
+    config.validate()
+    say = print if not config.quiet else (lambda *a, **k: None)
     # transformers' WavLM attention mixes a bool padding mask with a float bias (harmless, noisy).
     warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
-    threads = resolve_threads(args.threads)
+    threads = resolve_threads(config.threads)
     spec = {
-        "audio_s": parse_list(args.audio_s, float), "text_tokens": parse_list(args.text_tokens, int),
-        "batch": parse_list(args.batch, int), "head_text_tokens": args.head_text_tokens,
-        "ref_audio_s": args.ref_audio_s,
+        "audio_s": list(config.audio_s), "text_tokens": list(config.text_tokens), "batch": list(config.batch),
+        "head_text_tokens": config.head_text_tokens, "ref_audio_s": config.ref_audio_s,
     }
-    names = list(BACKENDS) if args.backends == "all" else [n.strip() for n in args.backends.split(",") if n.strip()]
-    for n in names:
-        if n not in BACKENDS:
-            raise CrabError(f"--backends: unknown backend {n!r} (choose from {', '.join(BACKENDS)})")
-    variants = [v.strip() for v in args.ort_variants.split(",") if v.strip()]
-    for v in variants:
-        if v not in ("fused", "int8"):
-            raise CrabError(f"--ort-variants: unknown variant {v!r} (choose from fused, int8)")
+    names = list(config.backends)
+    for v in config.ort_variants:
         if f"onnxruntime-cpu-{v}" not in names:
             names.append(f"onnxruntime-cpu-{v}")
-    ctx = start_run(args, threads)
-    bundle_dir = ensure_bundle(args.preset, args.cache_dir, say)
+    ctx = start_run(config, threads)
+    bundle_dir = ensure_bundle(config.preset, config.cache_dir, say)
     bundle = load_bundle(bundle_dir)
     info = bundle_info(bundle_dir)
     dims = bundle.dims
@@ -208,8 +276,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    inputs = _inputs(spec, dims, args.seed)
-    say(f"models bench: preset {args.preset}, threads {threads}, backends {', '.join(names)}")
+    inputs = _inputs(spec, dims, config.seed)
+    say(f"models bench: preset {config.preset}, threads {threads}, backends {', '.join(names)}")
     results, backends, skipped, reference, agreement = [], [], [], {}, {}
     frames: dict | None = None
     loaded: dict[str, dict] = {}
@@ -219,8 +287,8 @@ def run(args: argparse.Namespace) -> int:
             say(f"  skip {name}: {availability[name]}")
             continue
         try:
-            loaded[name] = load_backend(name, bundle, threads, args.precision, Path(ctx["cache_dir"]), say,
-                                        args.ort_spinning)
+            loaded[name] = load_backend(name, bundle, threads, config.precision, Path(ctx["cache_dir"]), say,
+                                        config.ort_spinning)
         except (CrabError, ImportError) as e:
             skipped.append({"backend": name, "reason": str(e).splitlines()[0]})
             say(f"  skip {name}: {e}")
@@ -233,9 +301,10 @@ def run(args: argparse.Namespace) -> int:
         frames = {}
         for a in sorted(set(spec["audio_s"]) | {spec["ref_audio_s"]}):
             n = int(round(a * SAMPLE_RATE))
-            feed = {"input_values": np.zeros((1, n), dtype=np.float32), "attention_mask": np.ones((1, n), dtype=np.int64)}
+            feed = {"input_values": np.zeros((1, n), dtype=np.float32),
+                    "attention_mask": np.ones((1, n), dtype=np.int64)}
             frames[a] = int(speech.run(feed)["frame_mask"].sum())
-        inputs.update(_head_inputs(spec, frames, dims, args.seed))
+        inputs.update(_head_inputs(spec, frames, dims, config.seed))
     # Backends alternate point by point (all loaded at once), so drift in the machine's load
     # over the run affects them alike.
     for key, feed in inputs.items():
@@ -246,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
             def call(session=session, feed=feed, last=last):
                 last["out"] = session.run(feed)
 
-            samples = time_calls(call, args.warmup, args.repeat, args.max_seconds)
+            samples = time_calls(call, config.warmup, config.repeat, config.max_seconds)
             stats = summarize_ms(samples)
             out = last["out"][_MAIN_OUTPUT[key[0]]]
             if key not in reference:
@@ -255,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
                 ref = reference[key].astype(np.float64)
                 if out.shape == ref.shape:
                     diff = out.astype(np.float64) - ref
-                    err, rel = float(np.max(np.abs(diff))), float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-12))
+                    err = float(np.max(np.abs(diff)))
+                    rel = float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-12))
                 else:
                     err = rel = float("nan")
                 prev = agreement[name].get(key[0], {"max_abs": 0.0, "rel_l2": 0.0})
@@ -269,9 +339,9 @@ def run(args: argparse.Namespace) -> int:
     loaded.clear()
     gc.collect()
     payload = {
-        "kind": "models", "preset": args.preset, "bundle": {**info, "path": str(bundle_dir)},
-        "settings": {**spec, "warmup": args.warmup, "repeat": args.repeat, "max_seconds": args.max_seconds,
-                     "precision": args.precision, "seed": args.seed, "ort_spinning": args.ort_spinning,
+        "kind": "models", "preset": config.preset, "bundle": {**info, "path": str(bundle_dir)},
+        "settings": {**spec, "warmup": config.warmup, "repeat": config.repeat, "max_seconds": config.max_seconds,
+                     "precision": config.precision, "seed": config.seed, "ort_spinning": config.ort_spinning,
                      "inputs": "random waveforms (all samples valid), random token ids, random hidden states; "
                                "identical across backends"},
         "backends": backends, "skipped": skipped, "speech_frames": {f"{a:g}": f for a, f in (frames or {}).items()},
@@ -281,13 +351,14 @@ def run(args: argparse.Namespace) -> int:
     }
     for r in payload["ratios"]:
         say(f"  ratio {r['what']}: {r['baseline']} / {r['backend']} = {r['speedup']:.2f}x")
-    finish_run(ctx, "models_" + args.preset, payload, _markdown(payload), lambda stem: _plots(stem, payload), say)
+    finish_run(ctx, "models_" + config.preset, payload, _markdown(payload), lambda stem: _plots(stem, payload), say)
     return 0
 
 
 def _p50(results: list, backend: str, graph: str, batch: int, audio_s, tokens) -> float | None:
+    want = (backend, graph, batch, audio_s, tokens)
     for r in results:
-        if (r["backend"], r["graph"], r["batch"], r["audio_s"], r["text_tokens"]) == (backend, graph, batch, audio_s, tokens):
+        if (r["backend"], r["graph"], r["batch"], r["audio_s"], r["text_tokens"]) == want:
             return r["ms"]["p50"]
     return None
 
@@ -314,9 +385,12 @@ def _ratios(results: list, spec: dict, names: list[str]) -> list[dict]:
     out = []
     for b in spec["batch"]:
         parts = (
-            (f"speech+text+head p50, {a:g} s audio, {t} tokens, batch {b}", lambda n, b=b: combined_p50(results, n, b, a, t)),
-            (f"speech_encoder p50, {a:g} s audio, batch {b}", lambda n, b=b: _p50(results, n, "speech_encoder", b, a, None)),
-            (f"text_encoder p50, {t} tokens, batch {b}", lambda n, b=b: _p50(results, n, "text_encoder", b, None, t)),
+            (f"speech+text+head p50, {a:g} s audio, {t} tokens, batch {b}",
+             lambda n, b=b: combined_p50(results, n, b, a, t)),
+            (f"speech_encoder p50, {a:g} s audio, batch {b}",
+             lambda n, b=b: _p50(results, n, "speech_encoder", b, a, None)),
+            (f"text_encoder p50, {t} tokens, batch {b}",
+             lambda n, b=b: _p50(results, n, "text_encoder", b, None, t)),
         )
         for what, p50 in parts:
             ref = p50(base)
@@ -346,21 +420,22 @@ def _markdown(payload: dict) -> tuple[str, list[tuple[str, str]], list[str]]:
             for n in names:
                 r = next((r for r in results if (r["backend"], r["graph"], r["batch"], r["audio_s"], r["text_tokens"])
                           == (n, graph, b, a, t)), None)
-                row.append(None if r is None else f"{r['ms']['p50']:.2f} / {r['ms']['p90']:.2f} / {r['ms']['p99']:.2f} (n={r['ms']['n']})")
+                ms = None if r is None else r["ms"]
+                row.append(None if ms is None else f"{ms['p50']:.2f} / {ms['p90']:.2f} / {ms['p99']:.2f} (n={ms['n']})")
             rows.append(row)
         sections.append((f"{graph}: p50 / p90 / p99 ms", markdown_table(["batch", "audio s", "tokens", *names], rows)))
     ratio_rows = [[r["what"], r["baseline"], r["baseline_ms"], r["backend"], r["backend_ms"], f"{r['speedup']:.2f}x"]
                   for r in payload["ratios"]]
     sections.insert(0, ("Ratios to the baseline (same run; speedup = baseline ms / backend ms)",
                         markdown_table(["what", "baseline", "ms", "backend", "ms", "speedup"], ratio_rows)))
-    agree = payload["agreement_max_abs_diff"]
+    agree, settings = payload["agreement_max_abs_diff"], payload["settings"]
     notes = [
         f"preset **{payload['preset']}**: {payload['bundle']['speech_encoder']} + {payload['bundle']['text_encoder']}, "
         f"random weights; bundle exported with parity check OFF (outputs compared below instead)",
-        f"warm-up {payload['settings']['warmup']} calls excluded; up to {payload['settings']['repeat']} timed calls per "
-        f"point, a point stops after {payload['settings']['max_seconds']:g} s timed (n is shown); backends are all "
+        f"warm-up {settings['warmup']} calls excluded; up to {settings['repeat']} timed calls per "
+        f"point, a point stops after {settings['max_seconds']:g} s timed (n is shown); backends are all "
         "loaded and alternate point by point; ONNX Runtime idle spinning "
-        + ("on" if payload["settings"]["ort_spinning"] else "off (the runtime's default)"),
+        + ("on" if settings["ort_spinning"] else "off (the runtime's default)"),
         "backends skipped: " + (", ".join(f"{s['backend']} ({s['reason']})" for s in payload["skipped"]) or "none"),
         "max abs difference vs " + str(agree.get("reference")) + ": " + "; ".join(
             f"{n}: " + ", ".join(f"{g} {v['max_abs']:.1e} (rel {v['rel_l2']:.1e})" for g, v in d.items())
@@ -373,15 +448,17 @@ def _plots(stem: Path, payload: dict) -> list[Path]:
     from crab_bench.report import line_panels
 
     results = payload["results"]
+    head_tokens = payload["settings"]["head_text_tokens"]
     paths = []
     for b in payload["settings"]["batch"]:
         panels = []
-        for graph, axis, xlabel in (("speech_encoder", "audio_s", "audio (s)"), ("text_encoder", "text_tokens", "tokens"),
-                                    ("head", "audio_s", f"audio (s), {payload['settings']['head_text_tokens']} tokens")):
+        for graph, axis, xlabel in (("speech_encoder", "audio_s", "audio (s)"),
+                                    ("text_encoder", "text_tokens", "tokens"),
+                                    ("head", "audio_s", f"audio (s), {head_tokens} tokens")):
             series = {}
             for be in payload["backends"]:
                 rows = [r for r in results if r["backend"] == be["backend"] and r["graph"] == graph and r["batch"] == b
-                        and (graph != "head" or r["text_tokens"] == payload["settings"]["head_text_tokens"])]
+                        and (graph != "head" or r["text_tokens"] == head_tokens)]
                 rows.sort(key=lambda r: r[axis])
                 if rows:
                     series[be["backend"]] = ([r[axis] for r in rows], [r["ms"]["p50"] for r in rows])

@@ -15,10 +15,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crab_rt.audio import SAMPLE_RATE, load_audio
+
+if TYPE_CHECKING:
+    from crab_bench.e2e import PipelineBenchConfig
 
 __all__ = ["conversation_audio", "make_pipeline", "warm_up", "replay", "latency_table", "STAGES"]
 
@@ -37,8 +41,8 @@ def conversation_audio(duration_s: float, seed: int) -> tuple[np.ndarray, str]:
     return audio, f"synthetic conversation, {turns} turns of 2-6 s, seed {seed}"
 
 
-def make_pipeline(args, threads: int, say=print):
-    """The bundle of `args.preset` and an ASR (tiny offline Whisper unless `--asr`) in one Pipeline.
+def make_pipeline(config: PipelineBenchConfig, threads: int, say=print):
+    """The bundle of `config.preset` and an ASR (tiny offline Whisper unless `config.asr`) in one Pipeline.
 
     Returns:
         (pipeline, description dict of model and ASR).
@@ -47,16 +51,16 @@ def make_pipeline(args, threads: int, say=print):
     from crab_rt.runtime.asr import AsrConfig
     from crab_rt.runtime.pipeline import Pipeline, PipelineConfig
 
-    bundle = ensure_bundle(args.preset, args.cache_dir, say)
-    model, asr_note = resolve_asr(args.asr, args.cache_dir)
+    bundle = ensure_bundle(config.preset, config.cache_dir, say)
+    model, asr_note = resolve_asr(config.asr, config.cache_dir)
     asr = None
     if model is not None:
-        asr = AsrConfig(model=model, cpu_threads=threads, compute_type=args.asr_compute_type)
-        asr_note += f", compute type {args.asr_compute_type}"
-    pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=args.backend, threads=threads,
-                                               ort_spinning=args.ort_spinning))
-    info = {"preset": args.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
-            "ort_spinning": args.ort_spinning, "asr": asr_note,
+        asr = AsrConfig(model=model, cpu_threads=threads, compute_type=config.asr_compute_type)
+        asr_note += f", compute type {config.asr_compute_type}"
+    pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=config.backend, threads=threads,
+                                               ort_spinning=config.ort_spinning))
+    info = {"preset": config.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
+            "ort_spinning": config.ort_spinning, "asr": asr_note,
             "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device}
     return pipeline, info
 

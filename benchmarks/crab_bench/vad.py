@@ -8,44 +8,72 @@ by its frame count. Input: a synthetic conversation (speech and silence).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-__all__ = ["add_arguments", "run", "TARGET_MS"]
+from crab_bench.common import (
+    CommonBenchConfig,
+    add_common_arguments,
+    check_range,
+    finish_run,
+    resolve_threads,
+    start_run,
+)
+from crab_rt.cli._options import add_config_option
+
+__all__ = ["CONFIG", "VadBenchConfig", "add_arguments", "run", "TARGET_MS"]
 
 TARGET_MS = 0.3
 
 
+@dataclasses.dataclass(frozen=True)
+class VadBenchConfig(CommonBenchConfig):
+    """Options of `vad` (and of CommonBenchConfig).
+
+    Attributes:
+        frames: timed frames, 32 ms each (3000 = 96 s of audio); >= 10.
+        warmup: untimed frames first; >= 0.
+    """
+
+    frames: int = 3000
+    warmup: int = 100
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("--frames", self.frames, 10)
+        check_range("--warmup", self.warmup, 0)
+
+
+CONFIG = VadBenchConfig
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from crab_bench.common import add_common_arguments
-
     add_common_arguments(p)
-    p.add_argument("--frames", type=int, default=3000, help="timed frames (default 3000, about 96 s of audio)")
-    p.add_argument("--warmup", type=int, default=100, help="untimed frames first (default 100)")
+    add_config_option(p, "--frames", VadBenchConfig, "frames", "timed frames, 32 ms each")
+    add_config_option(p, "--warmup", VadBenchConfig, "warmup", "untimed frames first")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: VadBenchConfig) -> int:
+    """Time Silero VAD and the front end per frame; writes vad[_tag].json and .md."""
     import tempfile
     from pathlib import Path
 
     import numpy as np
 
-    from crab_bench.common import finish_run, resolve_threads, start_run
     from crab_bench.report import markdown_table
     from crab_bench.stats import summarize_ms, time_calls
     from crab_rt.audio import load_audio
     from crab_rt.data.synth import synthesize_conversation
-    from crab_rt.errors import ConfigError
     from crab_rt.runtime.segmenter import SegmenterConfig, StreamFrontEnd
     from crab_rt.runtime.vad import FRAME_SAMPLES, SileroVad, VadState
 
-    if args.frames < 10 or args.warmup < 0:
-        raise ConfigError(f"--frames must be >= 10 and --warmup >= 0, got {args.frames} and {args.warmup}")
-    say = print if not args.quiet else (lambda *a, **k: None)
-    ctx = start_run(args, resolve_threads(args.threads))
-    total = args.frames + args.warmup
+    config.validate()
+    say = print if not config.quiet else (lambda *a, **k: None)
+    ctx = start_run(config, resolve_threads(config.threads))
+    total = config.frames + config.warmup
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "conversation.wav"
         turns = 6
-        synthesize_conversation(wav, num_turns=turns, seed=args.seed)
+        synthesize_conversation(wav, num_turns=turns, seed=config.seed)
         audio = load_audio(wav)
     reps = -(-total * FRAME_SAMPLES // audio.size)
     audio = np.tile(audio, reps)[: total * FRAME_SAMPLES].astype(np.float32)
@@ -53,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
     vad = SileroVad(num_threads=1)
 
     state, it = VadState.initial(), iter(range(total))
-    per_frame = time_calls(lambda: vad.process_stream(frames[next(it)], state), args.warmup, args.frames)
+    per_frame = time_calls(lambda: vad.process_stream(frames[next(it)], state), config.warmup, config.frames)
     batched = time_calls(lambda: vad.process_stream(frames, VadState.initial()), 1, 3)
     front = StreamFrontEnd(vad, SegmenterConfig())
     it2 = iter(range(total))
-    front_end = time_calls(lambda: front.accept(frames[next(it2)]), args.warmup, args.frames)
+    front_end = time_calls(lambda: front.accept(frames[next(it2)]), config.warmup, config.frames)
     rows = {
         "vad_per_frame": summarize_ms(per_frame, (50, 90, 99)),
         "vad_batched_per_frame": {k: (round(v / total, 4) if k != "n" else v) for k, v in
@@ -66,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     }
     p50 = rows["vad_per_frame"]["p50"]
     payload = {"kind": "vad", "model": str(vad.model_path.name), "frame_ms": 32, "intra_op_threads": 1,
-               "input": f"synthetic conversation ({turns} turns) repeated", "frames": args.frames,
-               "warmup": args.warmup, "results": rows,
+               "input": f"synthetic conversation ({turns} turns) repeated", "frames": config.frames,
+               "warmup": config.warmup, "results": rows,
                "target": {"what": "VAD p50 per 32 ms frame", "target_ms": TARGET_MS, "measured_ms": p50,
                           "met": p50 < TARGET_MS}}
     say(f"VAD per frame p50 {p50:.3f} ms (target < {TARGET_MS} ms: {'met' if p50 < TARGET_MS else 'MISSED'}); "
