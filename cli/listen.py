@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         with Pipeline(bundle, config) as pipeline:
-            print(f"crab-rt: {pipeline.model.choice.describe()}", file=sys.stderr)
+            if args.verbosity >= 0:
+                print(f"crab-rt: {pipeline.model.choice.describe()}", file=sys.stderr)
             stream = pipeline.create_stream("file" if args.input not in (None, "-") else "live", on_event=on_event)
             try:
                 with source:

@@ -166,6 +166,16 @@ def test_listen_cli_jsonl_schema_and_summary(bundle, conversation, tiny_asr, tmp
     assert "backend onnxruntime" in err and f"utterances {len(events)}" in err and "end_to_event" in err
 
 
+def test_listen_quiet_keeps_events_and_summary_only(bundle, conversation, capsys):
+    code = main(["listen", "--bundle", str(bundle), "--input", str(conversation[0]), "--no-asr",
+                 "--backend", "onnxruntime", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert len(captured.out.splitlines()) == len(conversation[1])
+    assert "backend onnxruntime" not in captured.err
+    assert captured.err.startswith("utterances ") and "end_to_event" in captured.err
+
+
 def test_listen_stdin_pcm(bundle, conversation):
     from crab_rt.audio import load_audio
 
