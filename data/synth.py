@@ -394,7 +394,10 @@ def synthesize_corpus(config: SynthConfig, out_dir: str | Path, progress: bool =
     Raises:
         ConfigError: the config is invalid.
     """
-    from tqdm import tqdm
+    from crab_rt.errors import requires_extra
+
+    with requires_extra("data", "tqdm"):
+        from tqdm import tqdm
 
     config.validate()
     out_dir = Path(out_dir)

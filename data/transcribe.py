@@ -86,7 +86,10 @@ def transcribe_manifest(
         ManifestError: the manifest cannot be read, or the sidecar belongs to another manifest.
         Whatever `transcribe` raises: the rows done so far stay in the sidecar.
     """
-    from tqdm import tqdm
+    from crab_rt.errors import requires_extra
+
+    with requires_extra("data", "tqdm"):
+        from tqdm import tqdm
 
     from crab_rt.audio import load_audio
     from crab_rt.data.corpora.common import write_manifest_atomic

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,13 @@ def test_conversation_turns_are_found_by_silero_segmenter(tmp_path):
         for t, u in zip(turns, utts):
             assert u.speech_start_s == pytest.approx(t["start_s"], abs=0.3), (seed, t["label"])
             assert u.speech_end_s == pytest.approx(t["end_s"], abs=0.3), (seed, t["label"])
+
+
+def test_missing_tqdm_names_the_data_extra(tmp_path, monkeypatch, capsys):
+    """tqdm is the [data] extra's: without it, synth is one line naming the extra (sys.modules None = not installed)."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    code = main(["synth", "--out", str(tmp_path / "c"), "--num", "8"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("crab-rt: error:") and "crab-rt[data]" in err and "tqdm" in err, err
+    assert len(err.strip().splitlines()) == 1

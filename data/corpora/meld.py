@@ -206,7 +206,10 @@ def prepare_meld(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
+    from crab_rt.errors import requires_extra
+
+    with requires_extra("data", "tqdm"):
+        from tqdm import tqdm
 
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
