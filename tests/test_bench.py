@@ -96,10 +96,12 @@ def test_models_tiny_same_inputs_across_backends(tmp_path, cache, capsys):
     assert "ratio speech+text+head" in capsys.readouterr().out
 
 
-def test_e2e_tiny(tmp_path, cache):
+def test_e2e_tiny(tmp_path, cache, capsys):
     rc = main(["e2e", "--preset", "tiny", "--duration-s", "8", "--no-realtime", "--threads", "1",
                "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
     assert rc == 0
+    out = capsys.readouterr().out.splitlines()  # --quiet: only the output paths
+    assert out and all(line.startswith("wrote ") and Path(line[6:]).is_file() for line in out), out
     stages = ["end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head"]
     data = _load(tmp_path / "e2e_tiny.json", {
         "type": "object",

@@ -221,6 +221,6 @@ def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, l
     if plots is not None and ctx["plots"]:
         for i, p in enumerate(plots(paths["stem"])):
             written[f"png{i}"] = p
-    for p in written.values():
-        say(f"wrote {p}")
+    for p in written.values():  # also under --quiet: the output paths are what it promises to print
+        print(f"wrote {p}")
     return written
