@@ -8,10 +8,14 @@ import argparse
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "evaluate", parents=[common], help="evaluate a checkpoint on a manifest split (WAR, UAR, macro-F1)")
-    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt from crab-rt train")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="best.pt or last.pt from crab-rt train; repeat it to compare models side by side "
+                   "(e.g. the speech_only and text_only ablations beside the full model)")
     p.add_argument("--manifest", required=True, help="CSV or JSONL manifest")
     p.add_argument("--split", action="append", required=True, help="split to evaluate (repeatable)")
-    p.add_argument("--out", default=None, help="report folder (default: next to the checkpoint, eval/)")
+    p.add_argument("--out", default=None,
+                   help="report folder (default: next to each checkpoint, eval/); with several checkpoints, "
+                   "one subfolder per checkpoint")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--paper", choices=("iemocap", "meld", "msp-podcast"),
@@ -29,20 +33,31 @@ def run(args: argparse.Namespace) -> int:
 
     with requires_extra("train"):
         from crab_rt.train.evaluate import evaluate_checkpoint
-    from crab_rt.train.reporting import format_report_table
+    from crab_rt.train.reporting import format_comparison_table, format_report_table
 
     if args.submission:
         return _submission(args)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    report = evaluate_checkpoint(args.checkpoint, args.manifest, args.split, out, args.batch_size, args.device)
-    print(f"{args.checkpoint} on {args.manifest} [{', '.join(args.split)}]")
-    print(format_report_table(report))
-    for kind, path in report["files"].items():
-        print(f"{kind}: {path}")
-    if args.paper:
-        from crab_rt.train.paper_results import compare_with_paper
+    reports = []
+    for i, checkpoint in enumerate(args.checkpoint):
+        if args.out is None:
+            out = Path(checkpoint).parent / "eval"
+        else:
+            out = Path(args.out) / (f"{i}-{Path(checkpoint).parent.name}" if len(args.checkpoint) > 1 else "")
+        report = evaluate_checkpoint(checkpoint, args.manifest, args.split, out, args.batch_size, args.device)
+        reports.append(report)
+        print(f"{checkpoint} ({report['modality']}) on {args.manifest} [{', '.join(args.split)}]")
+        print(format_report_table(report))
+        for kind, path in report["files"].items():
+            print(f"{kind}: {path}")
+        if args.paper:
+            from crab_rt.train.paper_results import compare_with_paper
 
-        print(compare_with_paper(args.paper, args.split[0], {k: report[k] for k in ("war", "uar", "macro_f1")}))
+            ours = {k: report[k] for k in ("war", "uar", "macro_f1")}
+            print(compare_with_paper(args.paper, args.split[0], ours))
+    if len(reports) > 1:
+        names = [f"{r['modality']} ({Path(c).parent.name})" for r, c in zip(reports, args.checkpoint)]
+        print(f"side by side on [{', '.join(args.split)}]:")
+        print(format_comparison_table(reports, names), end="")
     return 0
 
 
@@ -53,7 +68,11 @@ def _submission(args: argparse.Namespace) -> int:
     from crab_rt.train.evaluate import predict
     from crab_rt.train.paper_results import write_msp_submission
 
-    model, tokenizer, payload = load_model(args.checkpoint, args.device)
+    if len(args.checkpoint) > 1:
+        from crab_rt.errors import ConfigError
+
+        raise ConfigError("--submission takes one --checkpoint")
+    model, tokenizer, payload = load_model(args.checkpoint[0], args.device)
     rows = read_manifest(args.manifest, args.split)
     _, probs = predict(model, tokenizer, rows,
                        payload["model_settings"]["max_audio_s"], args.batch_size, args.device)

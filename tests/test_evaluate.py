@@ -61,3 +61,33 @@ def test_submission_csv_for_unlabelled_test3(msp_checkpoint, msp_manifest, tmp_p
 def test_evaluate_unlabelled_split_is_an_error(msp_checkpoint, msp_manifest, capsys):
     code = main(["evaluate", "--checkpoint", str(msp_checkpoint), "--manifest", str(msp_manifest), "--split", "test3"])
     assert code == 2 and "no labelled rows" in capsys.readouterr().err
+
+
+def test_several_checkpoints_side_by_side(msp_checkpoint, msp_manifest, tmp_path, capsys):
+    from crab_rt.data.corpora import MSP_PODCAST_LABELS
+    from crab_rt.model.config import HeadConfig, ModelConfig
+    from crab_rt.model.crab import CrabModel
+    from crab_rt.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    config = ModelConfig(speech_encoder="random:wavlm-tiny", text_encoder="random:roberta-tiny",
+                         head=HeadConfig(hidden_dim=8, classifier_dim=8, modality="speech"))
+    speech_only = CrabModel.build(config, list(MSP_PODCAST_LABELS)).eval()
+    speech_ckpt = save_checkpoint(tmp_path / "speech" / "best.pt", speech_only, None,
+                                  {"max_audio_s": 12.0, "max_text_tokens": 32})
+    code = main(["evaluate", "--checkpoint", str(msp_checkpoint), "--checkpoint", str(speech_ckpt),
+                 "--manifest", str(msp_manifest), "--split", "test1", "--out", str(tmp_path / "eval")])
+    out = capsys.readouterr().out
+    assert code == 0
+    reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "eval").glob("*/test1.json"))]
+    assert [r["modality"] for r in reports] == ["both", "speech"]
+    table = out[out.index("side by side on [test1]:"):].splitlines()
+    rows = {line.split()[0]: [float(x) for x in line.split()[-3:]] for line in table[3:]}
+    for r in reports:
+        assert rows[r["modality"]] == [round(r["war"], 4), round(r["uar"], 4), round(r["macro_f1"], 4)]
+
+
+def test_submission_takes_one_checkpoint(msp_checkpoint, msp_manifest, tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(msp_checkpoint), "--checkpoint", str(msp_checkpoint),
+                 "--manifest", str(msp_manifest), "--split", "test3", "--submission", str(tmp_path / "s.csv")])
+    assert code == 2 and "--submission takes one --checkpoint" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 
 from crab_rt.errors import ConfigError
 from crab_rt.train.metrics import classification_report
-from crab_rt.train.reporting import format_report_table, plot_confusion_matrix, write_report
+from crab_rt.train.reporting import format_comparison_table, format_report_table, plot_confusion_matrix, write_report
 
 # Hand-computed example, labels a, b, c:
 #   y_true = a a a b b c
@@ -139,3 +139,14 @@ def test_reporting_rejects_non_report(tmp_path):
         format_report_table({"war": 1.0})
     with pytest.raises(ConfigError, match="missing key"):
         write_report({}, tmp_path)
+
+
+def test_format_comparison_table_rows_and_mismatch():
+    a = classification_report([0, 1, 1, 0], [0, 1, 0, 0], ["x", "y"])  # WAR 0.75, UAR 0.75
+    b = classification_report([0, 1, 1, 0], [1, 1, 1, 1], ["x", "y"])  # WAR 0.5, UAR 0.5
+    lines = format_comparison_table([a, b], ["both", "speech"]).splitlines()
+    assert lines[2].split() == ["both", "0.7500", "0.7500", f"{a['macro_f1']:.4f}"]
+    assert lines[3].split() == ["speech", "0.5000", "0.5000", f"{b['macro_f1']:.4f}"]
+    c = classification_report([0, 1], [0, 1], ["x", "y"])
+    with pytest.raises(ConfigError, match=r"different numbers of samples \(\[2, 4\]\)"):
+        format_comparison_table([a, c])

@@ -84,6 +84,7 @@ def evaluate_checkpoint(
     y_true, probs = predict(model, tokenizer, rows, max_audio_s, batch_size, device)
     report = classification_report(y_true.tolist(), probs.argmax(1).tolist(), model.labels)
     report["checkpoint"] = str(checkpoint)
+    report["modality"] = model.head.config.modality
     report["manifest"] = str(manifest)
     report["splits"] = list(splits)
     files = write_report(report, out_dir, stem="_".join(splits))

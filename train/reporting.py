@@ -14,7 +14,7 @@ import numpy as np
 
 from crab_rt.errors import ConfigError
 
-__all__ = ["format_report_table", "plot_confusion_matrix", "write_report"]
+__all__ = ["format_report_table", "format_comparison_table", "plot_confusion_matrix", "write_report"]
 
 _REQUIRED_KEYS = ("war", "uar", "macro_f1", "per_class", "confusion", "labels", "num_samples")
 
@@ -47,6 +47,30 @@ def format_report_table(report: dict) -> str:
     lines.append(f"{'UAR':<{width}}  {report['uar']:>9.4f}   (mean recall over classes with support)")
     lines.append(f"{'macro-F1':<{width}}  {report['macro_f1']:>9.4f}")
     lines.append(f"{'samples':<{width}}  {report['num_samples']:>9d}")
+    return "\n".join(lines) + "\n"
+
+
+def format_comparison_table(reports: list[dict], names: list[str] | None = None) -> str:
+    """Several reports side by side on the same rows: one line each with WAR, UAR and macro-F1.
+
+    Args:
+        reports: classification reports of the same samples (checked: equal `num_samples`).
+        names: a row name per report (default: the report's "modality", else its index).
+
+    Raises:
+        ConfigError: a report is malformed, or the reports cover different numbers of samples.
+    """
+    for report in reports:
+        _check_report(report)
+    sizes = {r["num_samples"] for r in reports}
+    if len(sizes) > 1:
+        raise ConfigError(f"reports cover different numbers of samples ({sorted(sizes)}); compare on the same split")
+    names = names or [str(r.get("modality", i)) for i, r in enumerate(reports)]
+    width = max([8, *(len(n) for n in names)])
+    head = f"{'model':<{width}}  {'WAR':>7}  {'UAR':>7}  {'macro-F1':>8}"
+    lines = [head, "-" * len(head)]
+    for name, r in zip(names, reports):
+        lines.append(f"{name:<{width}}  {r['war']:>7.4f}  {r['uar']:>7.4f}  {r['macro_f1']:>8.4f}")
     return "\n".join(lines) + "\n"
 
 
