@@ -6,7 +6,7 @@ import argparse
 import inspect
 
 from crab_rt.cli._options import add_config_option, config_from_args
-from crab_rt.data.synth import SynthConfig, synthesize_conversation
+from crab_rt.data.synth import VOICES, SynthConfig, synthesize_conversation
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -15,9 +15,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "synth", parents=[common],
         help="write a SYNTHETIC bimodal emotion corpus (WAV + manifest) for tests and demos",
         description=(
-            "Write a synthetic emotion corpus: harmonic 'syllable' WAVs whose prosody depends on "
-            "the class, transcripts with class cue words, manifest.csv and README.txt. "
-            "Not real speech."
+            "Write a synthetic emotion corpus: short English sentences with class cue words, spoken by "
+            "espeak-ng with a class-dependent prosody by several speakers (or, with --voice harmonic, "
+            "the home-made 'syllable' voice, which is not speech), 16 kHz WAVs, manifest.csv with "
+            "speaker-disjoint splits, and README.txt with the label rule and the accuracy ceilings."
         ),
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     add_config_option(p, "--seed", SynthConfig, "seed", "random seed", metavar="S")
     add_config_option(p, "--imbalance", SynthConfig, "imbalance_ratio", "largest/smallest class count", metavar="R")
     add_config_option(p, "--noise-snr-db", SynthConfig, "noise_snr_db", "speech-to-noise ratio in dB", metavar="X")
+    add_config_option(p, "--voice", SynthConfig, "voice",
+                      "espeak: speech by espeak-ng (needs crab-rt[demo]); harmonic: the home-made voice, "
+                      "not speech, numpy only", choices=VOICES)  # fmt: skip
     p.add_argument(
         "--conversation", default=None, metavar="PATH",
         help="also write a conversation WAV here, with ground-truth turns in PATH's .json sidecar",
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.turns <= 1000:
         raise ConfigError(f"--turns {args.turns} is out of range [1, 1000]")
     manifest = synthesize_corpus(config, args.out, progress=not args.no_progress and args.verbosity >= 0)
-    print(f"synthetic corpus: {config.num_utterances} clips -> {manifest}")
+    print(f"synthetic corpus ({config.voice} voice): {config.num_utterances} clips -> {manifest}")
     print(format_summary(summarize_manifest(manifest), config.labels), end="")
     c = expected_ceilings(config)
     print(

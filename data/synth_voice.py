@@ -4,7 +4,10 @@ A band-limited glottal pulse train with a pitch contour and slow jitter,
 shaped per STFT frame by a spectral tilt, a soft low-pass and three formant
 resonances of a vowel drawn per syllable, with band-passed noise bursts as
 consonant onsets. `ProsodyProfile` holds what one emotion class sounds like.
-Nothing here is real speech; it exists so tests and the demo need no data.
+Nothing here is speech. Spoken corpora come from espeak-ng (`synth_espeak`, the
+default); this voice stays for the latency benchmarks (their conversations are
+unchanged), for tests that need its exactly known pitch and levels, and where
+the `[demo]` extra is not installed (numpy only). See `crab_rt.data.synth`.
 """
 
 from __future__ import annotations

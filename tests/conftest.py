@@ -62,11 +62,11 @@ def tone() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
-    """A small synthetic corpus (200 clips); returns its manifest path."""
+    """A small synthetic corpus (200 clips, spoken by espeak-ng as in the demo: about 2 s); returns its manifest."""
     from crab_rt.data.synth import SynthConfig, synthesize_corpus
 
     out = tmp_path_factory.mktemp("synthetic")
-    return synthesize_corpus(SynthConfig(num_utterances=200, seed=3), out, progress=False)
+    return synthesize_corpus(SynthConfig(num_utterances=200, seed=3, voice="espeak"), out, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,8 @@ def test_short_mlcs_run_beats_chance(synthetic_corpus, tmp_path):
     set (about 30 clips, 6-12 per class) has a standard deviation near 0.15, so UAR (a mean
     of 4 recalls) has one near 0.08; 0.40 is about 2 of those above chance (p < 0.05 for a
     guesser). The cue ceiling of the corpus (expected_ceilings) is about 0.78; this run
-    reaches about 0.50 on this machine (a deterministic CPU run).
+    reaches about 0.56 on this machine (a deterministic CPU run on the espeak-ng corpus; the
+    harmonic one, with its speaker-disjoint splits, reached only 0.34 with these settings).
     """
     cfg = _recipe(synthetic_corpus, tmp_path / "run", "optim.epochs=10")
     best = Trainer(cfg).fit()

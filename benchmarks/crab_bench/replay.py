@@ -36,7 +36,9 @@ def conversation_audio(duration_s: float, seed: int) -> tuple[np.ndarray, str]:
     turns = max(1, int(round(duration_s / 5.4)))
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "conversation.wav"
-        synthesize_conversation(wav, SynthConfig(min_duration_s=2.0, max_duration_s=6.0), num_turns=turns, seed=seed)
+        # The home-made voice: the same audio as before espeak-ng became the default, so results stay comparable.
+        config = SynthConfig(min_duration_s=2.0, max_duration_s=6.0, voice="harmonic")
+        synthesize_conversation(wav, config, num_turns=turns, seed=seed)
         audio = load_audio(wav)
     return audio, f"synthetic conversation, {turns} turns of 2-6 s, seed {seed}"
 
