@@ -115,7 +115,7 @@ def run(config: AsrBenchConfig) -> int:
         lengths.append(config.ref_audio_s)
     ctx = start_run(config, threads)
     resolved = {spec: resolve_asr(spec, ctx["cache_dir"]) for spec in models}  # builds random Whispers once
-    audio, source = conversation_audio(max(lengths) + 2.0, config.seed)
+    audio, source = conversation_audio(max(lengths) + 2.0, config.seed, config.voice)
     clips = {a: audio[: int(round(a * SAMPLE_RATE))] for a in sorted(lengths)}
     results = []
     for spec, (model, _) in resolved.items():

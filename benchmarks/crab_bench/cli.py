@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = build_config(args)
-        logging.basicConfig(level=logging.WARNING if config.quiet else logging.INFO, format="%(message)s")
+        # crab-rt's own progress at INFO; other libraries (faster-whisper logs every utterance) at WARNING.
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("crab_rt").setLevel(logging.WARNING if config.quiet else logging.INFO)
         return int(importlib.import_module(args.bench_module).run(config) or 0)
     except CrabError as e:
         print(f"bench: error: {e}", file=sys.stderr)

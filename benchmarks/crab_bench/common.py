@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crab_rt.cli._options import OPTIONS_KEY, ConfigOption, add_config_option, field_default
+from crab_rt.data.synth import VOICES
 from crab_rt.errors import ConfigError
 
 __all__ = ["CommonBenchConfig", "add_common_arguments", "add_spinning_argument", "add_list_option", "add_bool_option",
@@ -74,6 +75,9 @@ class CommonBenchConfig:
         threads: CPU threads for ONNX Runtime intra-op and torch; 0 = the number of cores.
         cache_dir: where benchmark bundles and random Whispers are built once; None = ~/.cache/crab-rt/bench.
         seed: seed of the generated inputs (>= 0).
+        voice: voice of the generated conversations: "harmonic" (the home-made voice, not speech: the
+            committed results use it) or "espeak" (speech by espeak-ng, for a real Whisper, which would
+            invent text on the home-made voice).
         plots: write the PNG plots.
         quiet: no progress lines (and logging at WARNING).
     """
@@ -83,6 +87,7 @@ class CommonBenchConfig:
     threads: int = 0
     cache_dir: str | Path | None = None
     seed: int = 0
+    voice: str = "harmonic"
     plots: bool = True
     quiet: bool = False
 
@@ -92,6 +97,7 @@ class CommonBenchConfig:
         if self.tag is not None and (not self.tag or not all(c.isalnum() or c in "-_." for c in self.tag)):
             raise ConfigError(f"--tag {self.tag!r} must be letters, digits, '-', '_' or '.'")
         check_range("--seed", self.seed, 0)
+        check_choice("--voice", self.voice, VOICES)
 
     def record(self) -> dict:
         """The options as JSON values, for the result files."""
@@ -108,6 +114,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--cache-dir", cls, "cache_dir", "where benchmark bundles and random Whispers are built once",
                       type=str, default_text="~/.cache/crab-rt/bench")
     add_config_option(p, "--seed", cls, "seed", "seed of the generated inputs")
+    add_config_option(p, "--voice", cls, "voice", "voice of the generated conversations (espeak: speech, for a "
+                      "real Whisper)", choices=VOICES)
     add_config_option(p, "--no-plots", cls, "plots", "skip the PNG plots")
     add_config_option(p, "--quiet", cls, "quiet", "print only the output paths")
 

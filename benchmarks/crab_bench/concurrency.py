@@ -51,7 +51,7 @@ def run(config: ConcurrencyBenchConfig) -> int:
     say = print if not config.quiet else (lambda *a, **k: None)
     threads = resolve_threads(config.threads)
     ctx = start_run(config, threads)
-    audios = [conversation_audio(config.duration_s, config.seed + i)[0] for i in range(max(counts))]
+    audios = [conversation_audio(config.duration_s, config.seed + i, config.voice)[0] for i in range(max(counts))]
     pipeline, info = make_pipeline(config, threads, say)
     levels = []
     try:

@@ -120,7 +120,7 @@ def run(config: E2EBenchConfig) -> int:
     if config.input:
         audio, source = load_audio(config.input), f"file {config.input}"
     else:
-        audio, source = conversation_audio(config.duration_s, config.seed)
+        audio, source = conversation_audio(config.duration_s, config.seed, config.voice)
     pipeline, info = make_pipeline(config, threads, say)
     try:
         warm_up(pipeline)

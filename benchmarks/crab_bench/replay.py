@@ -29,18 +29,21 @@ __all__ = ["conversation_audio", "make_pipeline", "warm_up", "replay", "latency_
 STAGES = ("end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head", "queue_wait")
 
 
-def conversation_audio(duration_s: float, seed: int) -> tuple[np.ndarray, str]:
-    """A synthetic conversation of about `duration_s` seconds (turns of 2 to 6 s), and a description."""
+def conversation_audio(duration_s: float, seed: int, voice: str = "harmonic") -> tuple[np.ndarray, str]:
+    """A synthetic conversation of about `duration_s` seconds (turns of 2 to 6 s), and a description.
+
+    `voice="harmonic"` (the home-made voice) gives the same audio as before espeak-ng became the
+    corpus default, so results stay comparable; "espeak" speaks real sentences, for a real Whisper.
+    """
     from crab_rt.data.synth import SynthConfig, synthesize_conversation
 
     turns = max(1, int(round(duration_s / 5.4)))
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "conversation.wav"
-        # The home-made voice: the same audio as before espeak-ng became the default, so results stay comparable.
-        config = SynthConfig(min_duration_s=2.0, max_duration_s=6.0, voice="harmonic")
+        config = SynthConfig(min_duration_s=2.0, max_duration_s=6.0, voice=voice)
         synthesize_conversation(wav, config, num_turns=turns, seed=seed)
         audio = load_audio(wav)
-    return audio, f"synthetic conversation, {turns} turns of 2-6 s, seed {seed}"
+    return audio, f"synthetic conversation ({voice} voice), {turns} turns of 2-6 s, seed {seed}"
 
 
 def make_pipeline(config: PipelineBenchConfig, threads: int, say=print):
