@@ -56,6 +56,7 @@ _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 2, 3
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 _LOCK = threading.Lock()
+_RAND_SEED = 0
 _INSTANCE: Espeak | None = None
 
 
@@ -192,6 +193,9 @@ class Espeak:
                                      (_PARAM_PITCH, voice.pitch), (_PARAM_RANGE, voice.pitch_range),
                                      (_PARAM_WORDGAP, voice.word_gap)):  # fmt: skip
                     lib.espeak_SetParameter(param, value, 0)
+                # Voices add noise (breath, flutter) from espeak-ng's own generator, which it seeds from the
+                # clock: seed it, so that the audio depends only on the text and the voice.
+                lib.espeak_ng_SetRandSeed(ctypes.c_long(_RAND_SEED))
                 status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
                 lib.espeak_Synchronize()
                 if status != 0:
