@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+JFK = Path(__file__).resolve().parents[1] / "samples" / "jfk.flac"  # shipped (samples/README.md)
 
 
 @pytest.fixture(autouse=True)
@@ -26,19 +26,11 @@ def _restore_crab_rt_logger():
 
 
 @pytest.fixture(scope="session")
-def speech_dir() -> Path:
-    """`../shared/data/speech` (real human speech); skips when absent, as in a user's clone."""
-    if not (SPEECH_DIR / "jfk.flac").is_file():
-        pytest.skip(f"real speech clips not found at {SPEECH_DIR}")
-    return SPEECH_DIR
-
-
-@pytest.fixture(scope="session")
-def jfk(speech_dir) -> np.ndarray:
-    """jfk.flac (11 s of real speech) as 16 kHz float32; skips when the clips are absent."""
+def jfk() -> np.ndarray:
+    """samples/jfk.flac (11 s of real speech, shipped with the project) as 16 kHz float32."""
     from crab_rt.audio import load_audio
 
-    return load_audio(speech_dir / "jfk.flac")
+    return load_audio(JFK)
 
 
 @pytest.fixture(scope="session")
