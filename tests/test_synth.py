@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_measures import median_f0
 
 from crab_rt.audio import SAMPLE_RATE, load_audio
 from crab_rt.cli import main
@@ -51,23 +52,6 @@ def clean_spoken_corpus(tmp_path_factory) -> Path:
     """espeak, balanced, prosody always follows the class, little noise: for measuring prosody."""
     cfg = SynthConfig(num_utterances=48, imbalance_ratio=1.0, prosody_reliability=1.0, noise_snr_db=30.0, seed=5)
     return synthesize_corpus(cfg, tmp_path_factory.mktemp("synth") / "clean_spoken", progress=False)
-
-
-def _f0_autocorr(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:
-    """Median f0 (Hz) over loud frames, from the autocorrelation peak in 60-400 Hz."""
-    frame, hop = 1024, 512
-    level = np.sqrt(np.mean(x**2))
-    lo, hi = sr // 400, sr // 60
-    out = []
-    for s in range(0, len(x) - frame, hop):
-        fr = x[s : s + frame] - x[s : s + frame].mean()
-        if np.sqrt(np.mean(fr**2)) < 0.3 * level:
-            continue
-        ac = np.correlate(fr, fr, "full")[frame - 1 :]
-        lag = lo + int(np.argmax(ac[lo:hi]))
-        if ac[lag] > 0.3 * ac[0]:
-            out.append(sr / lag)
-    return float(np.median(out))
 
 
 # ------------------------------------------------------------------ config
@@ -235,7 +219,7 @@ def test_prosody_differs_by_class(clean_corpus):
     for r in read_manifest(clean_corpus):
         assert r.extra["prosody_label"] == r.label
         x = load_audio(r.audio)
-        f0.setdefault(r.label, []).append(_f0_autocorr(x))
+        f0.setdefault(r.label, []).append(median_f0(x, fmin=60.0, hop=512, min_level=0.3))
         rms.setdefault(r.label, []).append(float(np.sqrt(np.mean(x**2))))
     mean_f0 = {k: float(np.mean(v)) for k, v in f0.items()}
     mean_rms = {k: float(np.mean(v)) for k, v in rms.items()}
