@@ -15,6 +15,14 @@ from crab_rt.runtime.pipeline import OVERFLOW_POLICIES, PipelineConfig
 from crab_rt.runtime.segmenter import SegmenterConfig
 
 
+class _PcmOption(argparse.Action):
+    """Stores the value and records the flag, so that --rate/--channels without --input - can be refused."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.pcm_flags = [*getattr(namespace, "pcm_flags", []), option_string]
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "listen", parents=[common],
@@ -25,8 +33,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input", help="audio/video file, or - for raw signed 16-bit little-endian PCM on stdin")
     src.add_argument("--device", help="microphone: index or (part of) a name, see `crab-rt devices`")
-    src.add_argument("--rate", type=int, default=SAMPLE_RATE, help=f"sample rate of --input - (default {SAMPLE_RATE})")
-    src.add_argument("--channels", type=int, default=1, help="channels of --input - (default 1)")
+    src.add_argument("--rate", type=int, default=SAMPLE_RATE, action=_PcmOption,
+                     help=f"sample rate of --input - (default {SAMPLE_RATE}); only with --input -")
+    src.add_argument("--channels", type=int, default=1, action=_PcmOption,
+                     help="channels of --input - (default 1); only with --input -")
     src.add_argument("--realtime", action="store_true", help="pace a file at 1x (default: as fast as possible)")
     m = p.add_argument_group("model")
     m.add_argument("--bundle", required=True, help="model bundle folder from `crab-rt export`")
@@ -36,7 +46,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_option(m, "--precision", PipelineConfig, "precision", "graph precision (fp16: GPU only)",
                       choices=PRECISIONS)
     add_config_option(m, "--threads", PipelineConfig, "threads",
-                      "CPU threads per ONNX Runtime session (0 = its default)")
+                      "CPU threads per ONNX Runtime session (0 = its default; at most 4 per CPU core)")
     a = p.add_argument_group("ASR")
     add_config_option(a, "--asr", AsrConfig, "model", "faster-whisper size name or CTranslate2 folder",
                       default_text=f"the bundle's, else {AsrConfig.model}")
@@ -52,41 +62,81 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_option(s, "--min-silence-ms", SegmenterConfig, "min_silence_ms", "hangover before an utterance ends")
     add_config_option(s, "--pre-roll-ms", SegmenterConfig, "pre_roll_ms", "audio kept before the speech")
     add_config_option(s, "--post-roll-ms", SegmenterConfig, "post_roll_ms",
-                      "audio kept after the speech (at most --min-silence-ms)")
-    add_config_option(s, "--max-utterance-s", SegmenterConfig, "max_utterance_s", "longer speech is split")
+                      "audio kept after the speech (at most --min-silence-ms)",
+                      default_text=f"{SegmenterConfig.post_roll_ms}, or --min-silence-ms if that is less")
+    add_config_option(s, "--max-utterance-s", SegmenterConfig, "max_utterance_s",
+                      "longer speech is split; at most the bundle's max_audio_s (a larger value is refused)",
+                      default_text=f"{SegmenterConfig.max_utterance_s}, or the bundle's max_audio_s if less")
     o = p.add_argument_group("output")
     o.add_argument("--format", default="jsonl", choices=("jsonl", "pretty"))
-    o.add_argument("--output", help="write events to this file instead of stdout")
+    o.add_argument("--output", help="write events to this file instead of stdout (the summary goes to stderr)")
     add_config_option(o, "--overflow", PipelineConfig, "overflow",
-                      "when processing falls behind: wait (block) or drop new utterances", choices=OVERFLOW_POLICIES,
-                      default_text="block for files, drop for live input")
+                      "when processing falls behind: wait (block) or drop new utterances, each with a warning",
+                      choices=OVERFLOW_POLICIES, default_text="block for files and stdin, drop for a microphone")
     p.set_defaults(func=run)
 
 
 def pipeline_config_from_args(args: argparse.Namespace, bundle_asr_model: str | None, live: bool) -> PipelineConfig:
-    """The pipeline settings: config defaults, the bundle's ASR model, the input kind, then the flags given."""
+    """The pipeline settings: config defaults, the bundle's ASR model, the input kind, then the flags given.
+
+    `live` (a microphone) makes overflow default to drop. Without --post-roll-ms, its default is lowered to
+    --min-silence-ms when that is less, so that a short hangover alone is valid.
+    """
     asr = None
     if not args.no_asr:
         asr = AsrConfig(model=bundle_asr_model) if bundle_asr_model else AsrConfig()
         asr = config_from_args(asr, args)
         asr = dataclasses.replace(asr, device="auto" if args.gpu is not None else "cpu", device_index=args.gpu or 0)
-    config = PipelineConfig(segmenter=config_from_args(SegmenterConfig, args), asr=asr,
+    segmenter = config_from_args(SegmenterConfig, args)
+    if getattr(args, "post_roll_ms", None) is None and segmenter.post_roll_ms > segmenter.min_silence_ms:
+        segmenter = dataclasses.replace(segmenter, post_roll_ms=segmenter.min_silence_ms)
+    config = PipelineConfig(segmenter=segmenter, asr=asr,
                             overflow="drop" if live else "block")
     return config_from_args(config, args)
 
 
 def _source(args):
+    """The audio source and whether it is live (a microphone: only it defaults to --overflow drop)."""
     from crab_rt.errors import ConfigError
     from crab_rt.runtime import sources
 
     if (args.input is None) == (args.device is None):
         raise ConfigError("give exactly one input: --input FILE, --input - (PCM on stdin) or --device MIC")
+    pcm_flags = getattr(args, "pcm_flags", [])
+    if pcm_flags and args.input != "-":
+        raise ConfigError(f"{'/'.join(dict.fromkeys(pcm_flags))} apply only to --input - (raw PCM on stdin); "
+                          "a file or microphone gives its own")
     if args.device is not None:
         device = int(args.device) if args.device.isdigit() else args.device
         return sources.MicrophoneSource(device), True
     if args.input == "-":
-        return sources.PcmStreamSource(sys.stdin.buffer, args.rate, 2, args.channels), True
-    return sources.FileSource(args.input, realtime=args.realtime), args.realtime
+        return sources.PcmStreamSource(sys.stdin.buffer, args.rate, 2, args.channels), False
+    return sources.FileSource(args.input, realtime=args.realtime), False
+
+
+def _check_output(path: str | None) -> None:
+    """Refuse an --output that cannot be written (a folder, a missing folder) before the model loads."""
+    from pathlib import Path
+
+    from crab_rt.errors import ConfigError
+
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"--output {path}: is a folder; give a file name")
+    if not out.parent.is_dir():
+        what = "is not a folder" if out.parent.exists() else "does not exist"
+        raise ConfigError(f"--output {path}: folder {out.parent} {what}")
+
+
+def _open_output(path: str):
+    from crab_rt.errors import ConfigError
+
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"--output {path}: cannot write: {e.strerror or e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,10 +146,11 @@ def run(args: argparse.Namespace) -> int:
     from crab_rt.runtime.pipeline import Pipeline
     from crab_rt.runtime.summary import format_summary, run_summary
 
+    _check_output(args.output)
     bundle = load_bundle(args.bundle)
     source, live = _source(args)
     config = pipeline_config_from_args(args, bundle.asr_model, live)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    out = _open_output(args.output) if args.output else sys.stdout
     pretty = args.format == "pretty"
     status = sys.stderr
 
@@ -144,6 +195,6 @@ def run(args: argparse.Namespace) -> int:
             status.write("\r\033[K")  # the live status line ends here
         if out is not sys.stdout:
             out.close()
-    print(("interrupted; " if interrupted else "") + format_summary(summary),
-          file=sys.stdout if pretty and out is sys.stdout else sys.stderr)
+    # stdout carries events only, in either format
+    print(("interrupted; " if interrupted else "") + format_summary(summary), file=sys.stderr)
     return 0

@@ -25,9 +25,18 @@ def as_mono_float32(samples: np.ndarray, what: str) -> np.ndarray:
         what: how errors name it, e.g. "audio chunk" or "ASR input".
 
     Raises:
-        AudioError: not 1-D, or not a float dtype (int PCM must be scaled first).
+        AudioError: not an array of numbers (None, bytes, a string: named by type), not 1-D, or not a float
+            dtype (int PCM must be scaled first).
     """
+    if samples is None or isinstance(samples, (str, bytes, bytearray, memoryview)):
+        hint = ""
+        if isinstance(samples, (bytes, bytearray, memoryview)):
+            hint = " (decode raw PCM first, e.g. np.frombuffer(data, '<i2') / 32768)"
+        raise AudioError(f"{what} must be a numpy array of float32 samples, got {type(samples).__name__}{hint}")
     x = np.asarray(samples)
+    if x.dtype == object:
+        raise AudioError(f"{what} must be a numpy array of float32 samples, got {type(samples).__name__} "
+                         "of non-numbers")
     if x.ndim != 1:
         raise AudioError(f"{what} must be 1-D mono audio of shape [time], got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
@@ -100,6 +109,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: fl
         AudioError: the file is missing, cannot be decoded, or holds no samples.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
     import soundfile as sf

@@ -264,6 +264,27 @@ def _read_manifest(root: Path) -> dict:
     return manifest
 
 
+def _check_labels(root: Path, manifest: dict) -> None:
+    """The label list must match the head's class count (recorded output shapes, or `num_classes` if present)."""
+    labels = manifest["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise BundleError(f"{root / MANIFEST_NAME}: labels must be a non-empty list of names, got {labels!r}")
+    if len(set(labels)) != len(labels):
+        raise BundleError(f"{root / MANIFEST_NAME}: labels {labels!r} repeat a name")
+    counts = set()
+    if isinstance(manifest.get("num_classes"), int):
+        counts.add(manifest["num_classes"])
+    for entry in (manifest["graphs"].get("head") or {}).values():
+        for output in ((entry or {}).get("outputs") or {}).values():
+            shape = (output or {}).get("shape") if isinstance(output, dict) else None
+            if isinstance(shape, list) and len(shape) == 2 and isinstance(shape[-1], int):
+                counts.add(shape[-1])
+    for count in sorted(counts):
+        if count != len(labels):
+            raise BundleError(f"{root}: bundle lists {len(labels)} labels but its model has {count} classes; "
+                              "re-export the bundle")
+
+
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     """Open a bundle folder and check it.
 
@@ -277,8 +298,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
     Raises:
         BundleError: missing folder or manifest, invalid JSON, wrong format or
-            a newer format_version, a sample rate other than SAMPLE_RATE, a listed
-            file missing, or a sha256 mismatch.
+            a newer format_version, a sample rate other than SAMPLE_RATE, a label
+            count other than the head's class count, a listed file missing, or a sha256 mismatch.
     """
     root = Path(path)
     manifest = _read_manifest(root)
@@ -286,6 +307,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(
             f"{root}: bundle sample_rate is {manifest['sample_rate']!r} Hz, crab-rt runs at {SAMPLE_RATE} Hz"
         )
+    _check_labels(root, manifest)
     try:
         listed = list(_listed_files(manifest))
     except (KeyError, TypeError, AttributeError) as e:

@@ -62,6 +62,16 @@ def synthetic_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def conversation(tmp_path_factory):
+    """A synthetic 4-turn conversation WAV and its truth (turn times, labels)."""
+    from crab_rt.data.synth import read_conversation_truth, synthesize_conversation
+
+    path = tmp_path_factory.mktemp("conv") / "conversation.wav"
+    synthesize_conversation(path, num_turns=4, seed=0)
+    return path, read_conversation_truth(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_parts():
     """A tiny random Crab model (eval mode) and its tokenizer, labels a..d."""
     torch = pytest.importorskip("torch")

@@ -38,15 +38,6 @@ def bundle(tiny_bundle):
 
 
 @pytest.fixture(scope="module")
-def conversation(tmp_path_factory):
-    from crab_rt.data.synth import read_conversation_truth, synthesize_conversation
-
-    path = tmp_path_factory.mktemp("conv") / "conversation.wav"
-    synthesize_conversation(path, num_turns=4, seed=0)
-    return path, read_conversation_truth(path)
-
-
-@pytest.fixture(scope="module")
 def tiny_asr(tmp_path_factory):
     from crab_rt.data.tiny_asr import build_tiny_whisper
 

@@ -14,7 +14,48 @@ from crab_rt.backends.base import BACKEND_NAMES, GraphSession
 from crab_rt.bundle import PRECISIONS, Bundle
 from crab_rt.errors import BackendError, ConfigError
 
-__all__ = ["BackendChoice", "load_sessions"]
+__all__ = ["BackendChoice", "load_sessions", "cuda_device_count", "check_gpu_index"]
+
+
+def cuda_device_count() -> int | None:
+    """How many CUDA devices this machine has, or None when it cannot be told.
+
+    Asks CTranslate2 (installed with faster-whisper, the runtime's ASR), else cuda-python; never torch.
+    """
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:  # noqa: BLE001 - absent or broken: try the next way
+        pass
+    try:
+        from crab_rt.backends.cuda_memory import device_count
+
+        return device_count()
+    except Exception:  # noqa: BLE001 - no way to tell: the backends report what they find
+        return None
+
+
+def check_gpu_index(gpu: int | None) -> None:
+    """Refuse a GPU index that names no CUDA device, in one line, before anything loads.
+
+    None (CPU) always passes, and so does 0 on a machine without CUDA (`--backend auto` then falls back to the
+    CPU); 1 and above need that many devices.
+
+    Raises:
+        ConfigError: the index is negative or beyond the devices present.
+    """
+    if gpu is None:
+        return
+    if gpu < 0:
+        raise ConfigError(f"--gpu {gpu}: a GPU index is >= 0")
+    count = cuda_device_count()
+    if count is None or gpu < count or (count == 0 and gpu == 0):
+        return
+    if count == 0:
+        raise ConfigError(f"--gpu {gpu}: no CUDA device is available on this machine (leave out --gpu for the CPU)")
+    raise ConfigError(f"--gpu {gpu}: GPU {gpu} does not exist; this machine has {count} CUDA device(s), "
+                      f"index 0 to {count - 1}")
 
 
 @dataclass(frozen=True)

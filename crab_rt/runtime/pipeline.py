@@ -21,8 +21,9 @@ Contract
   `stream.events()` / `stream.get_event()`.
 - Bounded everywhere. Admission: at most `max_in_flight` utterances are being
   processed; beyond that `overflow="block"` makes `accept` wait (files: no
-  loss) and `overflow="drop"` drops the new utterance and counts it in
-  `stream.dropped_utterances` (live audio: latency stays bounded). An unread
+  loss) and `overflow="drop"` drops the new utterance, logs a warning on the
+  `crab_rt` logger at once, and counts it in `stream.dropped_utterances`
+  (microphones: latency stays bounded). An unread
   event queue drops its oldest event when full (`stream.dropped_events`).
   `pipeline.latencies` (`LatencyStats`) keeps every event's stage timings in
   fixed histograms: memory does not grow with the run.
@@ -33,8 +34,12 @@ Contract
   (chained with `from`), or the worker's own `CrabError`; the failed batch
   produces no events. Other streams and the workers carry on: a failure is
   per batch. An exception raised by `on_event` fails only its own stream and
-  is raised as is. `pipeline.error` / `pipeline.check()` give the first
-  worker error too.
+  is raised as is (by its next `flush`, `wait`, ...). `pipeline.error` /
+  `pipeline.check()` give the first worker error too.
+- Checked before the model loads: the config (`PipelineConfig.validate`), the
+  GPU index against the CUDA devices present (`check_gpu_index`), and
+  `segmenter.max_utterance_s` against the bundle's `max_audio_s`: the default
+  (12 s) is lowered to it, a larger value that was set is refused (`ConfigError`).
 - A stream's state is read-only properties: `in_speech`, `samples_accepted`,
   `emitted`, `dropped_utterances`, `dropped_events`, `flushed`, `error`.
 - `pipeline.close()` waits for work in flight, stops the workers; idempotent.
@@ -42,8 +47,10 @@ Contract
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -54,7 +61,8 @@ from pathlib import Path
 import numpy as np
 
 from crab_rt.backends.base import BACKEND_NAMES
-from crab_rt.bundle import PRECISIONS
+from crab_rt.backends.select import check_gpu_index
+from crab_rt.bundle import PRECISIONS, Bundle, load_bundle
 from crab_rt.errors import BackendError, ConfigError, CrabError
 from crab_rt.runtime.asr import AsrConfig, Transcriber
 from crab_rt.runtime.emotion_model import EmotionModel, Features
@@ -70,6 +78,11 @@ OVERFLOW_POLICIES = ("block", "drop")
 logger = logging.getLogger(__name__)
 
 
+def max_threads() -> int:
+    """The most CPU threads per session `PipelineConfig.threads` accepts: 4 per core, at least 16."""
+    return max(16, 4 * (os.cpu_count() or 1))
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Runtime settings.
@@ -81,7 +94,7 @@ class PipelineConfig:
         backend: "auto", "tensorrt", "onnxruntime" or "torch".
         gpu: CUDA device index for the emotion model (None: CPU, or the first GPU for auto).
         precision: "fp32" or "fp16".
-        threads: CPU threads per ONNX Runtime session (0 = default).
+        threads: CPU threads per ONNX Runtime session (0 = default, else 1..`max_threads()`).
         ort_spinning: let idle ONNX Runtime threads spin. Off by default: the
             pipeline's sessions and ASR share the cores, and spinning workers
             steal them (it doubled the text encoder and head times on 2 cores).
@@ -107,6 +120,11 @@ class PipelineConfig:
         self.segmenter.validate()
         if self.asr is not None:
             self.asr.validate()
+        if self.gpu is not None and (not isinstance(self.gpu, int) or self.gpu < 0):
+            raise ConfigError(f"gpu = {self.gpu!r} is out of range: must be a CUDA device index >= 0 (None: CPU)")
+        if not isinstance(self.threads, int) or not (self.threads == 0 or 1 <= self.threads <= max_threads()):
+            raise ConfigError(f"threads = {self.threads!r} is out of range: must be 0 (ONNX Runtime's default) "
+                              f"or in [1, {max_threads()}] (4 per CPU core)")
         if not 1 <= self.max_batch <= 64:
             raise ConfigError(f"max_batch must be in [1, 64], got {self.max_batch}")
         if not 1 <= self.max_in_flight <= 1024:
@@ -350,21 +368,43 @@ def _stage_error(stage: str, error: BaseException) -> CrabError:
     return wrapped
 
 
+def _fit_to_bundle(config: PipelineConfig, bundle: Bundle) -> PipelineConfig:
+    """`config` with `segmenter.max_utterance_s` fitted to the audio the bundle's model takes.
+
+    The default is lowered to the bundle's `max_audio_s` (logged at INFO); a larger value that was set is refused,
+    since the model would see only its first `max_audio_s` seconds.
+    """
+    seg = config.segmenter
+    limit = bundle.max_audio_s
+    if seg.max_utterance_s <= limit:
+        return config
+    if seg.max_utterance_s != SegmenterConfig.max_utterance_s:
+        raise ConfigError(f"max_utterance_s = {seg.max_utterance_s:g} s is more than the bundle takes: {bundle.root} "
+                          f"was exported for at most {limit:g} s of audio (max_audio_s); use at most {limit:g}")
+    logger.info("max_utterance_s lowered from %g to the bundle's max_audio_s, %g s", seg.max_utterance_s, limit)
+    return dataclasses.replace(config, segmenter=dataclasses.replace(seg, max_utterance_s=limit).validate())
+
+
 class Pipeline:
     """Shared engines and workers; see the module docstring for the contract.
 
     Args:
-        bundle: model bundle folder (or a loaded `EmotionModel`).
+        bundle: model bundle folder (or a loaded `Bundle` or `EmotionModel`).
         config: runtime settings.
         transcriber: an already loaded ASR engine to share (optional).
     """
 
-    def __init__(self, bundle: str | Path | EmotionModel, config: PipelineConfig | None = None,
+    def __init__(self, bundle: str | Path | Bundle | EmotionModel, config: PipelineConfig | None = None,
                  transcriber: Transcriber | None = None) -> None:
-        self.config = (config or PipelineConfig()).validate()
+        config = (config or PipelineConfig()).validate()
+        check_gpu_index(config.gpu)
+        if config.asr is not None and config.asr.device != "cpu" and config.asr.device_index != (config.gpu or 0):
+            check_gpu_index(config.asr.device_index)
+        if not isinstance(bundle, EmotionModel):
+            bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.config = config = _fit_to_bundle(config, bundle.bundle if isinstance(bundle, EmotionModel) else bundle)
         self.model = bundle if isinstance(bundle, EmotionModel) else EmotionModel.load(
-            bundle, self.config.backend, self.config.gpu, self.config.precision, self.config.threads,
-            self.config.ort_spinning)
+            bundle, config.backend, config.gpu, config.precision, config.threads, config.ort_spinning)
         self.transcriber = transcriber or (Transcriber(self.config.asr) if self.config.asr is not None else None)
         self.vad = SileroVad(num_threads=1)
         self._admission = threading.BoundedSemaphore(self.config.max_in_flight)
@@ -402,6 +442,8 @@ class Pipeline:
         if self.config.overflow == "block":
             self._admission.acquire()
         elif not self._admission.acquire(blocking=False):
+            logger.warning("stream %s: dropped utterance at %.1f-%.1f s (%d in flight, overflow=drop)",
+                           outbox.stream_id, utt.start_s, utt.end_s, self.config.max_in_flight)
             return False
         outbox.add()
         parts = int(self.model.uses_speech) + 1  # speech encoder (if any) and ASR (or its stand-in)
