@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--paper", choices=("iemocap", "meld", "msp-podcast"),
-                   help="also print the paper's published numbers for this corpus and split beside ours")
+                   help="also print the paper's published numbers for this corpus beside ours: each --split "
+                   "against its own paper row (several splits are also shown pooled, which has no paper row); "
+                   "an ablation checkpoint (crab-rt train --ablation) also against its own Table III-V row")
     p.add_argument("--submission", metavar="CSV",
                    help="write an MSP-Podcast challenge submission (FileName,EmoClass) for the split's rows, "
                    "labelled or not (e.g. --split test3)")
@@ -45,20 +47,34 @@ def run(args: argparse.Namespace) -> int:
             out = Path(args.out) / (f"{i}-{Path(checkpoint).parent.name}" if len(args.checkpoint) > 1 else "")
         report = evaluate_checkpoint(checkpoint, args.manifest, args.split, out, args.batch_size, args.device)
         reports.append(report)
-        print(f"{checkpoint} ({report['modality']}) on {args.manifest} [{', '.join(args.split)}]")
+        pooled = " pooled" if len(report["per_split"]) > 1 else ""
+        ablation = f", ablation {report['ablation']}" if report["ablation"] else ""
+        print(f"{checkpoint} ({report['modality']}{ablation}) on {args.manifest} [{', '.join(args.split)}]{pooled}")
         print(format_report_table(report))
         for kind, path in report["files"].items():
             print(f"{kind}: {path}")
         if args.paper:
-            from crab_rt.train.paper_results import compare_with_paper
-
-            ours = {k: report[k] for k in ("war", "uar", "macro_f1")}
-            print(compare_with_paper(args.paper, args.split[0], ours))
+            _paper_comparison(args.paper, report)
     if len(reports) > 1:
         names = [f"{r['modality']} ({Path(c).parent.name})" for r, c in zip(reports, args.checkpoint)]
         print(f"side by side on [{', '.join(args.split)}]:")
         print(format_comparison_table(reports, names), end="")
     return 0
+
+
+def _paper_comparison(corpus: str, report: dict) -> None:
+    """Each split against its own paper row; several splits also pooled, which the paper does not report."""
+    from crab_rt.train.paper_results import compare_with_paper
+
+    keys = ("war", "uar", "macro_f1")
+    for split, metrics in report["per_split"].items():
+        print(compare_with_paper(corpus, split, {k: metrics[k] for k in keys}, ablation=report["ablation"]))
+        print()
+    if len(report["per_split"]) > 1:
+        splits = " + ".join(report["per_split"])
+        print(f"pooled over {splits} ({report['num_samples']} utterances): WAR {report['war']:.4f}  "
+              f"UAR {report['uar']:.4f}  macro-F1 {report['macro_f1']:.4f}  (pooled: no paper row; the paper "
+              "reports each split separately)")
 
 
 def _submission(args: argparse.Namespace) -> int:

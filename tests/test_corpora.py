@@ -448,6 +448,27 @@ def test_compare_with_paper_and_lookup():
         compare_with_paper("meld", "test", {"acc": 0.5})
 
 
+def test_compare_with_paper_ablation_rows_and_iemocap_protocol():
+    from crab_rt.train.config import ABLATIONS
+    from crab_rt.train.paper_results import ABLATION_ROWS, PAPER_RESULTS
+
+    assert set(ABLATION_ROWS) == set(ABLATIONS)
+    assert all(any(r.model == model for r in PAPER_RESULTS) for model in ABLATION_ROWS.values())
+    md = compare_with_paper("meld", "test", {"war": 0.6, "uar": 0.5}, ablation="hubert")
+    assert "| Crab HuBERT Large MLCS | 0.6230 | 0.5453 | — | paper Table V (ablation hubert) |" in md
+    assert "| Crab | 0.6257 | 0.5565 | — | paper Table II |" in md  # the full model's row stays
+    assert "| ours − Crab HuBERT Large MLCS | -0.0230 | -0.0453 | — | |" in md
+    speech = compare_with_paper("iemocap", "Session5", {"uar": 0.6}, ablation="speech_only")
+    assert "| Crab speech only | 0.6153 | 0.6518 | — | paper Table III (ablation speech_only) |" in speech
+    lone = compare_with_paper("iemocap", "Session5", {"uar": 0.6}, ablation="ce_only")
+    assert "the paper has no row for ablation ce_only on iemocap Session5" in lone
+    # The paper states no IEMOCAP protocol (it says IEMOCAP has no official partitions).
+    assert "leave-one-session-out" not in compare_with_paper("iemocap", "Session5", {"war": 0.7}).lower()
+    assert "states no IEMOCAP partitions" in compare_with_paper("iemocap", "Session5", {"war": 0.7})
+    with pytest.raises(ConfigError, match="unknown ablation 'nope'"):
+        compare_with_paper("meld", "test", {}, ablation="nope")
+
+
 def test_msp_submission_csv(tmp_path):
     p = write_msp_submission(
         ["MSP-PODCAST_test3_0002", "MSP-PODCAST_test3_0001.wav", "MSP-PODCAST_test3_0003"],

@@ -35,6 +35,35 @@ def test_mpcl_two_positives_by_hand():
     assert mpcl_loss(z, labels, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_mpcl_no_positive_zero_counts_lone_anchors_as_zero():
+    # The batch above: 4 anchors, anchor 1 (the only label-1 sample) has no positive.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 0, 0])
+    e = math.exp
+    den0 = e(0) + e(1) + e(-1)
+    l0 = -0.5 * (math.log(e(1) / den0) + math.log(e(-1) / den0))
+    l3 = -math.log(e(-1) / (e(-1) + e(0) + e(-1)))
+    exclude = mpcl_loss(z, labels, temperature=1.0, no_positive="exclude")
+    zero = mpcl_loss(z, labels, temperature=1.0, no_positive="zero")
+    assert exclude.item() == pytest.approx((l0 + l0 + l3) / 3, rel=1e-6)
+    assert zero.item() == pytest.approx((l0 + l0 + 0.0 + l3) / 4, rel=1e-6)
+    assert zero.item() == pytest.approx(exclude.item() * 3 / 4, rel=1e-6)
+    assert mpcl_loss(z, labels, temperature=1.0).item() == exclude.item()  # "exclude" is the default
+    # Every anchor with a positive: the two agree.
+    full = torch.tensor([0, 0, 1, 1])
+    assert mpcl_loss(z, full, no_positive="zero").item() == pytest.approx(mpcl_loss(z, full).item(), rel=1e-6)
+    # No anchor with a positive: zero either way, with a gradient.
+    lone = torch.randn(3, 4, requires_grad=True)
+    loss = mpcl_loss(lone, torch.tensor([0, 1, 2]), no_positive="zero")
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(lone.grad) == 0
+    # SCL passes the choice on.
+    assert scl_loss(z, labels, no_positive="zero").item() == pytest.approx(
+        scl_loss(z, labels).item() * 3 / 4, rel=1e-6)
+    with pytest.raises(ValueError, match="no_positive must be one of exclude, zero, got 'drop'"):
+        mpcl_loss(z, labels, no_positive="drop")
+
+
 def test_mpcl_anchor_is_not_its_own_candidate():
     # Two identical samples of one class: q over the single other candidate is 1, loss 0.
     z = torch.tensor([[0.3, 0.4], [0.3, 0.4]])

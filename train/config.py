@@ -23,12 +23,14 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = [
     "DataConfig", "OptimConfig", "LossConfig", "RunConfig", "TrainConfig",
-    "load_recipe", "recipe_path", "RECIPES_DIR", "LEG_LOSSES", "METRICS", "ABLATIONS",
+    "load_recipe", "recipe_path", "RECIPES_DIR", "LEG_LOSSES", "METRICS", "ABLATIONS", "NO_POSITIVE", "AMP_MODES",
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 LEG_LOSSES = ("mpcl", "scl", "ce")
 METRICS = ("uar", "war", "macro_f1")
+NO_POSITIVE = ("exclude", "zero")  # crab_rt.train.losses.NO_POSITIVE (kept here so config needs no torch)
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ class LossConfig:
     temperature: float = 0.1
     leg_dim: int = 512
     class_weighting: bool = True
+    # MPCL/SCL anchors with no positive in the micro-batch: "exclude" (mean over anchors that have one) or
+    # "zero" (mean over all anchors, lone ones counting 0: the official code). The paper does not say.
+    no_positive: str = "exclude"
 
     def validate(self) -> LossConfig:
         unknown = [t for t in self.legs if t not in TAP_NAMES]
@@ -118,6 +123,9 @@ class LossConfig:
             raise ConfigError(f"loss.legs has unknown tap(s) {unknown}; taps: {', '.join(TAP_NAMES)}")
         if self.leg_loss not in LEG_LOSSES:
             raise ConfigError(f"loss.leg_loss must be one of {', '.join(LEG_LOSSES)}, got {self.leg_loss!r}")
+        if self.no_positive not in NO_POSITIVE:
+            raise ConfigError(
+                f"loss.no_positive must be one of {', '.join(NO_POSITIVE)}, got {self.no_positive!r}")
         if self.alpha < 0 or self.temperature <= 0 or self.leg_dim < 1:
             raise ConfigError("loss.alpha must be >= 0, loss.temperature > 0 and loss.leg_dim >= 1")
         return self
@@ -131,14 +139,17 @@ class RunConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | off
-    best_metric: str = "uar"
+    best_metric: str = "uar"  # the dev metric that picks best.pt: uar | war | macro_f1
     progress: bool = True
+    ablation: str = ""  # the paper ablation this run trains (recorded by `load_recipe(..., ablation=)`); "" = none
 
     def validate(self) -> RunConfig:
         if self.best_metric not in METRICS:
             raise ConfigError(f"run.best_metric must be one of {', '.join(METRICS)}, got {self.best_metric!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
+        if self.amp not in AMP_MODES:
             raise ConfigError(f"run.amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.ablation and self.ablation not in ABLATIONS:
+            raise ConfigError(f"run.ablation must be empty or one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         return self
@@ -171,6 +182,9 @@ class TrainConfig:
 
 
 # The paper's ablations (Tables III-VI) as overrides on any recipe: `crab-rt train --recipe meld --ablation ce_only`.
+# `single_lr` (Table IV "w/o hierarchical lr": one rate, the head's, for every parameter) has no fixed override:
+# `load_recipe` sets optim.encoder_lr / encoder_eta_min to the recipe's optim.head_lr / head_eta_min.
+# `wav2vec2` is Table V's wav2vec 2.0 Large, which Table VI lists as "Large, 960 h": facebook/wav2vec2-large.
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "speech_only": ("model.head.modality='speech'", "loss.legs=['speech_unimodal','speech_pooled','classifier']"),
     "text_only": ("model.head.modality='text'", "loss.legs=['text_unimodal','text_pooled','classifier']"),
@@ -178,9 +192,9 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "ce_mpcl_classifier": ("loss.legs=['classifier']",),
     "mls_ce": ("loss.leg_loss='ce'",),
     "scl": ("loss.leg_loss='scl'",),
-    "single_lr": ("optim.encoder_lr=1e-5", "optim.encoder_eta_min=1e-6"),
+    "single_lr": (),
     "hubert": ("model.speech_encoder='facebook/hubert-large-ll60k'",),
-    "wav2vec2": ("model.speech_encoder='facebook/wav2vec2-large-robust'",),
+    "wav2vec2": ("model.speech_encoder='facebook/wav2vec2-large'",),
 }
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "run": RunConfig}
@@ -249,6 +263,10 @@ def recipe_path(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str | None, overrides: Sequence[str] = (), ablation: str | None = None) -> TrainConfig:
     """Load a recipe, apply an ablation from `ABLATIONS`, then `section.key=value` overrides; validate.
 
+    The ablation's name is recorded as `run.ablation` (checkpoints carry it, so evaluation can show the
+    ablation's own paper row); `run.ablation` cannot be set any other way. `single_lr` sets the encoders'
+    rate and floor to the head's after the overrides, so every parameter group gets the head's rate.
+
     Raises:
         ConfigError: unreadable TOML, unknown section or key, bad value.
     """
@@ -274,7 +292,21 @@ def load_recipe(name_or_path: str | None, overrides: Sequence[str] = (), ablatio
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a table")
         node[path_keys[-1]] = value
+    run = raw.get("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError("[run] must be a table")
+    recorded = run.get("ablation", "")
+    if "ablation" in run and recorded != (ablation or ""):
+        raise ConfigError(
+            f"run.ablation={recorded!r} is recorded from the ablation argument (crab-rt train --ablation NAME), "
+            f"not set directly; got ablation={ablation!r}"
+        )
+    if ablation is not None:
+        raw["run"] = {**run, "ablation": ablation}
     sections = {name: _coerce(cls, name, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    if ablation == "single_lr":
+        optim = sections["optim"]
+        sections["optim"] = replace(optim, encoder_lr=optim.head_lr, encoder_eta_min=optim.head_eta_min)
     config = TrainConfig(**sections)
     return config.validate()
 

@@ -64,8 +64,10 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on manifest splits; write `<split>.json` and a confusion PNG.
 
     Returns:
-        The metrics report (see `crab_rt.train.metrics.classification_report`), with
-        the file paths under "files".
+        The metrics report over all `splits` pooled (see `crab_rt.train.metrics.classification_report`),
+        with the file paths under "files", "per_split" ({split: {"num_samples", "war", "uar",
+        "macro_f1"}} for each split with labelled rows) and "ablation" (the paper ablation that trained
+        the checkpoint, from its training config's run.ablation; None when none or unrecorded).
 
     Raises:
         ManifestError: unknown labels, or the split has no labelled row.
@@ -87,6 +89,16 @@ def evaluate_checkpoint(
     report["modality"] = model.head.config.modality
     report["manifest"] = str(manifest)
     report["splits"] = list(splits)
+    y_pred = probs.argmax(1)
+    per_split = {}
+    for split in dict.fromkeys(splits):
+        idx = [i for i, r in enumerate(rows) if r.split == split]
+        if idx:
+            part = classification_report(y_true[idx].tolist(), y_pred[idx].tolist(), model.labels)
+            per_split[split] = {k: part[k] for k in ("num_samples", "war", "uar", "macro_f1")}
+    report["per_split"] = per_split
+    config = payload.get("config") or {}
+    report["ablation"] = (config.get("run") or {}).get("ablation") or None
     files = write_report(report, out_dir, stem="_".join(splits))
     report["files"] = {k: str(v) for k, v in files.items()}
     return report

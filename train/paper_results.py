@@ -18,6 +18,7 @@ from crab_rt.errors import ConfigError, ManifestError
 __all__ = [
     "PaperResult",
     "PAPER_RESULTS",
+    "ABLATION_ROWS",
     "paper_results",
     "compare_with_paper",
     "write_msp_submission",
@@ -42,7 +43,7 @@ def _rows(table: str, corpus: str, split: str, data: Sequence[tuple], note: str 
 
 
 PAPER_RESULTS: tuple[PaperResult, ...] = tuple(
-    # Table II: main comparison (IEMOCAP: leave-one-session-out; MELD: official test split).
+    # Table II: main comparison (IEMOCAP: the paper states no partitions or protocol; MELD: official test split).
     _rows(
         "II",
         "iemocap",
@@ -150,6 +151,20 @@ PAPER_RESULTS: tuple[PaperResult, ...] = tuple(
 )
 
 _MAIN_TABLES = {"II", "VII", "VIII"}
+
+# Each ablation of `crab_rt.train.config.ABLATIONS` -> its own row's model name in Tables III-V (MLCS rows for the
+# backbones; Table V's CE rows combine a backbone with ce_only, which is not one ablation).
+ABLATION_ROWS: dict[str, str] = {
+    "speech_only": "Crab speech only",
+    "text_only": "Crab text only",
+    "ce_only": "Crab CE",
+    "ce_mpcl_classifier": "Crab CE + MPCL",
+    "mls_ce": "Crab MLS + CE",
+    "scl": "Crab MLCS w/ SCL",
+    "single_lr": "Crab MLCS w/o hierarchical lr",
+    "hubert": "Crab HuBERT Large MLCS",
+    "wav2vec2": "Crab wav2vec 2.0 Large MLCS",
+}
 _CORPUS_ALIASES = {"msp": "msp-podcast", "msp_podcast": "msp-podcast", "msppodcast": "msp-podcast"}
 
 
@@ -165,7 +180,7 @@ def _norm_corpus(corpus: str) -> str:
 def _norm_split(corpus: str, split: str) -> str:
     s = split.strip().lower()
     if corpus == "iemocap":
-        # Our manifests name sessions; the paper reports one leave-one-session-out number.
+        # Our manifests name sessions; the paper reports one IEMOCAP number and states no partitions.
         return "test"
     known = sorted({r.split for r in PAPER_RESULTS if r.corpus == corpus})
     if s not in known:
@@ -200,7 +215,13 @@ def _delta(ours: float | None, ref: float | None) -> str:
     return f"{ours - ref:+.4f}"
 
 
-def compare_with_paper(corpus: str, split: str, ours: Mapping[str, float | None], name: str = "ours") -> str:
+def compare_with_paper(
+    corpus: str,
+    split: str,
+    ours: Mapping[str, float | None],
+    name: str = "ours",
+    ablation: str | None = None,
+) -> str:
     """Our metrics beside the paper's main-table rows (Tables II, VII, VIII) as a Markdown table.
 
     Args:
@@ -208,19 +229,29 @@ def compare_with_paper(corpus: str, split: str, ours: Mapping[str, float | None]
         split: the evaluated split ("test", "test1", "test2", "test3").
         ours: {"war": ..., "uar": ..., "macro_f1": ...}; absent keys show as "—".
         name: the label of our row.
+        ablation: the ablation (a key of `ABLATION_ROWS`) that trained the model, if any: its own
+            Table III-V row is added and our difference to it shown, beside the full Crab row.
 
     Returns:
-        Markdown text: one row per paper model, our row, and our difference to Crab.
+        Markdown text: one row per paper model, our row, and our difference to Crab (and to the
+        ablation's row).
 
     Raises:
-        ConfigError: unknown corpus, split or metric key.
+        ConfigError: unknown corpus, split, metric key or ablation.
     """
+    if ablation and ablation not in ABLATION_ROWS:
+        raise ConfigError(f"unknown ablation {ablation!r} (known: {', '.join(ABLATION_ROWS)})")
     unknown = sorted(set(ours) - {"war", "uar", "macro_f1"})
     if unknown:
         raise ConfigError(f"ours has unknown metric(s) {', '.join(unknown)} (expected war, uar, macro_f1)")
     rows = paper_results(corpus, split, tables=_MAIN_TABLES)
+    own = None
+    if ablation:
+        own = next((r for r in paper_results(corpus, split) if r.model == ABLATION_ROWS[ablation]), None)
     c = _norm_corpus(corpus)
-    title = f"{c} {split}" + (" (paper: leave-one-session-out)" if c == "iemocap" else "")
+    title = f"{c} {split}" + (" (the paper states no IEMOCAP partitions or protocol)" if c == "iemocap" else "")
+    if ablation:
+        title += f", ablation {ablation}"
     lines = [
         f"**{title}**",
         "",
@@ -230,13 +261,21 @@ def compare_with_paper(corpus: str, split: str, ours: Mapping[str, float | None]
     for r in rows:
         src = f"paper Table {r.table}" + (f" ({r.note})" if r.note else "")
         lines.append(f"| {r.model} | {_fmt(r.war)} | {_fmt(r.uar)} | {_fmt(r.macro_f1)} | {src} |")
+    if own is not None:
+        lines.append(f"| {own.model} | {_fmt(own.war)} | {_fmt(own.uar)} | {_fmt(own.macro_f1)} | "
+                     f"paper Table {own.table} (ablation {ablation}) |")
     w, u, f = ours.get("war"), ours.get("uar"), ours.get("macro_f1")
     lines.append(f"| {name} | {_fmt(w)} | {_fmt(u)} | {_fmt(f)} | this run |")
+    if own is not None:
+        lines.append(f"| {name} − {own.model} | {_delta(w, own.war)} | {_delta(u, own.uar)} | "
+                     f"{_delta(f, own.macro_f1)} | |")
     crab = next((r for r in rows if r.model == "Crab"), None)
     if crab is not None:
         lines.append(
             f"| {name} − Crab | {_delta(w, crab.war)} | {_delta(u, crab.uar)} | {_delta(f, crab.macro_f1)} | |"
         )
+    if ablation and own is None:
+        lines += ["", f"(the paper has no row for ablation {ablation} on {c} {split})"]
     return "\n".join(lines)
 
 

@@ -207,9 +207,9 @@ class Trainer:
         losses = []
         for emb in outputs.values():
             if loss_cfg.leg_loss == "mpcl":
-                losses.append(mpcl_loss(emb, labels, loss_cfg.temperature))
+                losses.append(mpcl_loss(emb, labels, loss_cfg.temperature, loss_cfg.no_positive))
             elif loss_cfg.leg_loss == "scl":
-                losses.append(scl_loss(emb, labels))
+                losses.append(scl_loss(emb, labels, no_positive=loss_cfg.no_positive))
             else:
                 losses.append(weighted_cross_entropy(emb, labels, self.weights))
         return torch.stack(losses).mean()

@@ -176,9 +176,10 @@ def prepare_iemocap(root: str | Path, out: str | Path) -> PrepareSummary:
 def iemocap_fold_splits(test_session: int, dev: str = "test") -> dict[str, list[str]]:
     """Leave-one-session-out fold: which manifest splits (sessions) train, validate and test.
 
-    IEMOCAP has no official split. The usual protocol (and the one the paper's
-    numbers are compared against) trains on four sessions and tests on the fifth;
-    the paper does not say what it selected checkpoints on.
+    IEMOCAP has no official split. A common protocol in the literature trains on
+    four sessions and tests on the fifth; the Crab paper states no protocol for
+    its IEMOCAP numbers (it only notes that IEMOCAP has no official partitions),
+    nor what it selected checkpoints on, so this fold is crab-rt's choice.
 
     Args:
         test_session: 1..5, the held-out session.
