@@ -96,6 +96,21 @@ def test_models_tiny_same_inputs_across_backends(tmp_path, cache, capsys):
     assert "ratio speech+text+head" in capsys.readouterr().out
 
 
+def test_soak_tiny_samples_memory_and_counts_events(tmp_path, cache):
+    rc = main(["soak", "--duration-s", "60", "--loop-s", "12", "--sample-every-s", "15", "--threads", "1",
+               "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet", "--no-plots"])
+    assert rc == 0
+    data = _load(tmp_path / "soak_tiny.json", {
+        "type": "object",
+        "required": ["audio_s", "events", "dropped_utterances", "rss_samples", "rss_mb", "target"],
+    })
+    assert data["audio_s"] == 60.0 and data["dropped_utterances"] == 0
+    assert [s["audio_s"] for s in data["rss_samples"]] == [0.0, 15.0, 30.0, 45.0, 60.0]
+    assert all(s["rss_mb"] > 0 for s in data["rss_samples"])
+    assert data["events"] >= 10 and data["events"] == data["latency_records"]  # every utterance of 5 rounds
+    assert data["rss_mb"]["max"] == max(s["rss_mb"] for s in data["rss_samples"])
+
+
 def test_e2e_tiny(tmp_path, cache, capsys):
     rc = main(["e2e", "--preset", "tiny", "--duration-s", "8", "--no-realtime", "--threads", "1",
                "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet"])
@@ -236,7 +251,7 @@ def _kind_modules():
     return {kind: importlib.import_module(module) for kind, (module, _) in KINDS.items()}
 
 
-@pytest.mark.parametrize("kind", ["models", "e2e", "concurrency", "asr", "vad"])
+@pytest.mark.parametrize("kind", ["models", "e2e", "concurrency", "asr", "vad", "soak"])
 def test_config_defaults_are_the_flags_defaults(kind):
     """One owner per default: the flags default to None and the parsed config is the config class's default."""
     import dataclasses

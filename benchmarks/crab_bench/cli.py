@@ -28,6 +28,7 @@ KINDS = {
     "concurrency": ("crab_bench.concurrency", "N streams through one pipeline: latency and throughput vs N"),
     "asr": ("crab_bench.asr", "faster-whisper latency per utterance vs length, per model and compute type"),
     "vad": ("crab_bench.vad", "Silero VAD (and the segmenter) cost per 32 ms frame"),
+    "soak": ("crab_bench.soak", "a long stream (an hour of audio by default), faster than real time: RSS and drops"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import ClassVar
 
 from crab_bench.bundles import PRESETS, check_asr_spec
 from crab_bench.common import (
@@ -60,13 +61,15 @@ class PipelineBenchConfig(CommonBenchConfig):
     chunk_ms: float = 32.0
     ort_spinning: bool = False
 
+    MAX_DURATION_S: ClassVar[float] = 3600.0
+
     def validate(self) -> None:
         super().validate()
         check_choice("--preset", self.preset, PRESETS)
         check_choice("--backend", self.backend, BACKEND_NAMES)
         check_asr_spec("--asr", self.asr)
         check_compute_type("--asr-compute-type", self.asr_compute_type)
-        check_range("--duration-s", self.duration_s, 1, 3600)
+        check_range("--duration-s", self.duration_s, 1, self.MAX_DURATION_S)
         check_range("--chunk-ms", self.chunk_ms, 1, 1000)
 
 
