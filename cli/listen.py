@@ -139,7 +139,26 @@ def _open_output(path: str):
         raise ConfigError(f"--output {path}: cannot write: {e.strerror or e}") from e
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    """SIGTERM (systemd, `docker stop`) ends a run as Ctrl-C does: the utterance in flight is emitted, exit 0."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    """`crab-rt listen`, with SIGTERM handled like Ctrl-C for the duration of the run."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     import time
 
     from crab_rt.bundle import load_bundle

@@ -111,3 +111,35 @@ def test_onnxruntime_threads_do_not_spin_unless_asked(bundle):
 
     assert spinning(load_sessions(bundle, "onnxruntime", threads=2)[0]) == {"0"}
     assert spinning(load_sessions(bundle, "auto", threads=2, spinning=True)[0]) == {"1"}
+
+
+def test_auto_fp16_on_the_cpu_warns_it_runs_fp32(bundle, caplog):
+    import logging
+
+    from crab_rt.backends.select import load_sessions
+
+    with caplog.at_level(logging.WARNING, logger="crab_rt"):
+        _, choice = load_sessions(bundle, "auto", precision="fp16")
+    if choice.device != "cpu":
+        pytest.skip("a GPU backend started here")
+    assert choice.precision == "fp32"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["fp16 needs a GPU backend; running fp32 on the CPU"]
+
+
+def test_torch_backend_keeps_the_key_padding_mask_warning_quiet(bundle):
+    """torch's "mismatched key_padding_mask" UserWarning is silenced around the torch backend's call only."""
+    import warnings
+
+    from crab_rt.runtime.emotion_model import EmotionModel
+
+    model = EmotionModel.load(bundle, "torch")
+    audios, texts = _inputs()  # two lengths: padding masks are in play
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.predict(audios, texts)
+    assert not [w for w in caught if "key_padding_mask" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:  # not silenced process-wide
+        warnings.simplefilter("always")
+        warnings.warn("Support for mismatched key_padding_mask and attn_mask is deprecated.", UserWarning, stacklevel=1)
+    assert len(caught) == 1

@@ -217,3 +217,29 @@ def test_pretty_summary_goes_to_stderr(tiny_bundle, conversation, capsys):
     assert code == 0
     assert out and all(line.startswith("[") for line in out.splitlines())  # events only
     assert any(line.startswith("utterances ") for line in err)
+
+
+# ---- 11a: a truncated WAV (header claims more than the file holds) is decoded as far as it goes, with a warning ---
+def test_truncated_wav_is_decoded_with_a_warning(conversation, tmp_path, caplog):
+    import soundfile as sf
+
+    from crab_rt.audio import load_audio
+    from crab_rt.runtime.sources import FileSource
+
+    full = tmp_path / "full.wav"
+    tone = (np.sin(np.arange(int(15.8 * 16000)) / 7.0) * 0.3).astype(np.float32)
+    sf.write(str(full), tone, 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full.read_bytes()[: 44 + 2 * 16000 * 2])  # header says 15.8 s, the file holds 2 s
+    for decode in (load_audio, lambda p: np.concatenate(list(FileSource(p)))):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="crab_rt"):
+            audio = decode(cut)
+        assert audio.size == 2 * 16000
+        np.testing.assert_allclose(audio, tone[: audio.size], atol=1e-4)
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and "cut.wav" in warned[0] and "15.8 s" in warned[0] and "2.0 s" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crab_rt"):
+        load_audio(full)
+    assert not caplog.records  # a whole file: no warning

@@ -233,8 +233,10 @@ print(n, bad)
     assert int(proc.stdout.split()[0]) >= 1
 
 
-def test_ctrl_c_flushes_and_exits_0(bundle, conversation):
-    """SIGINT in the middle of a real-time replay: the utterances so far are emitted, exit 0."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_flushes_and_exits_0(bundle, conversation, sig):
+    """SIGINT (Ctrl-C) or SIGTERM (systemd, docker stop) in the middle of a real-time replay: the utterances so far
+    are emitted, the summary is printed, exit 0."""
     import signal
     import time
 
@@ -245,12 +247,80 @@ def test_ctrl_c_flushes_and_exits_0(bundle, conversation):
     )
     second_turn_end = conversation[1][1]["end_s"]
     time.sleep(second_turn_end + 2.5)  # startup, then the second turn and its hangover have passed
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert 2 <= len(events) < len(conversation[1])
-    assert "interrupted" in err
+    assert "interrupted; " in err  # the summary line
+
+
+def test_listen_restores_the_sigterm_handler(bundle, conversation):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["listen", "--bundle", str(bundle), "--input", str(conversation[0]), "--no-asr",
+                 "--backend", "onnxruntime", "--quiet"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("num_streams", [20, 60])
+def test_close_while_threads_feed_ends_every_stream(bundle, conversation, num_streams):
+    """close() from one thread while four others feed the streams: no wait() or events() hangs, later accept raises."""
+    import threading
+    import time
+
+    from crab_rt.audio import load_audio
+
+    audio = load_audio(conversation[0])
+    pipeline = _pipeline(bundle, max_in_flight=4)
+    streams = [pipeline.create_stream(f"s{i}") for i in range(num_streams)]
+    refused = []
+
+    def feed(mine):
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the conversation over and over, until close() refuses
+                for i in range(0, audio.size, 3200):
+                    for stream in mine:
+                        stream.accept(audio[i: i + 3200])
+        except RuntimeError as e:
+            refused.append(str(e))
+
+    feeders = [threading.Thread(target=feed, args=(streams[k::4],), daemon=True) for k in range(4)]
+    for t in feeders:
+        t.start()
+    time.sleep(1.0)  # some utterances are in flight, some streams mid-utterance
+    closer = threading.Thread(target=pipeline.close, daemon=True)
+    closer.start()
+    closer.join(60)
+    assert not closer.is_alive(), "close() hangs"
+    for t in feeders:
+        t.join(30)
+        assert not t.is_alive(), "a feeder hangs"
+    assert refused and all("pipeline closed" in m for m in refused)
+
+    results = {}
+
+    def drain(stream):
+        try:
+            results[stream.stream_id] = (stream.wait(), len(list(stream.events())))
+        except RuntimeError as e:
+            results[stream.stream_id] = e
+
+    readers = [threading.Thread(target=drain, args=(s,), daemon=True) for s in streams]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(10)
+    assert len(results) == num_streams, f"{num_streams - len(results)} streams hang in wait()/events()"
+    assert all(r[0] is True for r in results.values() if not isinstance(r, BaseException))
+    assert sum(s.emitted for s in streams) == sum(r[1] for r in results.values())  # every event delivered
+    for stream in streams:
+        with pytest.raises(RuntimeError, match="pipeline closed"):
+            stream.accept(audio[:10])  # a chunk too small to finish any utterance is refused too
+        with pytest.raises(RuntimeError, match="pipeline closed"):
+            stream.flush()
 
 
 def _failing(message, gate=None):

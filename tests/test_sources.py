@@ -273,3 +273,56 @@ def test_real_microphone_if_available():
     with MicrophoneSource(chunk_ms=32) as mic:
         chunk = next(iter(mic))
     assert chunk.dtype == np.float32 and chunk.ndim == 1
+
+
+def _twenty_seconds(rate, channels=1):
+    t = np.arange(20 * rate) / rate
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t))
+    return np.stack([x, -x * 0.5], axis=1)[:, :channels].astype(np.float32) if channels > 1 else x.astype(np.float32)
+
+
+@pytest.mark.parametrize("name, rate, channels, subtype", [
+    ("a.wav", 16000, 1, "PCM_16"), ("b.wav", 44100, 2, "PCM_16"), ("c.flac", 16000, 1, "PCM_16"),
+    ("d.flac", 48000, 1, "PCM_24"), ("e.ogg", 22050, 1, "VORBIS"),
+])
+def test_file_source_streams_what_load_audio_decodes_whole(tmp_path, name, rate, channels, subtype):
+    """20 s files in several formats and rates: the streamed chunks equal the whole-file decode, memory is bounded."""
+    import soundfile as sf
+
+    path = tmp_path / name
+    sf.write(str(path), _twenty_seconds(rate, channels), rate, subtype=subtype)
+    whole = load_audio(path)
+    src = FileSource(path, chunk_ms=32)
+    chunks = list(src)
+    assert all(c.size == 512 for c in chunks[:-1]) and 0 < chunks[-1].size <= 512
+    streamed = np.concatenate(chunks)
+    assert streamed.size == whole.size
+    if rate == 16000:
+        np.testing.assert_array_equal(streamed, whole)
+    else:  # soxr streaming vs one call: float rounding only
+        np.testing.assert_allclose(streamed, whole, atol=1e-5)
+    assert 0 < src.max_buffered_samples <= 512 + 8192  # one chunk's rest plus one decoded block, never the file
+
+
+def test_file_source_streams_a_pyav_only_format(tmp_path):
+    """A format soundfile cannot read (AAC in MP4, via PyAV): decoded frame by frame, same samples as whole."""
+    av = pytest.importorskip("av")
+    path = tmp_path / "f.m4a"
+    rate = 44100
+    x = _twenty_seconds(rate)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for i in range(0, x.size, 1024):
+            frame = av.AudioFrame.from_ndarray(x[None, i: i + 1024], format="flt", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    whole = load_audio(path)
+    src = FileSource(path, chunk_ms=32)
+    streamed = np.concatenate(list(src))
+    np.testing.assert_array_equal(streamed, whole)
+    assert abs(whole.size - 20 * 16000) < 16000
+    assert src.max_buffered_samples <= 512 + 8192

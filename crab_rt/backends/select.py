@@ -8,11 +8,14 @@ torch`), so an `auto` runtime never imports torch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from crab_rt.backends.base import BACKEND_NAMES, GraphSession
 from crab_rt.bundle import PRECISIONS, Bundle
 from crab_rt.errors import BackendError, ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BackendChoice", "load_sessions", "cuda_device_count", "check_gpu_index"]
 
@@ -175,6 +178,8 @@ def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int, spinnin
                 reasons.append(f"onnxruntime {ep}: {str(e).splitlines()[0]}")
     if gpu is not None:
         reasons.append("no GPU backend could start, running on the CPU")
+    if precision == "fp16":
+        logger.warning("fp16 needs a GPU backend; running fp32 on the CPU")
     sessions = _ort(bundle, "cpu", 0, "fp32", threads, spinning)
     return sessions, BackendChoice("onnxruntime", "cpu", "CPUExecutionProvider", "fp32",
                                    "auto: " + "; ".join(reasons + ["no GPU provider in onnxruntime, using the CPU"]))

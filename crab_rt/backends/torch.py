@@ -14,6 +14,7 @@ serves from ONNX Runtime or TensorRT.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -62,7 +63,11 @@ class TorchSession(GraphSession):
 
         check_inputs(self, inputs)
         t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in inputs.items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # torch's MultiheadAttention warns "Support for mismatched key_padding_mask and attn_mask is deprecated"
+            # on every call with our bool padding masks; it is harmless here and would flood `crab-rt listen`'s
+            # stderr, so that one warning is silenced for this call only (not process-wide).
+            warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*", category=UserWarning)
             forward = self._forward
             if self.name == "speech_encoder":
                 hidden, mask = forward(t["input_values"], t["attention_mask"])

@@ -43,6 +43,13 @@ Contract
 - A stream's state is read-only properties: `in_speech`, `samples_accepted`,
   `emitted`, `dropped_utterances`, `dropped_events`, `flushed`, `error`.
 - `pipeline.close()` waits for work in flight, stops the workers; idempotent.
+  It ends every stream, also while other threads still feed them: each
+  utterance submitted before the close produces its event; one submitted
+  after it is refused (that `accept`/`flush` raises `RuntimeError`
+  "pipeline closed"); then every stream's `wait()` returns and its
+  `events()` ends after the events already delivered. Audio still inside a
+  stream's segmenter (not flushed) is discarded. Every later `accept` or
+  `flush` on any stream of the closed pipeline raises `RuntimeError`.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +161,7 @@ class _Outbox:
         self.cond = threading.Condition()
         self.pending = 0
         self.input_closed = False  # flush() was called
+        self.pipeline_closed = False  # Pipeline.close() ended this stream
         self.ended = False  # the end marker is in the event queue
         self.error: BaseException | None = None
         self.emitted = 0
@@ -172,6 +181,14 @@ class _Outbox:
 
     def close_input(self) -> None:
         with self.cond:
+            self.input_closed = True
+            self.cond.notify_all()
+        self._end_if_done()
+
+    def end_by_close(self) -> None:
+        """The pipeline closed: no more work will come; wake waiters and end `events()`."""
+        with self.cond:
+            self.pipeline_closed = True
             self.input_closed = True
             self.cond.notify_all()
         self._end_if_done()
@@ -300,6 +317,10 @@ class Stream:
         if error is not None:
             raise error
 
+    def _raise_if_closed(self) -> None:
+        if self._outbox.pipeline_closed:
+            raise RuntimeError(f"stream {self.stream_id}: pipeline closed")
+
     def _submit_all(self, utterances: list[Utterance]) -> None:
         for utt in utterances:
             if not self._submit(self._outbox, utt):
@@ -308,6 +329,7 @@ class Stream:
     def accept(self, samples: np.ndarray) -> int:
         """Feed audio; returns how many utterances this call submitted (dropped ones included)."""
         self._raise_if_failed()
+        self._raise_if_closed()
         if self.flushed:
             raise RuntimeError(f"stream {self.stream_id}: accept() after flush()")
         utterances = self._front_end.accept(samples)
@@ -318,6 +340,7 @@ class Stream:
     def flush(self) -> int:
         """End of input: submit the utterance in flight; returns how many were submitted."""
         self._raise_if_failed()
+        self._raise_if_closed()
         if self.flushed:
             return 0
         utterances = self._front_end.flush()
@@ -332,8 +355,12 @@ class Stream:
         """
         outbox = self._outbox
         with outbox.cond:
-            done = outbox.cond.wait_for(lambda: outbox.pending == 0 or outbox.error is not None, timeout)
+            done = outbox.cond.wait_for(
+                lambda: outbox.pending == 0 or outbox.error is not None or outbox.pipeline_closed, timeout)
+            abandoned = outbox.pending if outbox.pipeline_closed else 0
         self._raise_if_failed()
+        if abandoned:  # not expected: close() drains every submitted utterance first
+            raise RuntimeError(f"stream {self.stream_id}: pipeline closed with {abandoned} utterance(s) unfinished")
         return done
 
     def get_event(self, timeout: float | None = None) -> EmotionEvent | None:
@@ -413,7 +440,8 @@ class Pipeline:
         self._fusion_q: queue.Queue = queue.Queue()
         self._ids = itertools.count()
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _closed, _outboxes, error and the submit/close handover
+        self._outboxes: weakref.WeakSet[_Outbox] = weakref.WeakSet()
         self.error: BaseException | None = None  # first worker failure; raised by `check()`
         self.latencies = LatencyStats()  # every event's stage timings, bounded memory
         self.started = time.perf_counter()
@@ -428,29 +456,38 @@ class Pipeline:
     def create_stream(self, stream_id: str | None = None,
                       on_event: Callable[[EmotionEvent], None] | None = None) -> Stream:
         """A new stream with its own VAD state and segmenter."""
-        if self._closed:
-            raise RuntimeError("create_stream() on a closed pipeline")
         stream_id = stream_id or f"stream-{next(self._ids)}"
         outbox = _Outbox(stream_id, on_event, self.config.event_queue_size)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("create_stream() on a closed pipeline")
+            self._outboxes.add(outbox)
         return Stream(stream_id, StreamFrontEnd(self.vad, self.config.segmenter), outbox, self._submit)
 
     # ---- scheduling -----------------------------------------------------------------
     def _submit(self, outbox: _Outbox, utt: Utterance) -> bool:
         """Queue one utterance of a stream; False when the overflow policy dropped it."""
+        closed = RuntimeError(f"stream {outbox.stream_id}: pipeline closed")
         if self._closed:
-            raise RuntimeError("pipeline is closed")
+            raise closed
         if self.config.overflow == "block":
-            self._admission.acquire()
+            while not self._admission.acquire(timeout=0.1):  # wakes up to see a close()
+                if self._closed:
+                    raise closed
         elif not self._admission.acquire(blocking=False):
             logger.warning("stream %s: dropped utterance at %.1f-%.1f s (%d in flight, overflow=drop)",
                            outbox.stream_id, utt.start_s, utt.end_s, self.config.max_in_flight)
             return False
-        outbox.add()
         parts = int(self.model.uses_speech) + 1  # speech encoder (if any) and ASR (or its stand-in)
         job = _Job(outbox, utt, parts)
-        if self.model.uses_speech:
-            self._speech_q.put(job)
-        self._asr_q.put(job)
+        with self._lock:  # close() puts the workers' stop marker under this lock: a job is queued before it or refused
+            if self._closed:
+                self._admission.release()
+                raise closed
+            outbox.add()
+            if self.model.uses_speech:
+                self._speech_q.put(job)
+            self._asr_q.put(job)
         return True
 
     def _part_done(self, job: _Job) -> None:
@@ -577,16 +614,21 @@ class Pipeline:
 
     # ---- lifecycle --------------------------------------------------------------------
     def close(self) -> None:
-        """Finish the work in flight and stop the workers. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for q in (self._speech_q, self._asr_q):
-            q.put(_STOP)
+        """Finish the work in flight, stop the workers and end every stream. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True  # from here on _submit refuses: nothing is queued behind the stop markers
+            for q in (self._speech_q, self._asr_q):
+                q.put(_STOP)
         self._workers[0].join()
         self._workers[1].join()
         self._fusion_q.put(_STOP)
         self._workers[2].join()
+        with self._lock:
+            outboxes = list(self._outboxes)
+        for outbox in outboxes:  # every submitted job has been delivered or abandoned: pending is 0
+            outbox.end_by_close()
         self.model.close()
 
     def __enter__(self) -> Pipeline:

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from crab_rt.audio import SAMPLE_RATE, load_audio
+from crab_rt.audio import SAMPLE_RATE, AudioReader
 from crab_rt.errors import AudioError, ConfigError, DependencyError, missing_dependency
 
 __all__ = [
@@ -83,11 +83,17 @@ class AudioSource:
 
 
 class FileSource(AudioSource):
-    """Chunks of an audio or video file (decoded whole on construction).
+    """Chunks of an audio or video file, decoded as it is read (`crab_rt.audio.AudioReader`).
+
+    Memory does not grow with the file's length: the source holds one decoded block (about 0.5 s of input)
+    and one chunk at a time (`max_buffered_samples` records the most it held). The chunks concatenated equal
+    `load_audio(path)` (within soxr's float rounding when the file is not 16 kHz). The file is opened on
+    construction, so a missing or undecodable file fails there; a file that only decoding can tell is empty or
+    has NaN samples raises `AudioError` while iterating. Iterating again decodes the file again.
 
     Args:
         path: WAV, FLAC, MP3, MP4, ... (see `crab_rt.audio.load_audio`).
-        chunk_ms: chunk length in milliseconds.
+        chunk_ms: chunk length in milliseconds; every chunk but the last has exactly this many samples.
         realtime: pace chunks at 1x wall clock (a chunk is yielded once its
             last sample would have been recorded), to simulate a live source.
 
@@ -100,29 +106,67 @@ class FileSource(AudioSource):
         self.path = Path(path)
         self.chunk_samples = _chunk_samples(chunk_ms, SAMPLE_RATE)
         self.realtime = realtime
-        self.audio = load_audio(self.path)
+        self._reader: AudioReader | None = AudioReader(self.path)
         self._closed = False
+        self.max_buffered_samples = 0  # the most decoded samples the source held at once
 
     @property
-    def duration_s(self) -> float:
-        """Length of the decoded file in seconds."""
-        return self.audio.size / SAMPLE_RATE
+    def duration_s(self) -> float | None:
+        """Length of the file in seconds, as its header gives it (None when it gives none)."""
+        reader = self._reader or AudioReader(self.path)
+        try:
+            return reader.duration_s
+        finally:
+            if reader is not self._reader:
+                reader.close()
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        if self._closed:
+            return
+        reader, self._reader = self._reader or AudioReader(self.path), None
         t0 = time.perf_counter()
-        for start in range(0, self.audio.size, self.chunk_samples):
-            if self._closed:
-                return
-            chunk = self.audio[start : start + self.chunk_samples]
-            if self.realtime:
-                delay = t0 + (start + chunk.size) / SAMPLE_RATE - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            yield chunk
+        sent = 0
+        pending: list[np.ndarray] = []  # decoded samples not yet yielded, less than one chunk plus one block
+        held = 0
+        try:
+            for block in reader:
+                pending.append(block)
+                held += block.size
+                self.max_buffered_samples = max(self.max_buffered_samples, held)
+                if held < self.chunk_samples:
+                    continue
+                buffer = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                full = buffer.size - buffer.size % self.chunk_samples
+                for start in range(0, full, self.chunk_samples):
+                    if self._closed:
+                        return
+                    chunk = buffer[start: start + self.chunk_samples]
+                    sent = self._pace(t0, sent, chunk.size)
+                    yield chunk
+                pending = [buffer[full:]] if full < buffer.size else []
+                held = buffer.size - full
+            if held and not self._closed:
+                chunk = np.concatenate(pending)
+                self._pace(t0, sent, chunk.size)
+                yield chunk
+        finally:
+            reader.close()
+
+    def _pace(self, t0: float, sent: int, size: int) -> int:
+        """With `realtime`, sleep until the chunk's last sample would have been recorded; returns samples sent."""
+        sent += size
+        if self.realtime:
+            delay = t0 + sent / SAMPLE_RATE - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        return sent
 
     def close(self) -> None:
-        """Stop iteration at the next chunk."""
+        """Stop iteration at the next chunk and close the file."""
         self._closed = True
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class PcmStreamSource(AudioSource):
