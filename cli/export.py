@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                       "fp16 vs fp32 tolerance on probabilities, max abs error")
     add_config_option(p, "--max-batch", ExportOptions, "max_batch", "largest batch in the recorded shape ranges")
     add_config_option(p, "--no-parity", ExportOptions, "parity", "skip the parity checks (not recommended)")
+    add_config_option(p, "--no-torch-weights", ExportOptions, "torch_weights",
+                      "leave the torch weights (model.pt) out of the bundle: smaller, runs on onnxruntime and "
+                      "tensorrt only, not on --backend torch")
     p.set_defaults(func=run)
 
 

@@ -1,8 +1,11 @@
 """Model bundles on the runtime side: read and verify a folder written by `crab-rt export`.
 
 A bundle is a folder with `manifest.json` and the files it lists (ONNX graphs
-per precision, `tokenizer.json`, a model-only torch checkpoint, and optionally
-a CTranslate2 Whisper model under `asr/`). Every listed file carries a sha256
+per precision, `tokenizer.json`, a model-only torch checkpoint `model.pt`
+unless exported with `--no-torch-weights` (manifest `"torch": null`: the bundle
+then runs on ONNX Runtime and TensorRT only), and optionally a CTranslate2
+Whisper model under `asr/`). A listed file is never optional: a listed
+`model.pt` that is missing is refused like any other missing file. Every listed file carries a sha256
 that `load_bundle` checks, so a truncated copy or a hand-edited graph is
 refused with one line naming the file. This module needs neither torch nor onnx.
 
@@ -42,6 +45,7 @@ __all__ = [
     "PRECISIONS",
     "ASR_FOLDER",
     "Bundle",
+    "NO_TORCH_WEIGHTS",
     "load_bundle",
     "sha256_file",
 ]
@@ -51,6 +55,9 @@ BUNDLE_FORMAT_VERSION = 2  # 2: relocatable; a local ASR model is copied in (see
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
 ASR_FOLDER = "asr"  # where `crab-rt export --asr FOLDER` copies a local CTranslate2 model
+
+NO_TORCH_WEIGHTS = ("{root}: this bundle has no torch weights (exported with --no-torch-weights); "
+                    "use --backend onnxruntime or tensorrt")
 
 log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "small.en" or a hub id "owner/name"
@@ -171,8 +178,19 @@ class Bundle:
         return None if not entry else self.root / entry["file"]
 
     @property
+    def has_torch_weights(self) -> bool:
+        """Whether the bundle holds the torch weights (False when exported with --no-torch-weights)."""
+        return bool(self.manifest.get("torch"))
+
+    @property
     def torch_checkpoint_path(self) -> Path:
-        """The model-only torch checkpoint (for the torch reference backend)."""
+        """The model-only torch checkpoint (for the torch reference backend).
+
+        Raises:
+            BundleError: the bundle was exported without torch weights.
+        """
+        if not self.has_torch_weights:
+            raise BundleError(NO_TORCH_WEIGHTS.format(root=self.root))
         return self.root / self.manifest["torch"]["file"]
 
     @property

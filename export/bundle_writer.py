@@ -47,6 +47,9 @@ class ExportOptions:
         asr_model: the runtime's ASR model, or None: a faster-whisper name or hub id (recorded
             as a name) or a local CTranslate2 folder (copied into the bundle).
         max_batch: largest batch in the recorded shape ranges (TensorRT profiles).
+        torch_weights: write the model-only torch checkpoint `model.pt` (for `--backend torch`). Without it
+            (`crab-rt export --no-torch-weights`) the bundle is smaller, runs on ONNX Runtime and TensorRT
+            only, and its manifest records `"torch": null`.
     """
 
     precision: str = "fp32"
@@ -56,6 +59,7 @@ class ExportOptions:
     fp16_tolerance: float = 1e-2
     asr_model: str | None = None
     max_batch: int = 8
+    torch_weights: bool = True
 
     def validate(self) -> ExportOptions:
         if self.precision not in PRECISIONS:
@@ -244,13 +248,16 @@ def export_bundle(
                 )
                 log.info("  probabilities max err %.1e OK", fp16_parity["probabilities"])
 
-        log.info("writing tokenizer, torch weights and manifest...")
+        log.info("writing tokenizer, %smanifest...", "torch weights and " if options.torch_weights else "")
         tokenizer_entry = None
         if tokenizer is not None and modality != "speech":
             tok_path = tokenizer.save(tmp / "tokenizer.json")
             tokenizer_entry = {"file": tok_path.name, "sha256": sha256_file(tok_path)}
-        torch_path = tmp / "model.pt"
-        torch.save(_model_only_payload(payload), torch_path)
+        torch_entry = None  # "torch": null records an export with --no-torch-weights
+        if options.torch_weights:
+            torch_path = tmp / "model.pt"
+            torch.save(_model_only_payload(payload), torch_path)
+            torch_entry = {"file": torch_path.name, "sha256": sha256_file(torch_path)}
         asr_entry = {"model": options.asr_model} if asr_source is None else _copy_asr(asr_source, tmp)
 
         dims = {
@@ -270,7 +277,7 @@ def export_bundle(
             "graphs": entries,
             "shape_ranges": shape_ranges(model, max_audio_s, max_text_tokens, options.max_batch),
             "tokenizer": tokenizer_entry,
-            "torch": {"file": torch_path.name, "sha256": sha256_file(torch_path)},
+            "torch": torch_entry,
             "asr": asr_entry,
             "provenance": {
                 "checkpoint": str(checkpoint.resolve()),

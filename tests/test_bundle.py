@@ -48,6 +48,7 @@ def test_round_trip_fields(exported):
     assert b.graph_path("head") == exported / "head.onnx" and b.graph_path("head").is_file()
     assert b.tokenizer_path == exported / "tokenizer.json" and b.tokenizer_path.is_file()
     assert b.torch_checkpoint_path == exported / "model.pt" and b.torch_checkpoint_path.is_file()
+    assert b.has_torch_weights
     assert b.manifest["format_version"] == BUNDLE_FORMAT_VERSION
     with pytest.raises(dataclasses.FrozenInstanceError):
         b.modality = "text"
@@ -90,6 +91,23 @@ def test_missing_file_is_refused(copy):
     (copy / "tokenizer.json").unlink()
     with pytest.raises(BundleError, match=r"tokenizer\.json: file listed in manifest\.json is missing"):
         load_bundle(copy, verify=False)
+
+
+def test_listed_torch_weights_missing_is_refused(copy):
+    (copy / "model.pt").unlink()  # only an export with --no-torch-weights may leave it out
+    with pytest.raises(BundleError, match=r"model\.pt: file listed in manifest\.json is missing"):
+        load_bundle(copy, verify=False)
+
+
+def test_bundle_without_torch_weights_loads_and_says_so(copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "model.pt").unlink()
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "torch": None}))
+    b = load_bundle(copy)
+    assert not b.has_torch_weights and b.graph_path("head").is_file()
+    with pytest.raises(BundleError, match=r"no torch weights \(exported with --no-torch-weights\); use --backend "
+                       r"onnxruntime or tensorrt"):
+        _ = b.torch_checkpoint_path
 
 
 def test_corrupt_manifest_is_refused(copy):

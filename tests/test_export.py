@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -281,6 +282,36 @@ def test_cli_speech_only_export(tmp_path, capsys):
     assert bundle.asr_model is None
     with pytest.raises(BundleError, match="modality speech.* has no text_encoder graph"):
         bundle.graph_path("text_encoder")
+
+
+def test_cli_export_without_torch_weights_runs_on_onnxruntime_only(checkpoint, tmp_path, capsys):
+    from crab_rt.backends.select import load_sessions
+    from crab_rt.runtime.emotion_model import EmotionModel
+
+    out = tmp_path / "no_torch"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--no-torch-weights"]) == 0
+    capsys.readouterr()
+    assert not (out / "model.pt").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "torch" in manifest and manifest["torch"] is None  # recorded, not forgotten
+    bundle = load_bundle(out)  # hashes verified; nothing else missing
+    assert not bundle.has_torch_weights
+    model = EmotionModel.load(bundle, "onnxruntime")
+    audio = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    probs = model.predict([audio], ["i love this so much"])
+    assert probs.shape == (1, 4) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    _, choice = load_sessions(bundle, "auto")
+    assert choice.backend != "torch"
+    message = "has no torch weights (exported with --no-torch-weights); use --backend onnxruntime or tensorrt"
+    with pytest.raises(BundleError, match=re.escape(message)) as e:
+        EmotionModel.load(bundle, "torch")
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(out))
+    with pytest.raises(BundleError, match=re.escape(message)):
+        _ = bundle.torch_checkpoint_path
+    # A bundle that lists model.pt but lost it is still a broken bundle, not a torch-less one.
+    (out / "manifest.json").write_text(json.dumps({**manifest, "torch": {"file": "model.pt", "sha256": "0" * 64}}))
+    with pytest.raises(BundleError, match=r"model\.pt: file listed in manifest\.json is missing"):
+        load_bundle(out)
 
 
 def test_cli_missing_checkpoint(tmp_path, capsys):

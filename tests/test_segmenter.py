@@ -125,6 +125,72 @@ def test_max_length_split_is_contiguous():
     assert out[-1].speech_end_s == pytest.approx(45 * FS)
 
 
+def _talk_probs(n_frames: int) -> list[float]:
+    """Speech-like VAD stream: 5 silent frames, then 0.8 s phrases with 0.19 s pauses (shorter than the
+    hangover, so one long utterance), the pauses dipping below end_threshold; 15 silent frames at the end."""
+    probs = [0.0] * 5
+    while len(probs) < n_frames - 15:
+        probs += [0.9] * 19 + [0.1] * 6
+    return probs[: n_frames - 15] + [0.0] * 15
+
+
+@pytest.mark.parametrize("phase", range(0, 25, 3))
+def test_forced_splits_of_continuous_speech_are_sample_contiguous(phase):
+    # 30 s of talk with short pauses, max_utterance_s 12 (default rolls: 300 ms pre, 100 ms post).
+    # The phase moves the cuts: at phase 0 the limit falls in a pause (a silence run in progress) and the
+    # piece after that cut used to start with 300 ms of pre-roll the previous piece had already delivered;
+    # other phases cut mid-phrase, exactly at the limit.
+    seg = Segmenter(SegmenterConfig(max_utterance_s=12.0))
+    n = int(30 * 16000 / F) + 1
+    audio = np.arange(n * F, dtype=np.float32)  # every sample distinct
+    probs = [0.0] * phase + _talk_probs(n - phase)
+    out = []
+    for k, p in enumerate(probs):
+        out += seg.push(audio[k * F : (k + 1) * F], p)
+    last = seg.flush()
+    out += [last] if last is not None else []
+    assert len(out) == 3, [(u.start_s, u.end_s) for u in out]
+    assert [u.forced_split for u in out] == [True, True, False]
+    assert [u.utterance_index for u in out] == [0, 1, 2]
+    assert all(u.audio.size <= 12 * 16000 for u in out)
+    for a, b in zip(out, out[1:]):
+        a_end, b_start = int(round(a.end_s * 16000)), int(round(b.start_s * 16000))
+        assert b_start == a_end, f"piece {b.utterance_index} starts at {b.start_s} s, previous ends at {a.end_s} s"
+        assert b.start_s == a.end_s
+        assert b.audio[0] == a.audio[-1] + 1  # the very next sample
+    first = int(round(out[0].start_s * 16000))
+    joined = np.concatenate([u.audio for u in out])
+    np.testing.assert_array_equal(joined, audio[first : first + joined.size])  # nothing lost, nothing twice
+    assert out[-1].speech_end_s == pytest.approx((n - 15) * FS, abs=7 * FS)
+
+
+def test_forced_split_in_a_pause_resumes_as_the_same_utterance():
+    # Limit 15.6 frames; a pause starts at frame 12 (silence run), speech resumes at frame 16 (before the
+    # 5-frame hangover ends it): the second piece starts at the cut, not with pre-roll before frame 16.
+    cfg = SegmenterConfig(pre_roll_ms=64, post_roll_ms=32, min_silence_ms=160, min_speech_ms=96, max_utterance_s=0.5)
+    seg = Segmenter(cfg)
+    got = feed(seg, [0.9] * 12 + [0.0] * 4 + [0.9] * 6 + [0.0] * 10)
+    assert [u.forced_split for _, u in got] == [True, False]
+    (k0, a), (_, b) = got
+    assert k0 == 15 and frame_ids(a) == list(range(13)) and a.speech_end_s == pytest.approx(12 * FS)
+    assert b.start_s == a.end_s and frame_ids(b) == list(range(13, 23))
+    assert b.speech_start_s == pytest.approx(13 * FS) and b.speech_end_s == pytest.approx(22 * FS)
+
+
+def test_pre_roll_never_repeats_delivered_audio():
+    # pre_roll (400 ms) longer than min_silence - post_roll (200 - 100 ms): the next utterance's pre-roll
+    # stops where the previous one's audio ended.
+    seg = Segmenter(SegmenterConfig(pre_roll_ms=400, post_roll_ms=100, min_silence_ms=200, min_speech_ms=96))
+    audio = np.arange(60 * F, dtype=np.float32)
+    probs = [0.0] * 20 + [0.9] * 10 + [0.0] * 7 + [0.9] * 10 + [0.0] * 13
+    out = []
+    for k, p in enumerate(probs):
+        out += seg.push(audio[k * F : (k + 1) * F], p)
+    a, b = out
+    assert b.start_s == pytest.approx(a.end_s) and b.audio[0] == a.audio[-1] + 1
+    assert b.speech_start_s == pytest.approx(37 * FS)
+
+
 def test_max_length_cuts_at_silence_when_one_is_running():
     cfg = SegmenterConfig(pre_roll_ms=0, post_roll_ms=32, min_silence_ms=320, min_speech_ms=96, max_utterance_s=0.5)
     seg = Segmenter(cfg)  # limit 8000 samples = 15.6 frames; silence starts at frame 12

@@ -3,7 +3,8 @@
 `auto` prefers native TensorRT engines (built for this GPU), then ONNX Runtime
 with the TensorRT or CUDA execution provider, then ONNX Runtime on the CPU.
 torch is the reference backend and only runs when asked for (`--backend
-torch`), so an `auto` runtime never imports torch.
+torch`), so an `auto` runtime never imports torch (nor picks it for a bundle
+exported with `--no-torch-weights`, where asking for it is a one-line error).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import logging
 from dataclasses import dataclass
 
 from crab_rt.backends.base import BACKEND_NAMES, GraphSession
-from crab_rt.bundle import PRECISIONS, Bundle
-from crab_rt.errors import BackendError, ConfigError
+from crab_rt.bundle import NO_TORCH_WEIGHTS, PRECISIONS, Bundle
+from crab_rt.errors import BackendError, BundleError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ def load_sessions(
         sessions = load_tensorrt_sessions(bundle, index, precision)
         return sessions, BackendChoice("tensorrt", f"cuda:{index}", "TensorRT engines", precision, "requested")
     if backend == "torch":
+        if not bundle.has_torch_weights:
+            raise BundleError(NO_TORCH_WEIGHTS.format(root=bundle.root))
         from crab_rt.backends.torch import load_torch_sessions
 
         device = "cpu" if gpu is None else f"cuda:{gpu}"

@@ -29,11 +29,15 @@ Each `Utterance` carries two pairs of times, in seconds from the stream start:
 `speech_start_s`/`speech_end_s` are the detected speech (frame-aligned), and
 `start_s`/`end_s` delimit `audio`, which adds up to pre_roll_ms before and
 post_roll_ms after (less at the stream start or at a forced split), so
-`len(audio) == round((end_s - start_s) * SAMPLE_RATE)`. The audio of an utterance
-never exceeds max_utterance_s: at the limit it is cut (`forced_split=True`);
-if a silence run is in progress the cut is made where the run began,
-otherwise exactly at the limit and the speech continues in the next utterance
-(without pre-roll, so pieces are contiguous).
+`len(audio) == round((end_s - start_s) * SAMPLE_RATE)`. No sample is ever
+delivered twice: pre-roll never reaches back before the end of the previous
+utterance's audio. The audio of an utterance never exceeds max_utterance_s: at
+the limit it is cut (`forced_split=True`); if a silence run is in progress the
+cut is made where the run began (plus post-roll), otherwise exactly at the
+limit. Either way the utterance stays open after the cut: the next piece starts
+exactly where the cut piece ended (`next.start_s == prev.end_s`, no pre-roll,
+no gap, no overlap), and is dropped if the silence run then ends it before any
+new speech.
 """
 
 from __future__ import annotations
@@ -174,6 +178,7 @@ class Segmenter:
         self._silence_start: int | None = None
         self._continuation = False
         self._index = 0
+        self._emitted_end = 0  # stream sample just after the last delivered utterance's audio
 
     @property
     def in_speech(self) -> bool:
@@ -206,7 +211,7 @@ class Segmenter:
             if prob < cfg.start_threshold:
                 self._ring_append(x)
                 return out
-            pre = self._pre_roll()
+            pre = self._pre_roll(frame_start)
             self._active = True
             self._continuation = False
             self._silence_start = None
@@ -253,10 +258,13 @@ class Segmenter:
         while self._ring and self._ring_len - self._ring[0].size >= self._pre:
             self._ring_len -= self._ring.popleft().size
 
-    def _pre_roll(self) -> np.ndarray:
-        if not self._ring:
+    def _pre_roll(self, frame_start: int) -> np.ndarray:
+        """The audio just before `frame_start`: at most pre_roll_ms, never audio already delivered."""
+        # The ring is contiguous and ends at frame_start.
+        n = min(self._pre, self._ring_len, frame_start - self._emitted_end)
+        if n <= 0:
             return np.zeros(0, dtype=np.float32)
-        return np.concatenate(list(self._ring))[-self._pre :]
+        return np.concatenate(list(self._ring))[-n:]
 
     def _make(self, audio: np.ndarray, start: int, speech_start: int, speech_end: int, forced: bool) -> Utterance:
         u = Utterance(
@@ -270,6 +278,7 @@ class Segmenter:
             speech_end_s=speech_end / self._sr,
         )
         self._index += 1
+        self._emitted_end = start + audio.size
         return u
 
     def _finish(self, speech_end: int, forced: bool) -> Utterance | None:
@@ -289,12 +298,22 @@ class Segmenter:
         return u
 
     def _split(self) -> Utterance | None:
+        """Cut the open utterance at the length limit; the rest stays open as a contiguous continuation."""
         if self._silence_start is not None and self._silence_start - self._buf_start <= self._max:
-            return self._finish(self._silence_start, forced=True)
+            speech_end = self._silence_start
+            speech = speech_end - self._speech_start
+            if not (speech > 0 if self._continuation else speech >= self._min_speech):
+                return self._finish(speech_end, forced=True)  # nothing worth keeping: dropped, closed
+            cut = min(speech_end + self._post - self._buf_start, self._max)
+        else:
+            cut = self._max
+            speech_end = self._buf_start + cut
         audio = np.concatenate(self._buf)
-        end = self._buf_start + self._max
-        u = self._make(audio[: self._max].copy(), self._buf_start, self._speech_start, end, forced=True)
-        rest = audio[self._max :].copy()
+        u = self._make(audio[:cut].copy(), self._buf_start, self._speech_start, speech_end, forced=True)
+        end = self._buf_start + cut
+        rest = audio[cut:].copy()
+        # The silence run (if any) goes on in the continuation: it closes it (dropped, as it then holds no
+        # speech) after min_silence_ms, or speech resumes and the continuation holds the audio in between.
         self._buf, self._buf_len, self._buf_start = [rest], rest.size, end
         self._speech_start = end
         self._continuation = True
