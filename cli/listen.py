@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 
 from crab_rt.audio import SAMPLE_RATE
@@ -13,6 +14,8 @@ from crab_rt.cli._options import add_config_option, config_from_args
 from crab_rt.runtime.asr import GUARDS, AsrConfig
 from crab_rt.runtime.pipeline import OVERFLOW_POLICIES, PipelineConfig
 from crab_rt.runtime.segmenter import SegmenterConfig
+
+log = logging.getLogger(__name__)
 
 
 class _PcmOption(argparse.Action):
@@ -162,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     from crab_rt.bundle import load_bundle
+    from crab_rt.errors import AudioError, CrabError
     from crab_rt.runtime.pipeline import Pipeline
     from crab_rt.runtime.summary import format_summary, run_summary
 
@@ -187,6 +191,7 @@ def _run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     interrupted = False
+    source_error: CrabError | None = None
     try:
         with Pipeline(bundle, config) as pipeline:
             if args.verbosity >= 0:
@@ -203,6 +208,8 @@ def _run(args: argparse.Namespace) -> int:
                             status.flush()
             except KeyboardInterrupt:
                 interrupted = True
+            except AudioError as e:  # the microphone went away: emit what was heard, then report it (exit 2)
+                source_error = e
             # A worker error is raised by accept, flush or wait: leaving the `with` still emits the utterances
             # in flight, then main() prints the error as one line and exits 2.
             stream.flush()
@@ -216,4 +223,10 @@ def _run(args: argparse.Namespace) -> int:
             out.close()
     # stdout carries events only, in either format
     print(("interrupted; " if interrupted else "") + format_summary(summary), file=sys.stderr)
+    dropped_chunks = getattr(source, "dropped_chunks", 0)
+    if dropped_chunks:
+        log.warning("%d microphone chunk(s) (%.1f s of audio) were dropped because processing fell behind",
+                    dropped_chunks, dropped_chunks * source.chunk_s)
+    if source_error is not None:
+        raise source_error
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 import threading
@@ -158,19 +159,36 @@ def test_devices_command_without_pyaudio(no_pyaudio, capsys):
 
 
 class FakeStream:
-    def __init__(self, callback):
+    """A PortAudio stream that records nothing by itself: tests call `callback`, or `on_start` feeds it."""
+
+    def __init__(self, callback, on_start=None):
         self.callback = callback
-        self.stopped = self.closed = False
+        self.on_start = on_start
+        self.active = self.stopped = self.closed = False
+        self.starts = 0
+
+    def start_stream(self):
+        self.active = True
+        self.starts += 1
+        if self.on_start is not None:
+            threading.Thread(target=self.on_start, args=(self,), daemon=True).start()
+
+    def is_active(self):
+        return self.active and not self.closed
 
     def stop_stream(self):
+        self.active = False
         self.stopped = True
 
     def close(self):
         self.closed = True
 
 
-def make_fake_pyaudio(supported_rates=(16000,)):
-    """A stand-in `pyaudio` module with two input devices and one output-only device."""
+def make_fake_pyaudio(supported_rates=(16000,), on_start=None):
+    """A stand-in `pyaudio` module with two input devices and one output-only device.
+
+    `on_start(stream)`, if given, runs on its own thread (as PortAudio's callback thread) when a stream starts.
+    """
     mod = types.ModuleType("pyaudio")
     mod.paInt16, mod.paContinue = 8, 0
     devices = [
@@ -198,8 +216,10 @@ def make_fake_pyaudio(supported_rates=(16000,)):
             return True
 
         def open(self, **kwargs):
-            s = FakeStream(kwargs["stream_callback"])
+            s = FakeStream(kwargs["stream_callback"], on_start)
             s.kwargs = kwargs
+            if kwargs.get("start", True):
+                s.start_stream()
             mod.opened.append(s)
             return s
 
@@ -248,6 +268,9 @@ def test_microphone_resamples_queues_and_drops(monkeypatch):
     consumer = threading.Thread(target=lambda: got.extend(mic), daemon=True)
     consumer.start()
     for k in range(5):  # soxr holds back its first ~40 ms: feed more so output appears
+        deadline = time.monotonic() + 5
+        while mic._queue.qsize() and time.monotonic() < deadline:  # as fast as the consumer reads: no more drops
+            time.sleep(0.002)
         stream.callback(pcm_bytes(tone[k * 882 : (k + 1) * 882]), 882, {}, 0)
     deadline = time.monotonic() + 5
     while mic._queue.qsize() and time.monotonic() < deadline:
@@ -259,7 +282,170 @@ def test_microphone_resamples_queues_and_drops(monkeypatch):
     assert stream.stopped and stream.closed
     total = sum(c.size for c in got)
     assert 1000 < total <= 8 * 320 and all(c.dtype == np.float32 for c in got)
+    assert mic.dropped_chunks == 2
     mic.close()  # idempotent
+
+
+def _iterate_until_error(mic, timeout=10.0):
+    """Iterate `mic` on a thread; returns (chunks, the exception it raised or None, seconds it took)."""
+    got, errors = [], []
+
+    def consume():
+        try:
+            got.extend(mic)
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            errors.append(e)
+
+    t0 = time.monotonic()
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(timeout)
+    assert not consumer.is_alive(), "the microphone iterator hung"
+    return got, (errors[0] if errors else None), time.monotonic() - t0
+
+
+def _chunk_bytes(n=512):
+    return pcm_bytes((np.sin(np.arange(n) * 0.05) * 8000).astype(np.int16))
+
+
+def test_microphone_starts_recording_when_iteration_starts(monkeypatch):
+    """Opening checks the device; nothing is recorded (and nothing goes stale in the queue) before iteration."""
+    fake = make_fake_pyaudio()
+    monkeypatch.setitem(sys.modules, "pyaudio", fake)
+    mic = MicrophoneSource(chunk_ms=32)
+    stream = fake.opened[-1]
+    assert stream.kwargs["start"] is False and stream.starts == 0 and not stream.is_active()
+    it = iter(mic)
+    stream.callback(_chunk_bytes(), 512, {}, 0)
+    assert next(it).size == 512 and stream.starts == 1
+    mic.close()
+    assert list(it) == []
+
+
+@pytest.mark.parametrize("how", ["inactive", "stalled", "callback_error"])
+def test_microphone_lost_device_raises_within_seconds(monkeypatch, how):
+    """The audio server dies / the USB mic is pulled: the iterator raises one AudioError in seconds, never hangs."""
+
+    def on_start(stream):
+        for _ in range(10):
+            assert stream.callback(_chunk_bytes(), 512, {}, 0) == (None, 0)
+            time.sleep(0.005)
+        if how == "inactive":  # PortAudio reports the failure and stops the stream
+            stream.active = False
+        elif how == "callback_error":  # garbage from the driver: the callback must not raise on PortAudio's thread
+            assert stream.callback(_chunk_bytes(), 512, {}, object()) == (None, 0)
+        # "stalled": the callback is simply never called again, is_active() stays True
+
+    monkeypatch.setitem(sys.modules, "pyaudio", make_fake_pyaudio(on_start=on_start))
+    mic = MicrophoneSource("USB", chunk_ms=32)
+    got, error, took = _iterate_until_error(mic)
+    assert isinstance(error, AudioError), error
+    message = str(error)
+    assert message.startswith("microphone 'USB Mic' stopped delivering audio: ") and "\n" not in message
+    expected = {"inactive": "PortAudio stopped the stream", "stalled": "no audio for",
+                "callback_error": "the audio callback failed: TypeError"}[how]
+    assert expected in message
+    assert sum(c.size for c in got) > 5 * 512 * 16000 // 44100  # the chunks before the loss came out (soxr lags)
+    assert took < 3.0
+    mic.close()
+
+
+def test_microphone_that_never_delivers_raises(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyaudio", make_fake_pyaudio())
+    mic = MicrophoneSource(first_audio_timeout_s=0.5, stall_timeout_s=0.5)
+    got, error, took = _iterate_until_error(mic)
+    assert got == [] and isinstance(error, AudioError) and "no audio arrived within 0.5 s" in str(error)
+    assert took < 2.0
+
+
+def test_microphone_empty_name_is_refused(monkeypatch, capsys, tiny_bundle):
+    monkeypatch.setitem(sys.modules, "pyaudio", make_fake_pyaudio())
+    for name in ("", "  "):
+        with pytest.raises(AudioError, match="audio input device name is empty"):
+            MicrophoneSource(name)
+    code = main(["listen", "--bundle", str(tiny_bundle), "--no-asr", "--device", ""])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("crab-rt: error: audio input device name is empty") and err.count("\n") == 1
+
+
+def test_microphone_drops_are_logged(monkeypatch, caplog):
+    fake = make_fake_pyaudio()
+    monkeypatch.setitem(sys.modules, "pyaudio", fake)
+    mic = MicrophoneSource(chunk_ms=32, max_queue_chunks=2)
+    it = iter(mic)
+    stream = fake.opened[-1]
+    for _ in range(5):
+        stream.callback(_chunk_bytes(), 512, {}, 0)
+    with caplog.at_level(logging.WARNING, logger="crab_rt.runtime.sources"):
+        next(it)
+    assert mic.dropped_chunks == 3
+    [record] = caplog.records
+    assert "3 audio chunk(s) (0.1 s) dropped" in record.getMessage()
+    mic.close()
+
+
+def test_listen_flushes_then_exits_2_when_the_microphone_is_lost(monkeypatch, capsys, tiny_bundle, conversation):
+    """The device dies in the middle of the last turn: every turn, the cut one included, is emitted; exit 2."""
+    path, truth = conversation
+    audio = np.round(load_audio(path) * 32767).astype(np.int16)
+    cut = int(10.9 * 16000)  # inside the last turn (10.06-11.70 s)
+    assert truth[-1]["start_s"] < cut / 16000 < truth[-1]["end_s"]
+    lost_at = []
+
+    def on_start(stream):
+        mic = stream.callback.__self__
+        for start in range(0, cut, 512):
+            while mic._queue.qsize() > mic._queue.maxsize // 2:  # as fast as the consumer goes, never dropping
+                time.sleep(0.002)
+            stream.callback(pcm_bytes(audio[start: min(start + 512, cut)]), 512, {}, 0)
+        mic.dropped_chunks = 3  # as if processing had fallen behind three times
+        lost_at.append(time.monotonic())
+        stream.active = False
+
+    monkeypatch.setitem(sys.modules, "pyaudio", make_fake_pyaudio(on_start=on_start))
+    code = main(["listen", "--bundle", str(tiny_bundle), "--no-asr", "--backend", "onnxruntime", "--device", "USB"])
+    finished = time.monotonic()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and lost_at and finished - lost_at[0] < 5.0
+    assert not any("Traceback" in line for line in err)
+    assert [line for line in err if line.startswith("crab-rt: error:")] == err[-1:]
+    assert err[-1].startswith("crab-rt: error: microphone 'USB Mic' stopped delivering audio: ")
+    assert any(line.startswith("utterances 4 ") for line in err), err  # the summary still comes
+    assert err[-2] == "crab-rt: warning: 3 microphone chunk(s) (0.1 s of audio) were dropped because processing " \
+        "fell behind"
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(events) == len(truth)
+    for event, turn in zip(events[:-1], truth):
+        assert abs(event["start_s"] - turn["start_s"]) < 0.5 and abs(event["end_s"] - turn["end_s"]) < 0.6
+    assert events[-1]["end_s"] == pytest.approx(cut / 16000, abs=0.1)  # the utterance in flight, flushed
+
+
+def test_portaudio_chatter_on_stderr_is_silenced(monkeypatch, capfd):
+    """ALSA/JACK print dozens of C-level lines while PortAudio probes devices: silenced, except at -v (DEBUG)."""
+    import os
+
+    fake = make_fake_pyaudio()
+    noisy = fake.PyAudio
+
+    class ChattyPyAudio(noisy):
+        def __init__(self):
+            os.write(2, b"ALSA lib pcm.c:2664:(snd_pcm_open_noupdate) Unknown PCM cards.pcm.rear\n")
+
+        def get_device_count(self):
+            os.write(2, b"jack server is not running or cannot be started\n")
+            return super().get_device_count()
+
+    fake.PyAudio = ChattyPyAudio
+    monkeypatch.setitem(sys.modules, "pyaudio", fake)
+    assert main(["devices"]) == 0
+    MicrophoneSource().close()
+    captured = capfd.readouterr()
+    assert "ALSA lib" not in captured.err and "jack server" not in captured.err and "USB Mic" in captured.out
+    assert main(["devices", "-v"]) == 0
+    assert "ALSA lib" in capfd.readouterr().err
+    os.write(2, b"fd 2 is back\n")
+    assert capfd.readouterr().err == "fd 2 is back\n"
 
 
 def test_real_microphone_if_available():

@@ -8,8 +8,11 @@ shorter too). PyAudio is imported only by the microphone functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -265,6 +268,38 @@ def _import_pyaudio() -> Any:
     return pyaudio
 
 
+@contextlib.contextmanager
+def _quiet_c_stderr() -> Iterator[None]:
+    """Silence C-level writes to file descriptor 2 (ALSA's and JACK's probing chatter) for the block.
+
+    PortAudio's ALSA and JACK back ends print dozens of lines while they probe devices on a machine without a
+    sound card; crab-rt reports the real failures itself (PortAudio's error codes become `AudioError`s). With
+    the `crab_rt` logger at DEBUG (`-v`) nothing is silenced, so the library's chatter stays visible.
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 to silence
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _device_row(info: dict, default_index: int | None) -> dict:
     return {
         "index": int(info["index"]),
@@ -303,14 +338,17 @@ def list_input_devices() -> list[dict]:
         DependencyError: PyAudio or PortAudio is missing.
     """
     pyaudio = _import_pyaudio()
-    pa = pyaudio.PyAudio()
-    try:
-        return _input_devices(pa)
-    finally:
-        pa.terminate()
+    with _quiet_c_stderr():
+        pa = pyaudio.PyAudio()
+        try:
+            return _input_devices(pa)
+        finally:
+            pa.terminate()
 
 
 def _resolve_device(pa: Any, device: int | str | None) -> dict:
+    if isinstance(device, str) and not device.strip():
+        raise AudioError(f"audio input device name is empty; pass a device index or name ({_DEVICES_HINT})")
     devices = _input_devices(pa)
     if not devices:
         raise AudioError(f"no audio input device found; {_DEVICES_HINT}")
@@ -342,21 +380,33 @@ def _resolve_device(pa: Any, device: int | str | None) -> dict:
 class MicrophoneSource(AudioSource):
     """Live microphone capture through PyAudio (PortAudio).
 
-    The PortAudio callback thread puts raw chunks on a bounded queue; when the
-    consumer falls behind, the oldest chunk is dropped and `dropped_chunks`
-    counts it, so memory and latency stay bounded. If the device cannot record
-    at `sample_rate_hz`, it is opened at its default rate and resampled.
+    The device is opened on construction (so an unknown or busy device fails there) but recording starts when
+    iteration starts, so no stale audio piles up while, say, a model loads. The PortAudio callback thread puts
+    raw chunks on a bounded queue; when the consumer falls behind, the oldest chunk is dropped, `dropped_chunks`
+    counts it and a warning is logged (at most every few seconds), so memory and latency stay bounded. If the
+    device cannot record at `sample_rate_hz`, it is opened at its default rate and resampled.
+
+    The iterator watches the stream's health: when the device goes away (the audio server dies, a USB microphone
+    is pulled), PortAudio stops the stream or stops calling back, and iteration raises `AudioError` within about
+    `stall_timeout_s` instead of waiting forever.
 
     Args:
         device: input device index, name (or unique part of it), or None for the default.
         sample_rate_hz: rate to ask the device for.
         chunk_ms: capture chunk length in milliseconds.
         max_queue_chunks: chunks buffered before dropping (default: about 2 s).
+        stall_timeout_s: no audio for this long once audio has flowed means the device is gone (before the
+            first chunk, `first_audio_timeout_s` applies: some back ends, e.g. ALSA's PulseAudio plugin, deliver
+            their first audio up to 2 s after the stream starts).
+        first_audio_timeout_s: the longest wait for the first chunk.
 
     Raises:
         DependencyError: PyAudio or PortAudio is missing.
-        AudioError: the device is unknown or cannot be opened.
+        AudioError: the device is unknown or cannot be opened; while iterating, the device stopped delivering.
     """
+
+    _POLL_S = 0.25
+    _DROP_WARNING_EVERY_S = 5.0
 
     def __init__(
         self,
@@ -364,67 +414,146 @@ class MicrophoneSource(AudioSource):
         sample_rate_hz: int = SAMPLE_RATE,
         chunk_ms: float = 32.0,
         max_queue_chunks: int | None = None,
+        stall_timeout_s: float = 2.0,
+        first_audio_timeout_s: float = 5.0,
     ) -> None:
         pyaudio = _import_pyaudio()
         self._closed = False
         self._stream = None
+        self._pa = None
         self.dropped_chunks = 0
-        self._pa = pyaudio.PyAudio()
+        self.stall_timeout_s = float(stall_timeout_s)
+        self.first_audio_timeout_s = max(float(first_audio_timeout_s), self.stall_timeout_s)
+        self._callback_error: str | None = None  # set by the callback thread; read by the iterator
+        self._last_status = 0  # PortAudio's statusFlags of the latest callback
+        self._last_chunk_at: float | None = None  # time.monotonic() of the latest callback with audio
+        self._started_at = time.monotonic()
         try:
-            self.device = _resolve_device(self._pa, device)
-            rate = int(sample_rate_hz)
-            try:
-                self._pa.is_format_supported(
-                    rate, input_device=self.device["index"], input_channels=1, input_format=pyaudio.paInt16
-                )
-            except ValueError:
-                rate = int(round(self.device["default_sample_rate"]))
-            self.input_rate = rate
-            self.chunk_samples = _chunk_samples(chunk_ms, rate)
-            if max_queue_chunks is None:
-                max_queue_chunks = max(4, int(2000.0 / chunk_ms))
-            self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue_chunks)
-            self._lock = threading.Lock()
-            self._continue = pyaudio.paContinue
-            try:
-                self._stream = self._pa.open(
-                    format=pyaudio.paInt16,
-                    channels=1,
-                    rate=rate,
-                    input=True,
-                    input_device_index=self.device["index"],
-                    frames_per_buffer=self.chunk_samples,
-                    stream_callback=self._callback,
-                )
-            except (OSError, ValueError) as e:
-                raise AudioError(
-                    f"cannot open audio input device {self.device['index']} ({self.device['name']}) at {rate} Hz: {e}; "
-                    f"{_DEVICES_HINT}"
-                ) from e
+            with _quiet_c_stderr():
+                self._pa = pyaudio.PyAudio()
+                self.device = _resolve_device(self._pa, device)
+                rate = int(sample_rate_hz)
+                try:
+                    self._pa.is_format_supported(
+                        rate, input_device=self.device["index"], input_channels=1, input_format=pyaudio.paInt16
+                    )
+                except ValueError:
+                    rate = int(round(self.device["default_sample_rate"]))
+                self.input_rate = rate
+                self.chunk_samples = _chunk_samples(chunk_ms, rate)
+                self.chunk_s = self.chunk_samples / rate
+                if max_queue_chunks is None:
+                    max_queue_chunks = max(4, int(2000.0 / chunk_ms))
+                self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue_chunks)
+                self._lock = threading.Lock()
+                self._continue = pyaudio.paContinue
+                try:
+                    self._stream = self._pa.open(
+                        format=pyaudio.paInt16,
+                        channels=1,
+                        rate=rate,
+                        input=True,
+                        input_device_index=self.device["index"],
+                        frames_per_buffer=self.chunk_samples,
+                        stream_callback=self._callback,
+                        start=False,
+                    )
+                except (OSError, ValueError) as e:
+                    raise AudioError(
+                        f"cannot open audio input device {self.device['index']} ({self.device['name']}) at {rate} Hz: "
+                        f"{e}; {_DEVICES_HINT}"
+                    ) from e
         except BaseException:
             self.close()
             raise
 
+    @property
+    def name(self) -> str:
+        return str(self.device["name"])
+
     def _callback(self, in_data: bytes | None, frame_count: int, time_info: Any, status: int) -> tuple[None, int]:
-        if in_data:
-            with self._lock:
-                try:
-                    self._queue.put_nowait(in_data)
-                except queue.Full:
+        # Runs on PortAudio's thread: an exception here would only be printed there, so none may escape.
+        try:
+            self._last_status = int(status or 0)
+            if in_data:
+                self._last_chunk_at = time.monotonic()
+                with self._lock:
                     try:
-                        self._queue.get_nowait()
-                    except queue.Empty:
-                        pass
-                    self.dropped_chunks += 1
-                    self._queue.put_nowait(in_data)
+                        self._queue.put_nowait(in_data)
+                    except queue.Full:
+                        try:
+                            self._queue.get_nowait()
+                        except queue.Empty:
+                            pass
+                        self.dropped_chunks += 1
+                        self._queue.put_nowait(in_data)
+        except BaseException as e:  # noqa: BLE001 - reported by the iterator instead
+            if self._callback_error is None:
+                self._callback_error = f"the audio callback failed: {type(e).__name__}: {e}"
         return None, self._continue
 
+    def _start(self) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        is_active = getattr(stream, "is_active", None)
+        if is_active is not None and is_active():
+            return
+        self._last_chunk_at = None
+        self._started_at = time.monotonic()
+        try:
+            with _quiet_c_stderr():
+                stream.start_stream()
+        except OSError as e:
+            raise AudioError(f"cannot start microphone {self.name!r}: {e}; {_DEVICES_HINT}") from e
+
+    def _health_problem(self) -> str | None:
+        """Why the device stopped delivering audio, or None while it looks healthy."""
+        if self._callback_error is not None:
+            return self._callback_error
+        stream = self._stream
+        if stream is None:
+            return None
+        try:
+            active = stream.is_active()
+        except (OSError, AttributeError) as e:
+            return f"PortAudio cannot query the stream: {e}"
+        if not active:
+            return "PortAudio stopped the stream (the device or the audio server went away)"
+        now = time.monotonic()
+        if self._last_chunk_at is None:
+            if now - self._started_at > self.first_audio_timeout_s:
+                return f"no audio arrived within {self.first_audio_timeout_s:g} s of starting"
+        elif now - self._last_chunk_at > self.stall_timeout_s:
+            return f"no audio for {now - self._last_chunk_at:.1f} s"
+        return None
+
+    def _warn_drops(self, reported: int, warned_at: float) -> tuple[int, float]:
+        dropped = self.dropped_chunks
+        now = time.monotonic()
+        if dropped > reported and now - warned_at >= self._DROP_WARNING_EVERY_S:
+            log.warning(
+                "microphone %r: %d audio chunk(s) (%.1f s) dropped so far: processing fell behind the device",
+                self.name, dropped, dropped * self.chunk_s,
+            )
+            return dropped, now
+        return reported, warned_at
+
     def __iter__(self) -> Iterator[np.ndarray]:
+        if self._closed:
+            return
         resample = _Resampler(self.input_rate)
+        self._start()
+        reported, warned_at = 0, float("-inf")
         while not self._closed:
+            if self.dropped_chunks > reported:
+                reported, warned_at = self._warn_drops(reported, warned_at)
             try:
-                data = self._queue.get(timeout=0.25)
+                data = self._queue.get(timeout=self._POLL_S)
             except queue.Empty:
+                problem = None if self._closed else self._health_problem()
+                if problem is not None:
+                    raise AudioError(f"microphone {self.name!r} stopped delivering audio: {problem}") from None
                 continue
             if data is None:
                 break
@@ -438,17 +567,21 @@ class MicrophoneSource(AudioSource):
             return
         self._closed = True
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop_stream()
-            finally:
-                stream.close()
-        pa, self._pa = getattr(self, "_pa", None), None
-        if pa is not None:
-            pa.terminate()
-        q = getattr(self, "_queue", None)
-        if q is not None:
-            try:
-                q.put_nowait(None)
-            except queue.Full:
-                pass
+        try:
+            if stream is not None:
+                try:
+                    stream.stop_stream()
+                except OSError as e:  # the device is already gone
+                    log.debug("stopping the microphone stream: %s", e)
+                finally:
+                    stream.close()
+        finally:
+            pa, self._pa = getattr(self, "_pa", None), None
+            if pa is not None:
+                pa.terminate()
+            q = getattr(self, "_queue", None)
+            if q is not None:
+                try:
+                    q.put_nowait(None)
+                except queue.Full:
+                    pass
