@@ -322,6 +322,27 @@ def test_microphone_starts_recording_when_iteration_starts(monkeypatch):
     assert list(it) == []
 
 
+def test_microphone_close_after_loss_does_not_wait_on_a_hung_teardown(monkeypatch):
+    """JACK: after the server died, PortAudio's stop_stream never returns; close() gives up on it in seconds."""
+    release = threading.Event()
+
+    def on_start(stream):
+        for _ in range(5):
+            stream.callback(_chunk_bytes(), 512, {}, 0)
+        stream.active = False  # the server went away
+        stream.stop_stream = lambda: release.wait()  # and stop_stream hangs (until the test ends)
+
+    monkeypatch.setitem(sys.modules, "pyaudio", make_fake_pyaudio(on_start=on_start))
+    mic = MicrophoneSource("USB", chunk_ms=32)
+    _, error, _ = _iterate_until_error(mic)
+    assert isinstance(error, AudioError)
+    start = time.monotonic()
+    mic.close()
+    took = time.monotonic() - start
+    release.set()
+    assert 1.5 < took < 3.5  # MicrophoneSource._RELEASE_TIMEOUT_S = 2 s, then abandoned
+
+
 @pytest.mark.parametrize("how", ["inactive", "stalled", "callback_error"])
 def test_microphone_lost_device_raises_within_seconds(monkeypatch, how):
     """The audio server dies / the USB mic is pulled: the iterator raises one AudioError in seconds, never hangs."""

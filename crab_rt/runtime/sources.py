@@ -256,6 +256,21 @@ class PcmStreamSource(AudioSource):
 # -- microphone ---------------------------------------------------------------
 
 
+def _release_portaudio(stream: Any, pa: Any) -> None:
+    """The PortAudio teardown of a microphone: stop_stream, close, terminate (each may be None)."""
+    try:
+        if stream is not None:
+            try:
+                stream.stop_stream()
+            except OSError as e:  # the device is already gone
+                log.debug("stopping the microphone stream: %s", e)
+            finally:
+                stream.close()
+    finally:
+        if pa is not None:
+            pa.terminate()
+
+
 def _import_pyaudio() -> Any:
     try:
         import pyaudio
@@ -407,6 +422,7 @@ class MicrophoneSource(AudioSource):
 
     _POLL_S = 0.25
     _DROP_WARNING_EVERY_S = 5.0
+    _RELEASE_TIMEOUT_S = 2.0
 
     def __init__(
         self,
@@ -553,6 +569,7 @@ class MicrophoneSource(AudioSource):
             except queue.Empty:
                 problem = None if self._closed else self._health_problem()
                 if problem is not None:
+                    self._lost = True
                     raise AudioError(f"microphone {self.name!r} stopped delivering audio: {problem}") from None
                 continue
             if data is None:
@@ -562,23 +579,29 @@ class MicrophoneSource(AudioSource):
                 yield out
 
     def close(self) -> None:
-        """Stop and close the stream and PortAudio; idempotent."""
+        """Stop and close the stream and PortAudio; idempotent.
+
+        After the device was lost, PortAudio's teardown can block for good (its JACK host API waits in
+        stop_stream for a server that is gone): it then runs in a daemon thread that is given
+        `_RELEASE_TIMEOUT_S` and abandoned, so that listen still ends.
+        """
         if self._closed:
             return
         self._closed = True
         stream, self._stream = self._stream, None
+        pa, self._pa = getattr(self, "_pa", None), None
         try:
-            if stream is not None:
-                try:
-                    stream.stop_stream()
-                except OSError as e:  # the device is already gone
-                    log.debug("stopping the microphone stream: %s", e)
-                finally:
-                    stream.close()
+            if getattr(self, "_lost", False):
+                releaser = threading.Thread(target=_release_portaudio, args=(stream, pa), name="crab-mic-release",
+                                            daemon=True)
+                releaser.start()
+                releaser.join(self._RELEASE_TIMEOUT_S)
+                if releaser.is_alive():
+                    log.debug("PortAudio did not release the lost device %r within %g s; leaving it",
+                              self.name, self._RELEASE_TIMEOUT_S)
+            else:
+                _release_portaudio(stream, pa)
         finally:
-            pa, self._pa = getattr(self, "_pa", None), None
-            if pa is not None:
-                pa.terminate()
             q = getattr(self, "_queue", None)
             if q is not None:
                 try:
