@@ -1,7 +1,7 @@
 """`python benchmarks/asr.py`: faster-whisper latency per utterance vs audio length, per model and compute type.
 
 `--models` takes random-weight Whispers in OpenAI's shapes
-("random:whisper-tiny", "-base", "-small", built offline by export/tiny_asr.py:
+("random:whisper-tiny", "-base", "-small", built offline by data/tiny_asr.py:
 the encoder compute is real, the transcript is a fixed 8 tokens, so decoding
 costs what a short utterance costs), or any faster-whisper name in the local
 cache or CTranslate2 folder (real weights; nothing is downloaded).

@@ -117,7 +117,7 @@ def ensure_bundle(preset: str, cache_dir: str | Path | None = None, log=print) -
 
 
 def ensure_tiny_asr(cache_dir: str | Path | None = None, size: str = "micro") -> Path:
-    """A random-weight offline Whisper of `size` (export/tiny_asr.py), built in a child process when absent.
+    """A random-weight offline Whisper of `size` (data/tiny_asr.py), built in a child process when absent.
 
     Raises:
         ConfigError: unknown size, or the build failed.
