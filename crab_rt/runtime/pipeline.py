@@ -319,7 +319,7 @@ class Stream:
 
     def _raise_if_closed(self) -> None:
         if self._outbox.pipeline_closed:
-            raise RuntimeError(f"stream {self.stream_id}: pipeline closed")
+            raise _closed_error(self._outbox)
 
     def _submit_all(self, utterances: list[Utterance]) -> None:
         for utt in utterances:
@@ -383,6 +383,11 @@ class Stream:
             if event is None:
                 return
             yield event
+
+
+def _closed_error(outbox: _Outbox) -> RuntimeError:
+    """What submitting to a closed pipeline raises (made only when it happens, not on every submit)."""
+    return RuntimeError(f"stream {outbox.stream_id}: pipeline closed")
 
 
 def _stage_error(stage: str, error: BaseException) -> CrabError:
@@ -467,13 +472,12 @@ class Pipeline:
     # ---- scheduling -----------------------------------------------------------------
     def _submit(self, outbox: _Outbox, utt: Utterance) -> bool:
         """Queue one utterance of a stream; False when the overflow policy dropped it."""
-        closed = RuntimeError(f"stream {outbox.stream_id}: pipeline closed")
         if self._closed:
-            raise closed
+            raise _closed_error(outbox)
         if self.config.overflow == "block":
             while not self._admission.acquire(timeout=0.1):  # wakes up to see a close()
                 if self._closed:
-                    raise closed
+                    raise _closed_error(outbox)
         elif not self._admission.acquire(blocking=False):
             logger.warning("stream %s: dropped utterance at %.1f-%.1f s (%d in flight, overflow=drop)",
                            outbox.stream_id, utt.start_s, utt.end_s, self.config.max_in_flight)
@@ -483,7 +487,7 @@ class Pipeline:
         with self._lock:  # close() puts the workers' stop marker under this lock: a job is queued before it or refused
             if self._closed:
                 self._admission.release()
-                raise closed
+                raise _closed_error(outbox)
             outbox.add()
             if self.model.uses_speech:
                 self._speech_q.put(job)
