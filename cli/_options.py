@@ -63,7 +63,9 @@ def add_config_option(
     default = field_default(cls, field)
     shown = default_text
     if isinstance(default, bool):
-        kwargs.update(action="store_const", const=not default)
+        kwargs.setdefault("action", "store_const")  # a switch that flips the default, unless told otherwise
+        if kwargs["action"] == "store_const":
+            kwargs["const"] = not default
     elif default is not None:
         kwargs.setdefault("type", type(default))
         shown = _show(default) if shown is None else shown

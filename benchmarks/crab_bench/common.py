@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from crab_rt.cli._options import OPTIONS_KEY, ConfigOption, add_config_option, field_default
+from crab_rt.cli._options import add_config_option, field_default
 from crab_rt.data.synth import VOICES
 from crab_rt.errors import ConfigError
 
@@ -148,16 +148,8 @@ def add_list_option(p: argparse.ArgumentParser, flag: str, cls: type, field: str
 
 def add_bool_option(p: argparse.ArgumentParser, flag: str, cls: type, field: str, help: str) -> argparse.Action:
     """`--x` / `--no-x` for the bool field `cls.field` (add_config_option's switch only flips the default)."""
-    negative = "--no-" + flag.removeprefix("--")
-    shown = flag if field_default(cls, field) else negative
-    action = p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                            help=f"{help} (default: {shown})")
-    options = p.get_default(OPTIONS_KEY)
-    if options is None:
-        options = {}
-        p.set_defaults(**{OPTIONS_KEY: options})
-    options[action.dest] = ConfigOption(cls, field, action)
-    return action
+    shown = flag if field_default(cls, field) else "--no-" + flag.removeprefix("--")
+    return add_config_option(p, flag, cls, field, help, action=argparse.BooleanOptionalAction, default_text=shown)
 
 
 def resolve_threads(threads: int) -> int:
