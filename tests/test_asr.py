@@ -284,7 +284,7 @@ def test_packaged_model_with_another_size_is_refused_before_hashing(fake_package
 
 
 def test_packaged_model_is_hashed_once_per_process(fake_package, offline, monkeypatch):
-    asr_module._hashes.clear()
+    asr_module._sha256_of.cache_clear()
     calls = []
     real = hashlib.sha256
     monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))

@@ -19,6 +19,7 @@ sha256; `resolve_model` holds the whole lookup order.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -86,8 +87,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     ),
 }
 
-_hash_lock = threading.Lock()
-_hashes: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256, hashed once per process
 
 
 @dataclass(frozen=True)
@@ -235,11 +234,13 @@ def _is_ct2_folder(path: Path) -> bool:
 
 
 def _sha256(path: Path, stat: os.stat_result) -> str:
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    with _hash_lock:
-        if key not in _hashes:
-            _hashes[key] = sha256_file(path)
-        return _hashes[key]
+    return _sha256_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
+    """A file's sha256, hashed once per process per (path, mtime, size): a changed file is hashed again."""
+    return sha256_file(path)
 
 
 def _packaged_folder(name: str) -> Path | None:
