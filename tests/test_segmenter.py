@@ -316,3 +316,31 @@ def test_silence_gives_no_utterance(vad):
     rng = np.random.default_rng(0)
     out = fe.accept((rng.standard_normal(16000 * 3) * 1e-4).astype(np.float32)) + fe.flush()
     assert out == []
+
+
+def test_speech_marks_bracket_each_region_and_precede_its_utterance():
+    log: list = []
+    seg = Segmenter(SMALL, on_mark=lambda m: log.append(("mark", m.kind, m.time_s, m.utterance_id)))
+    for k, p in enumerate([0.0] * 10 + [0.9] * 10 + [0.0] * 10 + [0.9] * 2 + [0.0] * 10):
+        for u in seg.push(np.full(F, k, np.float32), p):
+            log.append(("utterance", u.utterance_index))
+    assert log == [
+        ("mark", "speech_start", pytest.approx(10 * FS), None),
+        ("mark", "speech_end", pytest.approx(20 * FS), 0),  # where the silence run began
+        ("utterance", 0),  # after its speech_end
+        ("mark", "speech_start", pytest.approx(30 * FS), None),
+        ("mark", "speech_end", pytest.approx(32 * FS), None),  # 2 frames < min_speech_ms: no utterance
+    ]
+
+
+def test_speech_marks_ignore_forced_splits_and_close_at_flush():
+    marks = []
+    cfg = SegmenterConfig(pre_roll_ms=0, post_roll_ms=0, min_silence_ms=160, min_speech_ms=96, max_utterance_s=0.5)
+    seg = Segmenter(cfg, on_mark=marks.append)
+    got = feed(seg, [0.9] * 40)  # 1.28 s of speech, split every 0.5 s
+    assert [u.forced_split for _, u in got] == [True, True]
+    assert [m.kind for m in marks] == ["speech_start"]  # a split is not a boundary: the region goes on
+    last = seg.flush()
+    assert last is not None and [(m.kind, m.utterance_id) for m in marks] == [("speech_start", None),
+                                                                             ("speech_end", 2)]
+    assert marks[1].time_s == pytest.approx(40 * FS)

@@ -6,8 +6,11 @@ Contract
   emotion model on one backend, and faster-whisper. It owns three worker
   threads: **speech** (speech encoder), **asr** (faster-whisper) and **fusion**
   (text encoder + head). Engines hold no stream state.
-- `pipeline.create_stream(stream_id, on_event=None)` returns a `Stream` that
-  carries its own VAD state, frame buffer and segmenter. Many streams share one
+- `pipeline.create_stream(stream_id, on_event=None, on_speech=None)` returns a
+  `Stream` that carries its own VAD state, frame buffer and segmenter.
+  `on_speech` receives the segmenter's `SpeechMark`s (speech start / end, for
+  barge-in) in the thread that calls `accept`/`flush`, before the utterance a
+  "speech_end" closes is submitted. Many streams share one
   pipeline; utterances that are ready together are batched.
 - `stream.accept(samples)`: float32 mono 16 kHz samples, any count. VAD and
   segmentation run in the caller's thread (about 0.1 ms per 32 ms frame);
@@ -75,7 +78,7 @@ from crab_rt.errors import BackendError, ConfigError, CrabError
 from crab_rt.runtime.asr import AsrConfig, Transcriber
 from crab_rt.runtime.emotion_model import EmotionModel, Features
 from crab_rt.runtime.events import EmotionEvent
-from crab_rt.runtime.segmenter import SegmenterConfig, StreamFrontEnd, Utterance
+from crab_rt.runtime.segmenter import SegmenterConfig, SpeechMark, StreamFrontEnd, Utterance
 from crab_rt.runtime.summary import LatencyStats
 from crab_rt.runtime.vad import SileroVad
 
@@ -459,15 +462,24 @@ class Pipeline:
             w.start()
 
     def create_stream(self, stream_id: str | None = None,
-                      on_event: Callable[[EmotionEvent], None] | None = None) -> Stream:
-        """A new stream with its own VAD state and segmenter."""
+                      on_event: Callable[[EmotionEvent], None] | None = None,
+                      on_speech: Callable[[SpeechMark], None] | None = None) -> Stream:
+        """A new stream with its own VAD state and segmenter (callbacks: see the module docstring)."""
         stream_id = stream_id or f"stream-{next(self._ids)}"
         outbox = _Outbox(stream_id, on_event, self.config.event_queue_size)
         with self._lock:
             if self._closed:
                 raise RuntimeError("create_stream() on a closed pipeline")
             self._outboxes.add(outbox)
-        return Stream(stream_id, StreamFrontEnd(self.vad, self.config.segmenter), outbox, self._submit)
+        front_end = StreamFrontEnd(self.vad, self.config.segmenter, on_speech)
+        return Stream(stream_id, front_end, outbox, self._submit)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Utterances waiting per worker queue, and in flight in all (submitted, not yet delivered)."""
+        with self._lock:
+            in_flight = sum(outbox.pending for outbox in self._outboxes)
+        return {"speech": self._speech_q.qsize(), "asr": self._asr_q.qsize(), "fusion": self._fusion_q.qsize(),
+                "in_flight": in_flight}
 
     # ---- scheduling -----------------------------------------------------------------
     def _submit(self, outbox: _Outbox, utt: Utterance) -> bool:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +53,7 @@ from crab_rt.audio import SAMPLE_RATE, as_mono_float32
 from crab_rt.errors import AudioError, ConfigError
 from crab_rt.runtime.vad import FRAME_SAMPLES, SileroVad, VadState
 
-__all__ = ["SegmenterConfig", "Utterance", "Segmenter", "FrameBuffer", "StreamFrontEnd"]
+__all__ = ["SegmenterConfig", "SpeechMark", "Utterance", "Segmenter", "FrameBuffer", "StreamFrontEnd"]
 
 
 @dataclass(frozen=True)
@@ -140,18 +141,39 @@ class Utterance:
         return self.end_s - self.start_s
 
 
+@dataclass(frozen=True)
+class SpeechMark:
+    """A boundary of a speech region, as the segmenter decides it (for barge-in: it comes before the event).
+
+    Attributes:
+        kind: "speech_start" (the first frame at or above start_threshold) or "speech_end" (the region
+            closed: its silence run reached min_silence_ms, or the input ended).
+        time_s: stream seconds: where the speech starts, or where the silence run that ended it began.
+        utterance_id: for "speech_end", the utterance it closed, or None when it closed none (speech shorter
+            than min_speech_ms, or the tail after a forced split held no speech). None for "speech_start".
+    """
+
+    kind: str
+    time_s: float
+    utterance_id: int | None = None
+
+
 class Segmenter:
     """Per-stream hysteresis segmenter; holds a bounded pre-roll ring, not the stream.
 
     Args:
         config: segmentation settings (validated here).
+        on_mark: called with each `SpeechMark`, in the pushing thread, before the utterance that a
+            "speech_end" closes is returned. A forced split is not a mark: the region goes on.
 
     Raises:
         ConfigError: the config is invalid.
     """
 
-    def __init__(self, config: SegmenterConfig | None = None) -> None:
+    def __init__(self, config: SegmenterConfig | None = None,
+                 on_mark: Callable[[SpeechMark], None] | None = None) -> None:
         self.config = (config or SegmenterConfig()).validate()
+        self._on_mark = on_mark
         sr = self.config.sample_rate_hz
 
         def samples(ms: float) -> int:
@@ -221,6 +243,8 @@ class Segmenter:
             self._buf_start = frame_start - pre.size
             self._ring.clear()
             self._ring_len = 0
+            if self._on_mark is not None:
+                self._on_mark(SpeechMark("speech_start", frame_start / self._sr))
         else:
             self._buf.append(x.copy())
             self._buf_len += x.size
@@ -295,6 +319,8 @@ class Segmenter:
         self._ring_len = 0
         if self._pre:
             self._ring_append(audio[-self._pre :])
+        if self._on_mark is not None:
+            self._on_mark(SpeechMark("speech_end", speech_end / self._sr, u.utterance_index if u else None))
         return u
 
     def _split(self) -> Utterance | None:
@@ -368,13 +394,15 @@ class StreamFrontEnd:
     Args:
         vad: the shared VAD engine.
         config: segmentation settings.
+        on_mark: the segmenter's speech-boundary callback (`Segmenter`).
     """
 
-    def __init__(self, vad: SileroVad, config: SegmenterConfig | None = None) -> None:
+    def __init__(self, vad: SileroVad, config: SegmenterConfig | None = None,
+                 on_mark: Callable[[SpeechMark], None] | None = None) -> None:
         self.vad = vad
         self.vad_state = VadState.initial()
         self.frames = FrameBuffer(FRAME_SAMPLES)
-        self.segmenter = Segmenter(config)
+        self.segmenter = Segmenter(config, on_mark)
         self.finished = False
 
     def accept(self, samples: np.ndarray) -> list[Utterance]:
