@@ -3,7 +3,9 @@
 soundfile (libsndfile) reads WAV/FLAC/OGG and, in recent versions, MP3; PyAV
 (FFmpeg) reads everything else, video containers included. soxr resamples.
 `load_audio` decodes a whole file; `AudioReader` decodes it block by block
-(memory does not grow with the file's length). Both log a warning when a WAV
+(memory does not grow with the file's length). `PcmDecoder` turns raw PCM
+bytes (s16le or f32le, interleaved, any rate) into the same 16 kHz mono float32,
+chunk by chunk, for stdin and the server. Both log a warning when a WAV
 file is shorter than its header says (a truncated recording or copy) and
 decode the samples that are there.
 """
@@ -19,7 +21,8 @@ import numpy as np
 
 from crab_rt.errors import AudioError
 
-__all__ = ["SAMPLE_RATE", "AudioReader", "as_mono_float32", "load_audio", "to_mono_16k", "write_wav"]
+__all__ = ["PCM_FORMATS", "SAMPLE_RATE", "AudioReader", "PcmDecoder", "as_mono_float32", "load_audio", "to_mono_16k",
+           "write_wav"]
 
 SAMPLE_RATE = 16_000
 
@@ -77,6 +80,79 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE
 
         x = soxr.resample(x, sample_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(x)
+
+
+# Raw PCM sample formats: name -> numpy dtype (little-endian).
+PCM_FORMATS: dict[str, str] = {"s16le": "<i2", "f32le": "<f4"}
+
+
+class PcmDecoder:
+    """Raw interleaved PCM chunks to 16 kHz mono float32, with a streaming soxr resampler.
+
+    Channels are averaged; s16le is scaled by 1/32768; f32le is taken as is. Each
+    chunk must hold whole sample frames (the caller keeps any leftover bytes).
+
+    Args:
+        sample_rate: input rate in Hz, an integer in [1000, 384000].
+        sample_format: "s16le" or "f32le".
+        channels: interleaved channels, in [1, 32].
+        name: how errors name the stream.
+
+    Raises:
+        AudioError: an unsupported format, rate or channel count.
+    """
+
+    def __init__(self, sample_rate: int, sample_format: str = "s16le", channels: int = 1,
+                 name: str = "PCM stream") -> None:
+        if sample_format not in PCM_FORMATS:
+            raise AudioError(f"{name}: sample format {sample_format!r} is not supported: "
+                             f"one of {', '.join(PCM_FORMATS)}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384_000:
+            raise AudioError(
+                f"{name}: sample rate {sample_rate!r} Hz is out of range: must be an integer in [1000, 384000]"
+            )
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 32:
+            raise AudioError(f"{name}: channels = {channels!r} is out of range: must be in [1, 32]")
+        self.name = name
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.dtype = np.dtype(PCM_FORMATS[sample_format])
+        self.frame_bytes = self.dtype.itemsize * channels
+        self._stream = None
+        if sample_rate != SAMPLE_RATE:
+            import soxr
+
+            self._stream = soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+
+    def decode(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        """Decode one chunk of whole sample frames.
+
+        Raises:
+            AudioError: the byte count is not a multiple of the frame size, or f32le holds NaN/inf.
+        """
+        if len(data) % self.frame_bytes:
+            raise AudioError(f"{self.name}: {len(data)} bytes is not a whole number of "
+                             f"{self.dtype.itemsize * 8}-bit x {self.channels}-channel sample frames "
+                             f"({self.frame_bytes} bytes each)")
+        x = np.frombuffer(data, dtype=self.dtype)
+        if self.dtype.kind == "i":
+            x = x.astype(np.float32) / 32768.0
+        else:
+            x = x.astype(np.float32)
+            if not np.all(np.isfinite(x)):
+                raise AudioError(f"{self.name}: f32le audio holds NaN or infinite samples")
+        if self.channels > 1:
+            x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        return self._resample(x, last=False)
+
+    def finish(self) -> np.ndarray:
+        """End of input: the resampler's last samples (empty at 16 kHz)."""
+        return self._resample(np.zeros(0, dtype=np.float32), last=True)
+
+    def _resample(self, x: np.ndarray, last: bool) -> np.ndarray:
+        if self._stream is None:
+            return x
+        return np.asarray(self._stream.resample_chunk(x, last=last), dtype=np.float32).reshape(-1)
 
 
 def _pyav_blocks(path: Path, container) -> Iterator[np.ndarray]:

@@ -533,3 +533,23 @@ def test_file_source_streams_a_pyav_only_format(tmp_path):
     np.testing.assert_array_equal(streamed, whole)
     assert abs(whole.size - 20 * 16000) < 16000
     assert src.max_buffered_samples <= 512 + 8192
+
+
+def test_pcm_decoder_formats_channels_and_partial_frames():
+    from crab_rt.audio import PcmDecoder
+
+    x = np.array([0.5, -0.25, 0.125, 1.0], dtype=np.float32)
+    assert np.array_equal(PcmDecoder(16000, "f32le").decode(x.astype("<f4").tobytes()), x)
+    s16 = np.array([16384, -32768, 1], dtype="<i2").tobytes()
+    assert np.allclose(PcmDecoder(16000, "s16le").decode(s16), [0.5, -1.0, 1 / 32768])
+    stereo = np.array([[0.5, 0.25], [-1.0, 0.0]], dtype="<f4").tobytes()  # interleaved L R L R
+    assert np.allclose(PcmDecoder(16000, "f32le", channels=2).decode(stereo), [0.375, -0.5])
+    with pytest.raises(AudioError, match=r"client: 7 bytes is not a whole number of 32-bit x 2-channel sample frames \(8 bytes each\)"):
+        PcmDecoder(16000, "f32le", 2, name="client").decode(b"\0" * 7)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        PcmDecoder(16000, "f32le").decode(np.array([0.0, np.nan], dtype="<f4").tobytes())
+    with pytest.raises(AudioError, match="sample format 'u8' is not supported: one of s16le, f32le"):
+        PcmDecoder(16000, "u8")
+    dec = PcmDecoder(48000, "s16le")  # streaming resampler: 1 s at 48 kHz -> 1 s at 16 kHz in all
+    out = np.concatenate([dec.decode(np.zeros(4800, "<i2").tobytes()) for _ in range(10)] + [dec.finish()])
+    assert out.size == 16000 and out.dtype == np.float32

@@ -1,9 +1,13 @@
-"""The ASR stage: one utterance of 16 kHz audio in, one guarded transcript out.
+"""The ASR stage: utterances of 16 kHz audio in, one guarded transcript each out.
 
 `Transcriber` wraps a shared faster-whisper (CTranslate2) model. It holds no
 per-stream state: segmentation happens upstream (VAD + segmenter), so every
-call decodes one utterance greedily, without timestamps, without conditioning
-on earlier text and without faster-whisper's own VAD.
+utterance is decoded greedily, without timestamps, without conditioning on
+earlier text and without faster-whisper's own VAD. `transcribe` runs one
+utterance through faster-whisper's `WhisperModel.transcribe`;
+`transcribe_batch` decodes many utterances (from any streams) with one batched
+CTranslate2 encode + generate call, reproducing that path's features, prompt,
+decoding options, text and scores (see `Transcriber.transcribe_batch`).
 
 The guard keeps Whisper from inventing text on silence: Whisper's own rule
 (no_speech_prob above `no_speech_threshold` AND avg_logprob below
@@ -377,6 +381,7 @@ class Transcriber:
         self.config = config
         self.fallback_reason: str | None = None
         self._lock = threading.Lock()
+        self._batch_settings: tuple | None = None  # built by _batch_setup at the first batch
         try:
             import ctranslate2
             from faster_whisper import WhisperModel
@@ -456,6 +461,7 @@ class Transcriber:
             raise BackendError(f"asr: loading {self.model_path} on cpu failed: {e}") from e
 
     def _decode(self, audio: np.ndarray) -> tuple[str, str, float, float]:
+        """One utterance through faster-whisper's own `transcribe` (any length). Caller holds the lock."""
         segments, info = self._model.transcribe(
             audio,
             language=self.config.language if self._model.model.is_multilingual else "en",
@@ -473,15 +479,98 @@ class Transcriber:
             vad_filter=False,
             log_progress=False,
         )
-        segments = list(segments)
-        text = " ".join(t for t in (s.text.strip() for s in segments) if t)
-        if not segments:
-            return text, info.language, 1.0, 0.0
-        # Speech in any 30 s window means speech; log-probs are averaged per token.
-        no_speech = min(float(s.no_speech_prob) for s in segments)
-        weights = [max(len(s.tokens), 1) for s in segments]
-        avg = sum(w * float(s.avg_logprob) for w, s in zip(weights, segments)) / sum(weights)
-        return text, info.language, no_speech, avg
+        parts = [(s.text, s.tokens, s.no_speech_prob, s.avg_logprob) for s in segments]
+        return _combine(parts, info.language)
+
+    def _batch_setup(self):
+        """(tokenizer, prompt, generate options) of the batched path, built once; None when the
+        language must be detected per utterance (a multilingual model with `language=None`)."""
+        if self._batch_settings is None:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            model = self._model
+            multilingual = bool(model.model.is_multilingual)
+            language = self.config.language if multilingual else "en"
+            if language is None:
+                return None
+            # As WhisperModel.transcribe + generate_segments + get_prompt + generate_with_fallback (1.2.1) at
+            # temperature 0 with the options `_decode` passes: no previous text, no prefix, no hotwords.
+            tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=language)
+            prompt = model.get_prompt(tokenizer, [], without_timestamps=True, prefix=None, hotwords=None)
+            options = dict(
+                beam_size=self.config.beam_size,
+                patience=1,
+                length_penalty=1,
+                repetition_penalty=1,
+                no_repeat_ngram_size=0,
+                max_length=model.max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+                max_initial_timestamp_index=int(round(1.0 / model.time_precision)),
+            )
+            self._batch_settings = (tokenizer, prompt, options)
+        return self._batch_settings
+
+    def _decode_batch(self, audios: list[np.ndarray]) -> list[tuple[str, str, float, float]]:
+        """Decode non-empty utterances with one batched encode + generate; each result equals `_decode`'s.
+
+        An utterance that does not fill exactly one decoding window (over 30 s: faster-whisper decodes
+        several windows; under 2 feature frames: it decodes none) and every utterance of a multilingual
+        model without a set language (language detection) go through `_decode` one at a time instead.
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        model = self._model
+        extractor = model.feature_extractor
+        # Features outside the lock: the extractor is stateless (no chunk_length given) and pure numpy.
+        windows: list[tuple[int, np.ndarray, int]] = []  # (index, padded log-mel window, content frames)
+        alone: list[int] = []
+        batched = self._batch_setup_unlocked_ok()
+        for i, x in enumerate(audios):
+            if not batched:
+                alone.append(i)
+                continue
+            features = extractor(x)  # WhisperModel.transcribe: 160 padding samples, normalised over the utterance
+            content_frames = features.shape[-1] - 1
+            if 0 < content_frames <= extractor.nb_max_frames:
+                # generate_segments' first (and here only) window: features[:, 0:segment_size], padded to 30 s.
+                windows.append((i, pad_or_trim(features[:, :content_frames]), content_frames))
+            else:
+                alone.append(i)
+        results: list[tuple[str, str, float, float] | None] = [None] * len(audios)
+        with self._lock:
+            for i in alone:
+                results[i] = self._decode(audios[i])
+            if windows:
+                tokenizer, prompt, options = self._batch_setup()
+                encoder_output = model.encode(np.stack([w for _, w, _ in windows]))
+                generated = model.model.generate(encoder_output, [list(prompt) for _ in windows], **options)
+        for (i, _, content_frames), result in zip(windows, generated if windows else ()):
+            tokens = result.sequences_ids[0]
+            # generate_with_fallback: the average log-prob recovered from the length-normalised score.
+            seq_len = len(tokens)
+            cum_logprob = result.scores[0] * (seq_len ** options["length_penalty"])
+            avg_logprob = cum_logprob / (seq_len + 1)
+            # generate_segments: split (a no-op without timestamp tokens), decode, skip empty segments.
+            segments, _, _ = model._split_segments_by_timestamps(
+                tokenizer=tokenizer,
+                tokens=tokens,
+                time_offset=0.0,
+                segment_size=content_frames,
+                segment_duration=content_frames * extractor.time_per_frame,
+                seek=0,
+            )
+            parts = []
+            for segment in segments:
+                text = tokenizer.decode(segment["tokens"])
+                if segment["start"] == segment["end"] or not text.strip():
+                    continue
+                parts.append((text, segment["tokens"], result.no_speech_prob, avg_logprob))
+            results[i] = _combine(parts, tokenizer.language_code)
+        return results
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Transcribe one utterance.
@@ -497,27 +586,69 @@ class Transcriber:
         """
         start = time.perf_counter()
         x = as_mono_float32(audio, "ASR input")
-        duration_s = x.size / SAMPLE_RATE
         if x.size == 0:
-            language = (self.config.language if self.is_multilingual else None) or "en"
-            text, flagged, reason = apply_guard("", 1.0, 0.0, self.config)
-            reason = "empty audio" if flagged else None
-            return Transcript(text, language, 1.0, 0.0, 0.0, flagged, reason, _ms(start))
+            return self._empty(start)
         with self._lock:
-            raw, language, no_speech, avg = self._decode(x)
-        text, flagged, reason = apply_guard(raw, no_speech, avg, self.config)
-        return Transcript(text, language, no_speech, avg, duration_s, flagged, reason, _ms(start))
+            decoded = self._decode(x)
+        return self._guarded(decoded, x.size / SAMPLE_RATE, start)
 
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
-        """Transcribe several utterances (one after another).
+        """Transcribe several utterances with one batched CTranslate2 call.
+
+        The utterances' log-mel windows (each computed and padded to 30 s as `WhisperModel.transcribe`
+        does) are stacked, encoded once and decoded by one `generate` call with the options of the
+        one-at-a-time path; text, no_speech_prob and avg_logprob are built from the tokens and scores as
+        faster-whisper builds them, then the guard is applied per utterance. The results match
+        `transcribe` on each utterance: same text; the probabilities can differ by float rounding
+        (the batched matrix products sum in another order). Empty audio is handled as in `transcribe`
+        (the model does not run). An utterance over 30 s (several decoding windows), one shorter than
+        two feature frames, and every utterance of a multilingual model with `language=None` (language
+        detection) are decoded one at a time by faster-whisper's `transcribe` within the same call.
 
         Args:
             audios: float mono 16 kHz arrays.
 
         Returns:
-            One Transcript per input, in order.
+            One Transcript per input, in order; `elapsed_ms` is the wall time of the whole batch.
+
+        Raises:
+            AudioError: an array is not 1-D float audio (checked before any decoding).
         """
-        return [self.transcribe(a) for a in audios]
+        start = time.perf_counter()
+        xs = [as_mono_float32(a, "ASR input") for a in audios]
+        speech = [i for i, x in enumerate(xs) if x.size]
+        decoded = dict(zip(speech, self._decode_batch([xs[i] for i in speech]))) if speech else {}
+        return [self._guarded(decoded[i], x.size / SAMPLE_RATE, start) if x.size else self._empty(start)
+                for i, x in enumerate(xs)]
+
+    def _empty(self, start: float) -> Transcript:
+        """Empty audio: the model does not run."""
+        language = (self.config.language if self.is_multilingual else None) or "en"
+        text, flagged, reason = apply_guard("", 1.0, 0.0, self.config)
+        reason = "empty audio" if flagged else None
+        return Transcript(text, language, 1.0, 0.0, 0.0, flagged, reason, _ms(start))
+
+    def _guarded(self, decoded: tuple[str, str, float, float], duration_s: float, start: float) -> Transcript:
+        raw, language, no_speech, avg = decoded
+        text, flagged, reason = apply_guard(raw, no_speech, avg, self.config)
+        return Transcript(text, language, no_speech, avg, duration_s, flagged, reason, _ms(start))
+
+
+def _combine(parts: list[tuple[str, list[int], float, float]], language: str) -> tuple[str, str, float, float]:
+    """(text, language, no_speech_prob, avg_logprob) of an utterance from its decoded segments.
+
+    Args:
+        parts: (text, tokens, no_speech_prob, avg_logprob) of each kept segment, in order.
+        language: the language decoded.
+    """
+    text = " ".join(t for t in (p[0].strip() for p in parts) if t)
+    if not parts:
+        return text, language, 1.0, 0.0
+    # Speech in any 30 s window means speech; log-probs are averaged per token.
+    no_speech = min(float(p[2]) for p in parts)
+    weights = [max(len(p[1]), 1) for p in parts]
+    avg = sum(w * float(p[3]) for w, p in zip(weights, parts)) / sum(weights)
+    return text, language, no_speech, avg
 
 
 def _ms(start: float) -> float:

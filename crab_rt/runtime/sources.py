@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from crab_rt.audio import SAMPLE_RATE, AudioReader
+from crab_rt.audio import SAMPLE_RATE, AudioReader, PcmDecoder
 from crab_rt.errors import AudioError, ConfigError, DependencyError, missing_dependency
 
 __all__ = [
@@ -41,30 +41,6 @@ def _chunk_samples(chunk_ms: float, rate: int) -> int:
     if not 1.0 <= chunk_ms <= 10_000.0:
         raise ConfigError(f"chunk_ms = {chunk_ms!r} is out of range: must be in [1, 10000]")
     return max(1, int(round(chunk_ms * rate / 1000.0)))
-
-
-def _int16_to_float(data: bytes, channels: int) -> np.ndarray:
-    x = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    if channels > 1:
-        x = x.reshape(-1, channels).mean(axis=1)
-    return x
-
-
-class _Resampler:
-    """Streaming soxr resampler to 16 kHz (identity when already 16 kHz)."""
-
-    def __init__(self, in_rate: int) -> None:
-        self.in_rate = in_rate
-        self._stream = None
-        if in_rate != SAMPLE_RATE:
-            import soxr
-
-            self._stream = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-
-    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
-        if self._stream is None:
-            return x
-        return np.asarray(self._stream.resample_chunk(x, last=last), dtype=np.float32).reshape(-1)
 
 
 class AudioSource:
@@ -206,12 +182,7 @@ class PcmStreamSource(AudioSource):
                 f"{name}: sample width {sample_width!r} bytes is not supported: "
                 "only 2 (signed 16-bit little-endian PCM)"
             )
-        if not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384_000:
-            raise AudioError(
-                f"{name}: sample rate {sample_rate!r} Hz is out of range: must be an integer in [1000, 384000]"
-            )
-        if not isinstance(channels, int) or not 1 <= channels <= 32:
-            raise AudioError(f"{name}: channels = {channels!r} is out of range: must be in [1, 32]")
+        PcmDecoder(sample_rate, "s16le", channels, name)  # checks the rate and channel count
         self.stream = stream
         self.name = name
         self.input_rate = sample_rate
@@ -223,7 +194,7 @@ class PcmStreamSource(AudioSource):
         self._closed = False
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        resample = _Resampler(self.input_rate)
+        decoder = PcmDecoder(self.input_rate, "s16le", self.channels, self.name)
         pending = b""
         while not self._closed:
             data = self.stream.read(self._read_bytes)
@@ -234,10 +205,10 @@ class PcmStreamSource(AudioSource):
             if usable == 0:
                 continue
             raw, pending = pending[:usable], pending[usable:]
-            out = resample(_int16_to_float(raw, self.channels))
+            out = decoder.decode(raw)
             if out.size:
                 yield out
-        tail = resample(np.zeros(0, dtype=np.float32), last=True)
+        tail = decoder.finish()
         if tail.size:
             yield tail
         if pending:
@@ -558,7 +529,7 @@ class MicrophoneSource(AudioSource):
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._closed:
             return
-        resample = _Resampler(self.input_rate)
+        decoder = PcmDecoder(self.input_rate, "s16le", 1, f"microphone {self.name!r}")
         self._start()
         reported, warned_at = 0, float("-inf")
         while not self._closed:
@@ -574,7 +545,7 @@ class MicrophoneSource(AudioSource):
                 continue
             if data is None:
                 break
-            out = resample(_int16_to_float(data, 1))
+            out = decoder.decode(data)
             if out.size:
                 yield out
 
