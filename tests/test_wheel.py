@@ -63,6 +63,8 @@ def test_wheel_ships_every_module_of_the_tree(wheel):
     recipes = {p.name for p in (ROOT / "train" / "recipes").glob("*.toml")}
     assert recipes and {f"crab_rt/train/recipes/{r}" for r in recipes} <= names
     assert not any(n.startswith(("crab_bench/", "tests/", "benchmarks/")) for n in names)
+    schemas = {p.name for p in (ROOT / "crab_rt" / "serve" / "schemas").glob("*.json")}
+    assert len(schemas) == 2 and {f"crab_rt/serve/schemas/{n}" for n in schemas} <= names
 
 
 def test_wheel_metadata_keeps_heavy_libraries_in_extras(wheel):
@@ -72,7 +74,11 @@ def test_wheel_metadata_keeps_heavy_libraries_in_extras(wheel):
             if line.startswith("Requires-Dist:") and "extra ==" not in line]
     names = {req.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for req in base}
     assert {"numpy", "onnxruntime", "faster-whisper", "tokenizers"} <= names
-    assert names.isdisjoint({"torch", "transformers", "matplotlib", "tqdm", "onnx"}), names
+    assert names.isdisjoint({"torch", "transformers", "matplotlib", "tqdm", "onnx", "websockets",
+                             "prometheus-client"}), names
+    serve = {line.split(":", 1)[1].split(";")[0].strip() for line in metadata.splitlines()
+             if line.startswith("Requires-Dist:") and "extra == \"serve\"" in line}
+    assert serve == {"websockets>=14", "prometheus-client>=0.20"}, serve
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +125,20 @@ def test_blocked_import_really_fails(installed, blocker, tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("crab-rt: error:") and "crab-rt[train]" in proc.stderr, proc.stderr
+
+
+def test_serve_without_its_extra_says_which_to_install(installed, blocker, tiny_bundle, tmp_path):
+    for name in ("websockets", "prometheus_client"):
+        (blocker / name).mkdir(exist_ok=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed (blocked)')\n")
+    try:
+        proc = _run([sys.executable, "-m", "crab_rt.cli", "serve", "--bundle", str(tiny_bundle), "--no-asr"],
+                    env=_wheel_env(installed, blocker), cwd=tmp_path)
+    finally:
+        import shutil
+
+        for name in ("websockets", "prometheus_client"):
+            shutil.rmtree(blocker / name)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "crab-rt: error: this feature needs 'websockets', which is not installed: pip install 'crab-rt[serve]'"]

@@ -1,0 +1,85 @@
+"""`crab-rt serve`: many live streams over a WebSocket (docs/protocol.md), with /healthz and /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from crab_rt.cli._options import add_config_option, config_from_args
+from crab_rt.cli._pipeline_options import add_pipeline_options, pipeline_config_from_args
+from crab_rt.serve.server import ServerConfig
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "serve", parents=[common],
+        help="serve many live streams over a WebSocket (protocol: docs/protocol.md)",
+        description="One WebSocket connection is one audio stream; every stream shares one pipeline, whose "
+        "speech encoder, ASR and head batch utterances across streams. GET /healthz and /metrics (Prometheus) "
+        "on the same port. SIGTERM or Ctrl-C drains: utterances in flight are finished and sent, every client "
+        "gets `done`. Clients: `crab-rt client`, crab_rt.client, or any WebSocket library.",
+    )
+    n = p.add_argument_group("network")
+    add_config_option(n, "--host", ServerConfig, "host", "address to listen on (0.0.0.0: every interface)")
+    add_config_option(n, "--port", ServerConfig, "port", "TCP port (0: any free port, printed at start)")
+    n.add_argument("--token-file", help="file holding a bearer token that clients must send "
+                   "(Authorization: Bearer <token>); default: no authentication")
+    add_config_option(n, "--tls-cert", ServerConfig, "tls_cert", "PEM certificate: serve wss:// (with --tls-key)",
+                      type=str)
+    add_config_option(n, "--tls-key", ServerConfig, "tls_key", "PEM private key of --tls-cert", type=str)
+    lim = p.add_argument_group("limits")
+    add_config_option(lim, "--max-streams", ServerConfig, "max_streams",
+                      "open streams; one more is refused at once with HTTP 503")
+    add_config_option(lim, "--max-message-bytes", ServerConfig, "max_message_bytes",
+                      "largest WebSocket message; a larger one closes its connection (1009)")
+    add_config_option(lim, "--idle-timeout-s", ServerConfig, "idle_timeout_s",
+                      "a connection without a message for this long ends")
+    add_config_option(lim, "--realtime-slack-s", ServerConfig, "realtime_slack_s",
+                      "how far a realtime client may run ahead of the clock before it is paced")
+    add_config_option(lim, "--max-pending-messages", ServerConfig, "max_pending_messages",
+                      "outgoing messages queued per connection; beyond, they are dropped and reported")
+    add_config_option(lim, "--drain-timeout-s", ServerConfig, "drain_timeout_s",
+                      "on SIGTERM, how long to wait for streams to finish")
+    add_pipeline_options(p, overflow_default="block: the client is paced, nothing is lost")
+    p.set_defaults(func=run)
+
+
+def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    from crab_rt.serve.server import read_token_file
+
+    config = config_from_args(ServerConfig, args)
+    if args.token_file is not None:
+        config = dataclasses.replace(config, token=read_token_file(args.token_file))
+    return config.validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+    import sys
+    import threading
+
+    from crab_rt.bundle import load_bundle
+    from crab_rt.serve.server import Server
+
+    config = server_config_from_args(args)
+    bundle = load_bundle(args.bundle)
+    pipeline_config = pipeline_config_from_args(args, bundle.asr_model, live=False)
+    server = Server(bundle, pipeline_config, config)
+
+    async def main() -> None:
+        if threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, server.request_drain)
+        await server.serve()
+
+    asyncio.run(main())
+    if args.verbosity >= 0:
+        print("crab-rt: server stopped", file=sys.stderr)
+    return 0

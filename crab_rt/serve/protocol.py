@@ -1,0 +1,194 @@
+"""The `crab-rt serve` wire protocol, version 1 (docs/protocol.md): message builders and the `start` parser.
+
+Shared by the server and the clients; no network code here. One WebSocket
+connection is one stream: the client sends a JSON `start`, binary PCM frames,
+then `stop`; the server answers `ready`, `speech_start`/`speech_end`, `event`,
+`error` and finally `done`. The JSON Schemas in `schemas/` describe every
+message; the tests validate each message the server sends against them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from crab_rt.audio import PCM_FORMATS
+from crab_rt.errors import CrabError
+
+__all__ = [
+    "PROTOCOL_VERSION", "DEFAULT_PORT", "CLOSE", "ERROR_CODES", "DONE_REASONS", "ProtocolError",
+    "StartRequest", "ready_message", "speech_message", "event_message", "error_message", "done_message",
+    "schema_path",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 8765
+
+# WebSocket close codes the server uses (RFC 6455 section 7.4.1).
+CLOSE = {
+    "normal": 1000,  # after `done` (stop, idle timeout)
+    "going_away": 1001,  # after `done` when the server drains (SIGTERM, Ctrl-C)
+    "invalid_data": 1007,  # bad_audio: partial sample frames, NaN/inf f32le samples
+    "policy": 1008,  # bad_start, protocol, unsupported_language
+    "too_big": 1009,  # a message over --max-message-bytes (closed by the WebSocket layer)
+    "internal": 1011,  # a worker failed on this stream's audio
+}
+
+# error.code -> whether the stream ends with it (fatal) or goes on.
+ERROR_CODES: dict[str, bool] = {
+    "bad_start": True,
+    "protocol": True,
+    "unsupported_language": True,
+    "bad_audio": True,
+    "idle_timeout": True,
+    "internal": True,
+    "utterance_dropped": False,
+    "messages_dropped": False,
+}
+
+DONE_REASONS = ("stop", "drain", "idle_timeout", "error")
+
+_STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")
+_START_FIELDS = {"type", "protocol", "sample_rate", "format", "channels", "language", "stream_id", "realtime"}
+
+
+class ProtocolError(CrabError):
+    """A client message breaks the protocol; `code` is the `error.code` the server answers with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """A validated `start` message.
+
+    Attributes:
+        sample_rate: Hz of the PCM the client sends (resampled to 16 kHz by the server).
+        format: "s16le" or "f32le".
+        channels: interleaved channels (averaged to mono).
+        language: the ASR language asked for, or None for the server's.
+        stream_id: the client's name for the stream, or None (the server picks one).
+        realtime: the client sends live audio; the server paces it to real time. False: as fast as the
+            pipeline takes it (files), with back-pressure instead of loss.
+    """
+
+    sample_rate: int
+    format: str
+    channels: int = 1
+    language: str | None = None
+    stream_id: str | None = None
+    realtime: bool = True
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> StartRequest:
+        """Parse and check the first message of a connection.
+
+        Raises:
+            ProtocolError: "protocol" for audio before `start` or a message that is not a `start`,
+                "bad_start" for invalid JSON or a field that is missing, unknown or out of range.
+        """
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            raise ProtocolError("protocol", "audio before start: the first message must be a JSON start message")
+        try:
+            msg = json.loads(text)
+        except ValueError as e:
+            raise ProtocolError("bad_start", f"start: not valid JSON: {e}") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError("bad_start", f"start: expected a JSON object, got {type(msg).__name__}")
+        if msg.get("type") != "start":
+            raise ProtocolError("protocol", f"the first message must be a start message, got type {msg.get('type')!r}")
+        unknown = sorted(set(msg) - _START_FIELDS)
+        if unknown:
+            raise ProtocolError("bad_start", f"start: unknown field(s) {', '.join(unknown)}; "
+                                f"allowed: {', '.join(sorted(_START_FIELDS))}")
+        version = msg.get("protocol", PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError("bad_start", f"start.protocol = {version!r}: this server speaks version "
+                                f"{PROTOCOL_VERSION}")
+        for name in ("sample_rate", "format"):
+            if name not in msg:
+                raise ProtocolError("bad_start", f"start: missing field {name}")
+        rate, channels = msg["sample_rate"], msg.get("channels", 1)
+        if not _is_int(rate) or not 8000 <= rate <= 192_000:
+            raise ProtocolError("bad_start", f"start.sample_rate = {rate!r}: must be an integer in [8000, 192000]")
+        if msg["format"] not in PCM_FORMATS:
+            raise ProtocolError("bad_start", f"start.format = {msg['format']!r}: must be one of "
+                                f"{', '.join(PCM_FORMATS)}")
+        if not _is_int(channels) or not 1 <= channels <= 8:
+            raise ProtocolError("bad_start", f"start.channels = {channels!r}: must be an integer in [1, 8]")
+        language = msg.get("language")
+        if language is not None and (not isinstance(language, str) or not _LANGUAGE_RE.match(language)):
+            raise ProtocolError("bad_start", f"start.language = {language!r}: must be a 2-3 letter lower-case "
+                                "code or null")
+        stream_id = msg.get("stream_id")
+        if stream_id is not None and (not isinstance(stream_id, str) or not _STREAM_ID_RE.match(stream_id)):
+            raise ProtocolError("bad_start", f"start.stream_id = {stream_id!r}: must be 1-64 characters of "
+                                "A-Z a-z 0-9 _ . : @ - (starting with a letter or digit)")
+        realtime = msg.get("realtime", True)
+        if not isinstance(realtime, bool):
+            raise ProtocolError("bad_start", f"start.realtime = {realtime!r}: must be true or false")
+        return cls(rate, msg["format"], channels, language, stream_id, realtime)
+
+    def to_message(self) -> dict[str, Any]:
+        """The `start` message a client sends for this request."""
+        msg: dict[str, Any] = {"type": "start", "protocol": PROTOCOL_VERSION, "sample_rate": self.sample_rate,
+                               "format": self.format, "channels": self.channels, "realtime": self.realtime}
+        if self.language is not None:
+            msg["language"] = self.language
+        if self.stream_id is not None:
+            msg["stream_id"] = self.stream_id
+        return msg
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def ready_message(stream_id: str, server: str, labels: list[str], request: StartRequest, language: str | None,
+                  max_message_bytes: int, idle_timeout_s: float) -> dict[str, Any]:
+    return {"type": "ready", "protocol": PROTOCOL_VERSION, "stream_id": stream_id, "server": server,
+            "labels": list(labels), "sample_rate": request.sample_rate, "format": request.format,
+            "channels": request.channels, "language": language, "realtime": request.realtime,
+            "max_message_bytes": max_message_bytes, "idle_timeout_s": idle_timeout_s}
+
+
+def speech_message(kind: str, stream_id: str, time_s: float, utterance_id: int | None = None) -> dict[str, Any]:
+    """`speech_start` or `speech_end` (with the utterance it closed, or null)."""
+    msg: dict[str, Any] = {"type": kind, "stream_id": stream_id, "time_s": round(time_s, 3)}
+    if kind == "speech_end":
+        msg["utterance_id"] = utterance_id
+    return msg
+
+
+def event_message(event_fields: dict[str, Any]) -> dict[str, Any]:
+    """An `event`: `EmotionEvent.to_dict()` (the fields of `crab-rt listen`'s JSON lines) plus its type."""
+    return {"type": "event", **event_fields}
+
+
+def error_message(code: str, message: str) -> dict[str, Any]:
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return {"type": "error", "code": code, "message": message, "fatal": ERROR_CODES[code]}
+
+
+def done_message(stream_id: str, reason: str, audio_s: float, utterances: int, events: int,
+                 dropped_utterances: int, dropped_messages: int) -> dict[str, Any]:
+    if reason not in DONE_REASONS:
+        raise ValueError(f"unknown done reason {reason!r}")
+    return {"type": "done", "stream_id": stream_id, "reason": reason, "audio_s": round(audio_s, 3),
+            "utterances": utterances, "events": events, "dropped_utterances": dropped_utterances,
+            "dropped_messages": dropped_messages}
+
+
+def schema_path(direction: str):
+    """The JSON Schema file of the messages one side sends: "client" or "server"."""
+    from pathlib import Path
+
+    if direction not in ("client", "server"):
+        raise ValueError(f"direction must be 'client' or 'server', got {direction!r}")
+    return Path(__file__).with_name("schemas") / f"{direction}-messages.schema.json"
