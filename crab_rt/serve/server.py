@@ -326,7 +326,7 @@ class Server:
 
     def _refuse(self, connection, status: int, reason: str, message: str):
         self.metrics.refused.labels(reason).inc()
-        log.info("refused %s: %s", _peer(connection), message)
+        log.log(logging.WARNING if status == 401 else logging.INFO, "refused %s: %s", _peer(connection), message)
         response = connection.respond(status, message + "\n")
         if status == 503:
             _set_header(response, "Retry-After", "1")
@@ -563,8 +563,9 @@ class _Session:
                 now = time.perf_counter()
                 started = now if started is None else started
                 ahead = self.audio_s + samples.size / SAMPLE_RATE - (now - started) - server.config.realtime_slack_s
-                if ahead > 0:
-                    await asyncio.sleep(ahead)  # the client is paced: nothing is read meanwhile
+                if ahead > 0:  # the client is paced: nothing is read meanwhile (a drain cuts the wait short)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.draining.wait(), ahead)
             if not await self._accept(samples):
                 return
 
