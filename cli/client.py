@@ -13,20 +13,21 @@ import sys
 import threading
 
 from crab_rt.audio import SAMPLE_RATE
+from crab_rt.cli._io import (
+    add_input_options,
+    check_input_flags,
+    check_output,
+    open_output,
+    pretty_line,
+    read_token_file,
+    run_with_sigterm_as_interrupt,
+)
 from crab_rt.serve.protocol import DEFAULT_PORT
 
 log = logging.getLogger(__name__)
 
 _FILE_CHUNK_MS = 100.0  # files: fewer, larger messages
 _LIVE_CHUNK_MS = 32.0  # stdin and microphones: as listen reads them
-
-
-class _PcmOption(argparse.Action):
-    """Stores the value and records the flag, so that --rate/--channels without --input - can be refused."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.pcm_flags = [*getattr(namespace, "pcm_flags", []), option_string]
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -39,16 +40,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--url", default=f"ws://127.0.0.1:{DEFAULT_PORT}",
                    help=f"server URL, ws:// or wss:// (default ws://127.0.0.1:{DEFAULT_PORT})")
-    src = p.add_argument_group("input (one of)")
-    src.add_argument("--input", help="audio/video file, or - for raw signed 16-bit little-endian PCM on stdin")
-    src.add_argument("--device", help="microphone: index or (part of) a name, see `crab-rt devices`")
-    src.add_argument("--rate", type=int, default=SAMPLE_RATE, action=_PcmOption,
-                     help=f"sample rate of --input - (default {SAMPLE_RATE}); only with --input -")
-    src.add_argument("--channels", type=int, default=1, action=_PcmOption,
-                     help="channels of --input - (default 1); only with --input -")
-    src.add_argument("--realtime", action="store_true",
-                     help="send a file at 1x as live audio (default: as fast as the server takes it); "
-                     "stdin and a microphone are always live")
+    add_input_options(p, "send a file at 1x as live audio (default: as fast as the server takes it); "
+                      "stdin and a microphone are always live")
     c = p.add_argument_group("connection")
     c.add_argument("--token-file", help="file holding the server's bearer token (one line)")
     c.add_argument("--cafile", help="PEM file of the CA(s) to trust for a wss:// server (default: the system's)")
@@ -60,31 +53,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     o.add_argument("--show-speech", action="store_true",
                    help="also print the server's speech_start / speech_end messages (JSON), e.g. to debug barge-in")
     p.set_defaults(func=run)
-
-
-def _read_token(path: str | None) -> str | None:
-    from pathlib import Path
-
-    from crab_rt.errors import ConfigError
-
-    if path is None:
-        return None
-    file = Path(path)
-    if file.is_dir():
-        raise ConfigError(f"--token-file {path}: is a folder; give the file holding the token")
-    try:
-        token = file.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"--token-file {path}: file not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--token-file {path}: not UTF-8 text") from None
-    except OSError as e:
-        raise ConfigError(f"--token-file {path}: cannot read: {e.strerror or e}") from None
-    if not token:
-        raise ConfigError(f"--token-file {path}: the file is empty")
-    if "\n" in token or "\r" in token:
-        raise ConfigError(f"--token-file {path}: holds more than one line; the token is one line")
-    return token
 
 
 def _ssl_context(cafile: str | None, url: str):
@@ -128,12 +96,7 @@ def _stream_options(args: argparse.Namespace) -> dict:
     """The `start` options the input implies, checked before anything is opened."""
     from crab_rt.errors import ConfigError
 
-    if (args.input is None) == (args.device is None):
-        raise ConfigError("give exactly one input: --input FILE, --input - (PCM on stdin) or --device MIC")
-    pcm_flags = getattr(args, "pcm_flags", [])
-    if pcm_flags and args.input != "-":
-        raise ConfigError(f"{'/'.join(dict.fromkeys(pcm_flags))} apply only to --input - (raw PCM on stdin); "
-                          "a file or microphone gives its own")
+    check_input_flags(args)
     if args.realtime and args.input in (None, "-"):
         raise ConfigError("--realtime applies only to a file: stdin and a microphone are always live")
     if args.input == "-":
@@ -160,14 +123,6 @@ def _open_source(args: argparse.Namespace):
     return source, source
 
 
-def _pretty_line(event) -> str:
-    """An event as `crab-rt listen --format pretty` prints it."""
-    text = f' "{event.text}"' if event.text else ""
-    flag = " (text flagged)" if event.text_flagged else ""
-    return (f"[{event.start_s:7.2f}-{event.end_s:7.2f}s] {event.label:<10} {event.confidence:5.2f}  "
-            f"{event.latency_ms.get('end_to_event', float('nan')):6.0f} ms{text}{flag}\n")
-
-
 class _Printer(threading.Thread):
     """Prints the server's messages as they arrive; keeps `done`, the latencies and the terminal error."""
 
@@ -189,7 +144,7 @@ class _Printer(threading.Thread):
             for msg in self.client.messages():
                 if isinstance(msg, EmotionEvent):
                     self.latencies.add(msg.latency_ms)
-                    self.out.write(_pretty_line(msg) if self.pretty else msg.to_json() + "\n")
+                    self.out.write(pretty_line(msg) if self.pretty else msg.to_json() + "\n")
                     self.out.flush()
                 elif isinstance(msg, (SpeechStart, SpeechEnd)) and self.show_speech:
                     self.out.write(json.dumps(msg.to_dict()) + "\n")
@@ -205,32 +160,23 @@ class _Printer(threading.Thread):
 
 
 def run(args: argparse.Namespace) -> int:
-    """`crab-rt client`, with SIGTERM handled like Ctrl-C for the duration of the run (as listen does)."""
-    import signal
-
-    from crab_rt.cli.listen import _sigterm_as_interrupt
-
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        return _run(args)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    try:
-        return _run(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    """`crab-rt client`, with SIGTERM handled like Ctrl-C (as listen does)."""
+    return run_with_sigterm_as_interrupt(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
     import time
 
-    from crab_rt.cli.listen import _check_output, _open_output
     from crab_rt.client import Client, ClientError
     from crab_rt.errors import AudioError
     from crab_rt.runtime.summary import format_summary, run_summary
 
-    _check_output(args.output)
-    token = _read_token(args.token_file)
+    check_output(args.output)
+    token = read_token_file(args.token_file)
     ssl_context = _ssl_context(args.cafile, args.url)
-    client = Client(args.url, token=token, ssl_context=ssl_context, stream_id=args.stream_id,
+    # listen's stream names by default, so that the JSON lines are the same
+    stream_id = args.stream_id or ("file" if args.input not in (None, "-") else "live")
+    client = Client(args.url, token=token, ssl_context=ssl_context, stream_id=stream_id,
                     language=args.language, **_stream_options(args))
     chunks, source = _open_source(args)
     out = printer = None
@@ -244,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.verbosity >= 0:
                 print(f"crab-rt: connected to {ready.server} at {args.url} (stream {ready.stream_id})",
                       file=sys.stderr)
-            out = _open_output(args.output) if args.output else sys.stdout
+            out = open_output(args.output) if args.output else sys.stdout
             printer = _Printer(client, out, args.format == "pretty", args.show_speech)
             printer.start()
             try:

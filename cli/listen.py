@@ -7,19 +7,19 @@ import logging
 import sys
 
 from crab_rt.audio import SAMPLE_RATE
+from crab_rt.cli._io import (
+    add_input_options,
+    check_input_flags,
+    check_output,
+    open_output,
+    pretty_line,
+    run_with_sigterm_as_interrupt,
+)
 from crab_rt.cli._pipeline_options import add_pipeline_options, pipeline_config_from_args
 
 __all__ = ["register", "run", "pipeline_config_from_args"]
 
 log = logging.getLogger(__name__)
-
-
-class _PcmOption(argparse.Action):
-    """Stores the value and records the flag, so that --rate/--channels without --input - can be refused."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.pcm_flags = [*getattr(namespace, "pcm_flags", []), option_string]
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,14 +29,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Segment speech with Silero VAD, transcribe with faster-whisper, classify the emotion of "
         "each utterance with a crab-rt bundle. Events are JSON lines on stdout (or --format pretty).",
     )
-    src = p.add_argument_group("input (one of)")
-    src.add_argument("--input", help="audio/video file, or - for raw signed 16-bit little-endian PCM on stdin")
-    src.add_argument("--device", help="microphone: index or (part of) a name, see `crab-rt devices`")
-    src.add_argument("--rate", type=int, default=SAMPLE_RATE, action=_PcmOption,
-                     help=f"sample rate of --input - (default {SAMPLE_RATE}); only with --input -")
-    src.add_argument("--channels", type=int, default=1, action=_PcmOption,
-                     help="channels of --input - (default 1); only with --input -")
-    src.add_argument("--realtime", action="store_true", help="pace a file at 1x (default: as fast as possible)")
+    add_input_options(p, "pace a file at 1x (default: as fast as possible)")
     add_pipeline_options(p, overflow_default="block for files and stdin, drop for a microphone")
     o = p.add_argument_group("output")
     o.add_argument("--format", default="jsonl", choices=("jsonl", "pretty"))
@@ -46,15 +39,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def _source(args):
     """The audio source and whether it is live (a microphone: only it defaults to --overflow drop)."""
-    from crab_rt.errors import ConfigError
     from crab_rt.runtime import sources
 
-    if (args.input is None) == (args.device is None):
-        raise ConfigError("give exactly one input: --input FILE, --input - (PCM on stdin) or --device MIC")
-    pcm_flags = getattr(args, "pcm_flags", [])
-    if pcm_flags and args.input != "-":
-        raise ConfigError(f"{'/'.join(dict.fromkeys(pcm_flags))} apply only to --input - (raw PCM on stdin); "
-                          "a file or microphone gives its own")
+    check_input_flags(args)
     if args.device is not None:
         device = int(args.device) if args.device.isdigit() else args.device
         return sources.MicrophoneSource(device), True
@@ -63,48 +50,9 @@ def _source(args):
     return sources.FileSource(args.input, realtime=args.realtime), False
 
 
-def _check_output(path: str | None) -> None:
-    """Refuse an --output that cannot be written (a folder, a missing folder) before the model loads."""
-    from pathlib import Path
-
-    from crab_rt.errors import ConfigError
-
-    if path is None:
-        return
-    out = Path(path)
-    if out.is_dir():
-        raise ConfigError(f"--output {path}: is a folder; give a file name")
-    if not out.parent.is_dir():
-        what = "is not a folder" if out.parent.exists() else "does not exist"
-        raise ConfigError(f"--output {path}: folder {out.parent} {what}")
-
-
-def _open_output(path: str):
-    from crab_rt.errors import ConfigError
-
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"--output {path}: cannot write: {e.strerror or e}") from e
-
-
-def _sigterm_as_interrupt(signum, frame) -> None:
-    """SIGTERM (systemd, `docker stop`) ends a run as Ctrl-C does: the utterance in flight is emitted, exit 0."""
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    """`crab-rt listen`, with SIGTERM handled like Ctrl-C for the duration of the run."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        return _run(args)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    try:
-        return _run(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    """`crab-rt listen`, with SIGTERM handled like Ctrl-C (the utterance in flight is emitted, exit 0)."""
+    return run_with_sigterm_as_interrupt(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -115,22 +63,19 @@ def _run(args: argparse.Namespace) -> int:
     from crab_rt.runtime.pipeline import Pipeline
     from crab_rt.runtime.summary import format_summary, run_summary
 
-    _check_output(args.output)
+    check_output(args.output)
     bundle = load_bundle(args.bundle)
     source, live = _source(args)
     config = pipeline_config_from_args(args, bundle.asr_model, live)
-    out = _open_output(args.output) if args.output else sys.stdout
+    out = open_output(args.output) if args.output else sys.stdout
     pretty = args.format == "pretty"
     status = sys.stderr
 
     def on_event(event) -> None:
         if pretty:
-            text = f' "{event.text}"' if event.text else ""
-            flag = " (text flagged)" if event.text_flagged else ""
             if status.isatty():
                 status.write("\r\033[K")  # clear the live status line
-            out.write(f"[{event.start_s:7.2f}-{event.end_s:7.2f}s] {event.label:<10} {event.confidence:5.2f}  "
-                      f"{event.latency_ms['end_to_event']:6.0f} ms{text}{flag}\n")
+            out.write(pretty_line(event))
         else:
             out.write(event.to_json() + "\n")
         out.flush()

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 
+from crab_rt.cli._io import read_token_file
 from crab_rt.cli._options import add_config_option, config_from_args
 from crab_rt.cli._pipeline_options import add_pipeline_options, pipeline_config_from_args
 from crab_rt.serve.server import ServerConfig
@@ -50,8 +51,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
-    from crab_rt.serve.server import read_token_file
-
     config = config_from_args(ServerConfig, args)
     if args.token_file is not None:
         config = dataclasses.replace(config, token=read_token_file(args.token_file))

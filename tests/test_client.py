@@ -217,11 +217,16 @@ def test_f32le_is_sent_as_is():
     assert encode_pcm(x.astype(np.float32), "f32le") == struct.pack("<5f", 0.0, 0.5, -1.0, 0.25, 1.5)
 
 
-def test_s16le_is_scaled_by_32767_rounded_and_clipped():
+def test_s16le_is_scaled_by_32768_rounded_and_clipped():
     x = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 1.5, -2.0, 0.00002, 0.1], dtype=np.float32)
-    # 0.5 * 32767 = 16383.5 -> 16384 (nearest even); 0.00002 * 32767 = 0.655 -> 1; 0.1 * 32767 = 3276.7 -> 3277
-    expected = [0, 16384, -16384, 32767, -32767, 32767, -32767, 1, 3277]
+    # the server's scale (1/32768) inverted: 1.0 -> 32768 clipped to 32767; 0.00002 * 32768 = 0.655 -> 1;
+    # 0.1 * 32768 = 3276.8 -> 3277
+    expected = [0, 16384, -16384, 32767, -32768, 32767, -32768, 1, 3277]
     assert encode_pcm(x, "s16le") == struct.pack("<9h", *expected)
+    from crab_rt.audio import PcmDecoder  # the round trip through the server's decoder is exact
+
+    pcm = np.array([-32768, -3, 0, 7, 32767], dtype="<i2")
+    assert encode_pcm(PcmDecoder(16000, "s16le").decode(pcm.tobytes()), "s16le") == pcm.tobytes()
     assert encode_pcm(np.array([1, -2, 300], dtype=np.int16), "s16le") == struct.pack("<3h", 1, -2, 300)
     stereo = np.array([[0.5, -0.5], [1.0, 0.0]], dtype=np.float32)  # [time, channels] is interleaved
     assert encode_pcm(stereo, "s16le", channels=2) == struct.pack("<4h", 16384, -16384, 32767, 0)
@@ -556,7 +561,7 @@ def test_cli_prints_listens_json_lines(fake_server, wav, capsys):
     assert lines == [make_event(0).to_json(), make_event(1).to_json()]
     assert list(json.loads(lines[0])) == [f.name for f in dataclasses.fields(EmotionEvent)]
     assert "audio 0.5 s" in err and "utterances 2" in err
-    assert server.start == StartRequest(16000, "f32le", 1, None, None, False)
+    assert server.start == StartRequest(16000, "f32le", 1, None, "file", False)  # listen's stream name
 
 
 def test_cli_pretty_show_speech_and_output_file(fake_server, wav, tmp_path, capsys):
@@ -578,7 +583,7 @@ def test_cli_stdin_sends_s16le_as_is(fake_server, monkeypatch, capsys):
     pcm = np.arange(-400, 400, dtype="<i2").tobytes() + b"\x07"  # a trailing partial frame is dropped
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(pcm)))
     assert main(["client", "--url", server.url, "--input", "-", "--rate", "8000", "--channels", "2"]) == 0
-    assert server.start == StartRequest(8000, "s16le", 2, None, None, True)
+    assert server.start == StartRequest(8000, "s16le", 2, None, "live", True)
     assert b"".join(server.binary) == pcm[:-1]
     out, err = capsys.readouterr()
     assert out.splitlines() == [make_event(0).to_json()]

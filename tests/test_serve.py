@@ -496,8 +496,8 @@ def test_cli_refuses_bad_settings_in_one_line(tiny_bundle, tmp_path, capsys):
     empty = tmp_path / "token"
     empty.write_text("  \n")
     cases = [
-        (["--token-file", str(empty)], f"token file {empty}: is empty"),
-        (["--token-file", str(tmp_path / "missing")], "cannot read"),
+        (["--token-file", str(empty)], f"--token-file {empty}: the file is empty"),
+        (["--token-file", str(tmp_path / "missing")], "missing: file not found"),
         (["--max-streams", "0"], "server.max_streams = 0 is out of range"),
         (["--tls-cert", "x.pem"], "TLS needs both a certificate and a key"),
         (["--bundle", str(tmp_path)], "bundle"),

@@ -53,7 +53,7 @@ from crab_rt.serve import protocol
 from crab_rt.serve.metrics import ServerMetrics
 from crab_rt.serve.protocol import CLOSE, ProtocolError, StartRequest
 
-__all__ = ["ServerConfig", "Server", "BackgroundServer", "serve_in_background", "read_token_file"]
+__all__ = ["ServerConfig", "Server", "BackgroundServer", "serve_in_background"]
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +123,6 @@ class ServerConfig:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def read_token_file(path: str | Path) -> str:
-    """The bearer token in `path` (surrounding whitespace stripped).
-
-    Raises:
-        ConfigError: the file is missing, unreadable or empty.
-    """
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(f"token file {path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"token file {path}: not UTF-8 text") from None
-    if not token:
-        raise ConfigError(f"token file {path}: is empty")
-    return token
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
