@@ -29,6 +29,8 @@ KINDS = {
     "asr": ("crab_bench.asr", "faster-whisper latency per utterance vs length, per model and compute type"),
     "vad": ("crab_bench.vad", "Silero VAD (and the segmenter) cost per 32 ms frame"),
     "soak": ("crab_bench.soak", "a long stream (an hour of audio by default), faster than real time: RSS and drops"),
+    "serve": ("crab_bench.serve_load", "crab-rt serve under load: N real-time WebSocket clients of real speech on "
+              "loopback; end-of-speech-to-event latency as the client sees it, CPU, refusals"),
 }
 
 
