@@ -8,7 +8,7 @@ import dataclasses
 from crab_rt.backends.base import BACKEND_NAMES
 from crab_rt.bundle import PRECISIONS
 from crab_rt.cli._options import add_config_option, config_from_args
-from crab_rt.runtime.asr import GUARDS, AsrConfig
+from crab_rt.runtime.asr import COMPUTE_TYPES, GUARDS, AsrConfig
 from crab_rt.runtime.pipeline import OVERFLOW_POLICIES, PipelineConfig
 from crab_rt.runtime.segmenter import SegmenterConfig
 
@@ -42,6 +42,10 @@ def add_pipeline_options(p: argparse.ArgumentParser, overflow_default: str) -> N
                       convert=lambda code: None if code == "auto" else code)
     add_config_option(a, "--asr-guard", AsrConfig, "guard", "on no-speech/low-confidence text: drop it, flag it, "
                       "or keep it", choices=GUARDS)
+    add_config_option(a, "--asr-compute-type", AsrConfig, "compute_type", "CTranslate2 compute type (int8 is "
+                      "fastest on a CPU; default keeps the model's type where the device supports it)",
+                      choices=COMPUTE_TYPES)
+    add_config_option(a, "--asr-threads", AsrConfig, "cpu_threads", "CTranslate2 threads on a CPU (0 = its default)")
     a.add_argument("--no-asr", action="store_true", help="run without ASR (empty text)")
     s = p.add_argument_group("segmentation")
     add_config_option(s, "--start-threshold", SegmenterConfig, "start_threshold", "speech starts at this probability")

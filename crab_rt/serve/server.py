@@ -201,8 +201,10 @@ class Server:
                 ws_server = await serve(
                     self._handle, cfg.host, cfg.port, ssl=self._tls, max_size=cfg.max_message_bytes,
                     process_request=self._process_request, process_response=self._process_response,
-                    server_header=f"crab-rt/{__version__}", ping_interval=20, ping_timeout=20,
-                    close_timeout=5, max_queue=16,
+                    # No keepalive pings: while back-pressure holds a stream's reads, its client's pong waits
+                    # behind unread audio and a ping timeout would cut a healthy client (seen with 16 clients on
+                    # 2 cores). The idle timeout ends connections that really went quiet.
+                    server_header=f"crab-rt/{__version__}", ping_interval=None, close_timeout=5, max_queue=16,
                 )
             except OSError as e:
                 raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
@@ -640,6 +642,10 @@ class _Session:
         if sent is not None and sent.code == CLOSE["too_big"]:
             self.metrics.errors.labels("message_too_big").inc()
             log.warning("%s: stream %s: %s (close code 1009)", _peer(self.ws), self.stream_id, sent.reason)
+            return
+        if sent is not None and getattr(e, "rcvd", None) is None:  # the WebSocket layer closed it, not the client
+            log.warning("%s: stream %s: closed by the server's WebSocket layer with %d (%s) after %.1f s of audio",
+                        _peer(self.ws), self.stream_id, sent.code, sent.reason, self.audio_s)
             return
         rcvd = e.rcvd.code if getattr(e, "rcvd", None) is not None else 1006
         if rcvd in (1000, 1001) and self.stream is None:
