@@ -46,6 +46,9 @@ def add_pipeline_options(p: argparse.ArgumentParser, overflow_default: str) -> N
                       "fastest on a CPU; default keeps the model's type where the device supports it)",
                       choices=COMPUTE_TYPES)
     add_config_option(a, "--asr-threads", AsrConfig, "cpu_threads", "CTranslate2 threads on a CPU (0 = its default)")
+    add_config_option(a, "--asr-max-batch", PipelineConfig, "asr_max_batch",
+                      "most utterances per ASR call, across streams (0: auto = 8 on a GPU, 1 on a CPU, where "
+                      "batching saves no work)")
     a.add_argument("--no-asr", action="store_true", help="run without ASR (empty text)")
     s = p.add_argument_group("segmentation")
     add_config_option(s, "--start-threshold", SegmenterConfig, "start_threshold", "speech starts at this probability")

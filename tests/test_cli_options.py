@@ -102,6 +102,7 @@ def test_listen_without_flags_gives_the_config_defaults():
         (["--asr-threads", "2"], "asr", "cpu_threads", 2),
         (["--backend", "torch"], None, "backend", "torch"),
         (["--max-in-flight", "4"], None, "max_in_flight", 4),
+        (["--asr-max-batch", "4"], None, "asr_max_batch", 4),
         (["--precision", "fp16"], None, "precision", "fp16"),
         (["--threads", "3"], None, "threads", 3),
         (["--overflow", "drop"], None, "overflow", "drop"),

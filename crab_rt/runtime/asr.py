@@ -483,8 +483,7 @@ class Transcriber:
         return _combine(parts, info.language)
 
     def _batch_setup(self):
-        """(tokenizer, prompt, generate options) of the batched path, built once; None when the
-        language must be detected per utterance (a multilingual model with `language=None`)."""
+        """(tokenizer, prompt, generate options) of the batched path, built once (the language is set)."""
         if self._batch_settings is None:
             from faster_whisper.tokenizer import Tokenizer
             from faster_whisper.transcribe import get_suppressed_tokens
@@ -492,8 +491,6 @@ class Transcriber:
             model = self._model
             multilingual = bool(model.model.is_multilingual)
             language = self.config.language if multilingual else "en"
-            if language is None:
-                return None
             # As WhisperModel.transcribe + generate_segments + get_prompt + generate_with_fallback (1.2.1) at
             # temperature 0 with the options `_decode` passes: no previous text, no prefix, no hotwords.
             tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=language)
@@ -528,7 +525,7 @@ class Transcriber:
         # Features outside the lock: the extractor is stateless (no chunk_length given) and pure numpy.
         windows: list[tuple[int, np.ndarray, int]] = []  # (index, padded log-mel window, content frames)
         alone: list[int] = []
-        batched = self._batch_setup_unlocked_ok()
+        batched = not (self.is_multilingual and self.config.language is None)  # else language detection
         for i, x in enumerate(audios):
             if not batched:
                 alone.append(i)
@@ -541,6 +538,7 @@ class Transcriber:
             else:
                 alone.append(i)
         results: list[tuple[str, str, float, float] | None] = [None] * len(audios)
+        generated: list = []
         with self._lock:
             for i in alone:
                 results[i] = self._decode(audios[i])
@@ -548,7 +546,7 @@ class Transcriber:
                 tokenizer, prompt, options = self._batch_setup()
                 encoder_output = model.encode(np.stack([w for _, w, _ in windows]))
                 generated = model.model.generate(encoder_output, [list(prompt) for _ in windows], **options)
-        for (i, _, content_frames), result in zip(windows, generated if windows else ()):
+        for (i, _, content_frames), result in zip(windows, generated, strict=True):
             tokens = result.sequences_ids[0]
             # generate_with_fallback: the average log-prob recovered from the length-normalised score.
             seq_len = len(tokens)
@@ -587,10 +585,10 @@ class Transcriber:
         start = time.perf_counter()
         x = as_mono_float32(audio, "ASR input")
         if x.size == 0:
-            return self._empty(start)
+            return self._empty(_ms(start))
         with self._lock:
             decoded = self._decode(x)
-        return self._guarded(decoded, x.size / SAMPLE_RATE, start)
+        return self._guarded(decoded, x.size / SAMPLE_RATE, _ms(start))
 
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
         """Transcribe several utterances with one batched CTranslate2 call.
@@ -618,20 +616,21 @@ class Transcriber:
         xs = [as_mono_float32(a, "ASR input") for a in audios]
         speech = [i for i, x in enumerate(xs) if x.size]
         decoded = dict(zip(speech, self._decode_batch([xs[i] for i in speech]))) if speech else {}
-        return [self._guarded(decoded[i], x.size / SAMPLE_RATE, start) if x.size else self._empty(start)
+        elapsed_ms = _ms(start)
+        return [self._guarded(decoded[i], x.size / SAMPLE_RATE, elapsed_ms) if x.size else self._empty(elapsed_ms)
                 for i, x in enumerate(xs)]
 
-    def _empty(self, start: float) -> Transcript:
+    def _empty(self, elapsed_ms: float) -> Transcript:
         """Empty audio: the model does not run."""
         language = (self.config.language if self.is_multilingual else None) or "en"
         text, flagged, reason = apply_guard("", 1.0, 0.0, self.config)
         reason = "empty audio" if flagged else None
-        return Transcript(text, language, 1.0, 0.0, 0.0, flagged, reason, _ms(start))
+        return Transcript(text, language, 1.0, 0.0, 0.0, flagged, reason, elapsed_ms)
 
-    def _guarded(self, decoded: tuple[str, str, float, float], duration_s: float, start: float) -> Transcript:
+    def _guarded(self, decoded: tuple[str, str, float, float], duration_s: float, elapsed_ms: float) -> Transcript:
         raw, language, no_speech, avg = decoded
         text, flagged, reason = apply_guard(raw, no_speech, avg, self.config)
-        return Transcript(text, language, no_speech, avg, duration_s, flagged, reason, _ms(start))
+        return Transcript(text, language, no_speech, avg, duration_s, flagged, reason, elapsed_ms)
 
 
 def _combine(parts: list[tuple[str, list[int], float, float]], language: str) -> tuple[str, str, float, float]:

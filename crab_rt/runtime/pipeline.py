@@ -110,6 +110,10 @@ class PipelineConfig:
             pipeline's sessions and ASR share the cores, and spinning workers
             steal them (it doubled the text encoder and head times on 2 cores).
         max_batch: most utterances per encoder or head call.
+        asr_max_batch: most utterances per ASR call; 0 (auto) is `max_batch` when ASR runs on a GPU and
+            1 on a CPU. Batched and one-at-a-time transcripts are the same (tests/test_asr_batch.py), but on
+            a CPU Whisper's encoder does the same work either way (8 utterances: 1.09x faster in all with
+            float32, 0.96x with int8, 2 cores), and every utterance of a batch waits for the whole batch.
         max_in_flight: most utterances being processed at once (admission bound).
         overflow: "block" (accept waits) or "drop" (new utterance dropped, counted).
         event_queue_size: per-stream event queue when no callback is set.
@@ -123,6 +127,7 @@ class PipelineConfig:
     threads: int = 0
     ort_spinning: bool = False
     max_batch: int = 8
+    asr_max_batch: int = 0
     max_in_flight: int = 16
     overflow: str = "block"
     event_queue_size: int = 256
@@ -138,6 +143,8 @@ class PipelineConfig:
                               f"or in [1, {max_threads()}] (4 per CPU core)")
         if not 1 <= self.max_batch <= 64:
             raise ConfigError(f"max_batch must be in [1, 64], got {self.max_batch}")
+        if not 0 <= self.asr_max_batch <= 64:
+            raise ConfigError(f"asr_max_batch must be in [0, 64] (0: auto), got {self.asr_max_batch}")
         if not 1 <= self.max_in_flight <= 1024:
             raise ConfigError(f"max_in_flight must be in [1, 1024], got {self.max_in_flight}")
         if self.backend not in BACKEND_NAMES:
@@ -442,6 +449,8 @@ class Pipeline:
             bundle, config.backend, config.gpu, config.precision, config.threads, config.ort_spinning)
         self.transcriber = transcriber or (Transcriber(self.config.asr) if self.config.asr is not None else None)
         self.vad = SileroVad(num_threads=1)
+        on_gpu = self.transcriber is not None and self.transcriber.device == "cuda"
+        self.asr_batch = config.asr_max_batch or (config.max_batch if on_gpu else 1)  # see PipelineConfig
         self._admission = threading.BoundedSemaphore(self.config.max_in_flight)
         self._speech_q: queue.Queue = queue.Queue()
         self._asr_q: queue.Queue = queue.Queue()
@@ -570,19 +579,22 @@ class Pipeline:
             self._part_done(job)
 
     def _asr_worker(self) -> None:
-        while (batch := self._take_batch(self._asr_q, 1)) is not None:
+        while (batch := self._take_batch(self._asr_q, self.asr_batch)) is not None:
             self._guarded("ASR", batch, self._asr_step)
 
     def _asr_step(self, batch: list[_Job]) -> None:
-        job = batch[0]
         if self.transcriber is not None:
             start = time.perf_counter()
             if not self.model.uses_speech:
-                job.ms["queue_wait"] += (start - job.submitted) * 1000
-            result = self.transcriber.transcribe(job.utt.audio)
-            job.text, job.flagged = result.text, result.flagged
-            job.ms["asr"] = (time.perf_counter() - start) * 1000
-        self._part_done(job)
+                for job in batch:
+                    job.ms["queue_wait"] += (start - job.submitted) * 1000
+            results = self.transcriber.transcribe_batch([job.utt.audio for job in batch])
+            elapsed = (time.perf_counter() - start) * 1000
+            for job, result in zip(batch, results, strict=True):
+                job.text, job.flagged = result.text, result.flagged
+                job.ms["asr"] = elapsed
+        for job in batch:
+            self._part_done(job)
 
     def _fusion_worker(self) -> None:
         while (batch := self._take_batch(self._fusion_q, self.config.max_batch)) is not None:
