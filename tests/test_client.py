@@ -441,17 +441,10 @@ def test_websockets_missing_names_the_extra(fake_server, monkeypatch):
         Client.connect(server.url)
 
 
-def test_tls_with_cafile_and_an_untrusted_certificate(fake_server, wav, tmp_path, capsys):
-    import shutil
+def test_tls_with_cafile_and_an_untrusted_certificate(fake_server, wav, self_signed_cert, capsys):
     import ssl
-    import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed_cert
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     server = fake_server(speech_script(1), tls=tls)

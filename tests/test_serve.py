@@ -336,16 +336,10 @@ def test_bearer_token(tiny_bundle, jfk):
         assert http_get(server.port, "/healthz")[0] == 200  # health and metrics need no token
 
 
-def test_tls(tiny_bundle, tmp_path, jfk):
-    import shutil
+def test_tls(tiny_bundle, self_signed_cert, jfk):
     import ssl
 
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed_cert
     config = ServerConfig(port=0, tls_cert=str(cert), tls_key=str(key))
     with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"), config) as server:
         assert server.url.startswith("wss://")
