@@ -694,8 +694,7 @@ def test_cli_prints_what_listen_prints_against_the_real_server(tiny_bundle, caps
     token.write_text("s3cret\n")
     with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"),
                              ServerConfig(port=0, max_message_bytes=64 * 1024, token="s3cret")) as server:
-        assert main(["client", "--url", server.url, "--input", str(jfk), "--token-file", str(token),
-                     "--stream-id", "file"]) == 0  # listen names a file's stream "file"
+        assert main(["client", "--url", server.url, "--input", str(jfk), "--token-file", str(token)]) == 0
     client = capsys.readouterr().out.splitlines()
 
     def without_latency(lines: list[str]) -> list[dict]:

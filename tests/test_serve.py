@@ -308,6 +308,27 @@ def test_bad_streams_do_not_disturb_a_good_one(plain_server):
     assert len(of_type(good[0], "event")) == 4 and good[1] == 1000
 
 
+def test_abrupt_disconnect_mid_utterance_is_one_log_line(plain_server, caplog):
+    caplog.set_level("WARNING", logger="crab_rt")
+    chunks = jfk_chunks()
+
+    async def abrupt():
+        ws = await connect(plain_server.url)
+        await ws.send(start(stream_id="gone"))
+        for chunk in chunks[:60]:  # about 1.9 s: inside the first utterance
+            await ws.send(chunk)
+        await asyncio.sleep(0.2)
+        ws.transport.abort()  # no close frame
+
+    run(abrupt())
+    deadline = time.monotonic() + 5
+    while not [r for r in caplog.records if "gone" in r.getMessage()] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("crab_rt.serve")]
+    assert len(lines) == 1 and "stream gone: client disconnected without stop (close code 1006)" in lines[0]
+    assert http_get(plain_server.port, "/healthz")[0] == 200
+
+
 def test_idle_timeout_ends_the_stream_with_its_events(tiny_bundle, jfk):
     config = ServerConfig(port=0, idle_timeout_s=0.5)
     with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"), config) as server:
