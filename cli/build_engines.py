@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             "Build one TensorRT engine per graph of a bundle into BUNDLE/engines/<gpu>-<sm>-<trt>-<precision>/, "
             "with optimisation profiles from the bundle's shape ranges, a persistent timing cache, and an "
             "engine.json cache key (GPU, compute capability, TensorRT version, precision, ONNX sha256, shape "
-            "profile) that the runtime checks on load. Engines run only on the GPU architecture and TensorRT "
+            "profile) that the runtime checks on load: a stale engine is refused with this command to run, and "
+            "running it rebuilds the stale folder in place. Engines run only on the GPU architecture and TensorRT "
             "version that built them. Needs TensorRT >= 10 (JetPack on Jetson; NVIDIA's pip index or the tarball "
             "on x86) and cuda-python."
         ),
@@ -30,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="which graphs to build: fp16 uses the bundle's *.fp16.onnx (export --precision fp16)",
         default_text="fp16 when the bundle has fp16 graphs, else fp32",
     )
-    add_config_option(parser, "--force", BuildOptions, "force", "rebuild even when current engines exist")
+    add_config_option(parser, "--force", BuildOptions, "force",
+                      "rebuild even when current engines exist (stale or broken engines for this GPU, TensorRT "
+                      "and bundle are always rebuilt in place)")
     add_config_option(parser, "--workspace-gb", BuildOptions, "workspace_gb", "TensorRT workspace limit in GiB",
                       type=float, default_text="TensorRT's, up to the device memory")
     parser.set_defaults(func=run)

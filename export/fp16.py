@@ -42,6 +42,10 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32: tuple[str, ...]
         `dst`.
     """
     import onnx
+
+    from crab_rt.backends.onnxruntime import import_onnxruntime
+
+    import_onnxruntime()  # one line naming the extras when no ONNX Runtime build is installed
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))

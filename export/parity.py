@@ -98,7 +98,9 @@ def parity_cases(
 
 
 def _session(path: str | Path):
-    import onnxruntime as ort
+    from crab_rt.backends.onnxruntime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -170,19 +170,20 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _is_current(folder: Path, expected: dict) -> bool:
-    """Engines in `folder` match `expected` and every engine file is intact."""
+def _why_not_current(folder: Path, expected: dict) -> list[str]:
+    """Why the engines in `folder` cannot run as `expected` asks; empty when they are current and intact."""
+    if not folder.exists():
+        return ["not built"]
     try:
         record = read_engine_record(folder)
-    except BundleError:
-        return False
-    if stale_reasons(expected, record):
-        return False
-    for entry in record["graphs"].values():
+    except BundleError as e:
+        return [str(e)]
+    reasons = stale_reasons(expected, record)
+    for graph, entry in record["graphs"].items():
         file = folder / str(entry.get("file", ""))
         if not file.is_file() or sha256_file(file) != entry.get("sha256"):
-            return False
-    return True
+            reasons.append(f"{graph}: engine file missing or modified")
+    return reasons
 
 
 def _timed(work: Callable[[], Any], label: str, every_s: float) -> tuple[Any, float]:
@@ -239,11 +240,15 @@ def build_engines(
     expected = expected_record(bundle.manifest, precision, info.name, cc, str(trt.__version__))
     root = bundle.root / ENGINES_DIR
     folder = root / expected["key"]
-    if not options.force and _is_current(folder, expected):
+    reasons = _why_not_current(folder, expected)
+    if not options.force and not reasons:
         log.info(
             "engines in %s are current for %s and TensorRT %s (--force to rebuild)", folder, info.name, trt.__version__
         )
         return folder
+    if reasons != ["not built"]:
+        # A stale, broken or --force'd folder is rebuilt where it is: no manual cleanup first.
+        log.info("rebuilding %s in place (%s)", folder, "; ".join(reasons) if reasons else "--force")
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ENGINE_RECORD).unlink(missing_ok=True)  # a half-rebuilt folder must not look current

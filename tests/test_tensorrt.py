@@ -799,6 +799,76 @@ def test_session_refuses_tampered_or_foreign_engines(tmp_path, fake_gpu):
         TensorRTSession(folder / "head.engine", "head", 0)
 
 
+def test_stale_engines_are_refused_in_one_line_and_rebuilt_in_place(tmp_path, capsys, fake_gpu, monkeypatch):
+    """Another bundle's ONNX, another TensorRT: refused with the command to run, which rebuilds the same folder."""
+    trt, _ = fake_gpu
+    bundle_dir = _write_bundle(tmp_path / "b")
+    assert main(["build-engines", "--bundle", str(bundle_dir), "--precision", "fp32"]) == 0
+    folder = bundle_dir / "engines" / "h100-sm90-trt10.9-fp32"
+    capsys.readouterr()
+    hint = f"; run: crab-rt build-engines --bundle {bundle_dir} --gpu 0 --precision fp32"
+
+    # The bundle was re-exported: its head graph changed since the engines were built.
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    entry = manifest["graphs"]["head"]["fp32"]
+    (bundle_dir / entry["file"]).write_bytes(b"another export of the head")
+    entry["sha256"] = hashlib.sha256(b"another export of the head").hexdigest()
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as err:
+        find_engines(load_bundle(bundle_dir), 0, "fp32")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{folder}: stale TensorRT engines (head: ONNX changed")
+    assert message.endswith(hint)
+    # The command in the message rebuilds that folder in place, without --force or a manual cleanup.
+    assert main(["build-engines", "--bundle", str(bundle_dir), "--gpu", "0", "--precision", "fp32"]) == 0
+    assert f"rebuilding {folder} in place (head: ONNX changed since the build" in capsys.readouterr().err
+    assert find_engines(load_bundle(bundle_dir), 0, "fp32") == folder
+    assert sorted(p.name for p in (bundle_dir / "engines").iterdir()) == ["h100-sm90-trt10.9-fp32",
+                                                                          "h100-sm90-trt10.9.timing-cache"]
+
+    # A TensorRT patch update (same folder key): refused, then rebuilt in place.
+    monkeypatch.setattr(trt, "__version__", "10.9.1.2")
+    with pytest.raises(BundleError, match=r"TensorRT version: built for '10.9.0.34', this is '10.9.1.2'\); run: "
+                                          r"crab-rt build-engines --bundle .* --gpu 0 --precision fp32$"):
+        find_engines(load_bundle(bundle_dir), 0, "fp32")
+    assert main(["build-engines", "--bundle", str(bundle_dir), "--precision", "fp32"]) == 0
+    assert "TensorRT version: built for '10.9.0.34', this is '10.9.1.2'" in capsys.readouterr().err
+    assert json.loads((folder / ENGINE_RECORD).read_text())["tensorrt_version"] == "10.9.1.2"
+    assert find_engines(load_bundle(bundle_dir), 0, "fp32") == folder
+
+    # Through backend selection the refusal stays one line and names the rebuild command, not the doctor.
+    from crab_rt.backends.select import load_sessions
+
+    monkeypatch.setattr(trt, "__version__", "10.10.0.31")
+    with pytest.raises(BundleError) as err:
+        load_sessions(load_bundle(bundle_dir), "tensorrt", gpu=0, precision="fp32")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{folder}: stale TensorRT engines (TensorRT version: built for "
+                                                       "'10.9.1.2', this is '10.10.0.31')")
+    assert message.endswith(hint) and "crab-rt doctor" not in message
+    # A new TensorRT minor version (a JetPack update) keys a new folder; the runtime then takes that one.
+    assert main(["build-engines", "--bundle", str(bundle_dir), "--precision", "fp32"]) == 0
+    assert find_engines(load_bundle(bundle_dir), 0, "fp32").name == "h100-sm90-trt10.10-fp32"
+
+
+def test_session_errors_name_the_forced_rebuild(tmp_path, fake_gpu):
+    """An engine whose engine.json still matches but that TensorRT refuses needs --force, and the message says so."""
+    bundle_dir = _write_bundle(tmp_path / "b")
+    expected = expected_record(load_bundle(bundle_dir).manifest, "fp32", H100, "9.0", TRT_VERSION)
+    folder = bundle_dir / "engines" / expected["key"]
+    _record(expected, folder)
+    force = f"; run: crab-rt build-engines --bundle {bundle_dir} --gpu 0 --precision fp32 --force"
+    (folder / "text_encoder.engine").write_bytes(b"fake-engine tampered")
+    with pytest.raises(BundleError) as err:
+        TensorRTSession(folder / "text_encoder.engine", "text_encoder", 0)
+    assert str(err.value).endswith("sha256 differs from engine.json (file modified or corrupt)" + force)
+    (folder / "text_encoder.engine").write_bytes(b"fake-engine text_encoder")
+    with pytest.raises(BundleError) as err:
+        load_tensorrt_sessions(load_bundle(bundle_dir), 0, "fp32")  # the head's fake engine does not deserialize
+    assert "head.engine: TensorRT 10.9.0.34 cannot deserialize this engine" in str(err.value)
+    assert str(err.value).endswith(force) and "\n" not in str(err.value)
+
+
 def test_session_casts_int32_engine_outputs_to_bundle_int64(tmp_path, fake_gpu):
     folder = _text_engine_folder(tmp_path)
     with TensorRTSession(folder / "speech_encoder.engine", "speech_encoder", 0) as session:

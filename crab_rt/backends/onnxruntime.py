@@ -1,9 +1,11 @@
 """ONNX Runtime backend: CPU, and the CUDA / TensorRT execution providers.
 
 The CUDA and TensorRT providers come with `onnxruntime-gpu` (which replaces
-the CPU `onnxruntime` package; never install both). On a GPU, inputs and
-outputs go through IOBinding so the session does the copies on its own
-device; on the CPU plain `run` is already zero-copy.
+the CPU `onnxruntime` package; never install both). crab-rt requires neither:
+`crab-rt[cpu]` or `crab-rt[gpu]` picks one, or the user brings their own
+(Jetson), and `import_onnxruntime` says so in one line when none is there. On
+a GPU, inputs and outputs go through IOBinding so the session does the copies
+on its own device; on the CPU plain `run` is already zero-copy.
 
 Intra-op threads do not spin while idle unless asked (`spinning=True`).
 Spinning buys one session alone about 4 % (speech encoder, 4 s, 2 cores),
@@ -16,21 +18,49 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from crab_rt.backends.base import GraphSession, check_inputs
-from crab_rt.errors import BackendError, BundleError
+from crab_rt.errors import BackendError, BundleError, DependencyError
 
-__all__ = ["OrtSession", "ort_providers", "available_providers"]
+__all__ = ["ORT_MISSING", "OrtSession", "ort_providers", "available_providers", "import_onnxruntime"]
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 
+ORT_MISSING = (
+    "ONNX Runtime is not installed (crab-rt leaves the build to you): pip install 'crab-rt[cpu]' for the CPU, "
+    "or 'crab-rt[gpu]' for NVIDIA GPUs on x86_64; on Jetson install onnxruntime-gpu from the jetson-ai-lab index "
+    "for your JetPack; `crab-rt doctor` says what this machine can run"
+)
+
+
+def import_onnxruntime() -> Any:
+    """Import the `onnxruntime` module, whichever build provides it.
+
+    Raises:
+        DependencyError: no ONNX Runtime build is installed (names the extras), or the installed one fails to load.
+    """
+    try:
+        import onnxruntime
+    except ImportError as e:
+        if e.name == "onnxruntime":
+            raise DependencyError(ORT_MISSING) from e
+        raise DependencyError(
+            f"ONNX Runtime is installed but does not load ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "`crab-rt doctor` checks the installation"
+        ) from e
+    return onnxruntime
+
 
 def available_providers() -> list[str]:
-    import onnxruntime as ort
+    """Execution providers of the installed ONNX Runtime build, e.g. ["CPUExecutionProvider"].
 
-    return list(ort.get_available_providers())
+    Raises:
+        DependencyError: ONNX Runtime is not installed.
+    """
+    return list(import_onnxruntime().get_available_providers())
 
 
 def ort_providers(provider: str, gpu: int, trt_cache_dir: Path | None, fp16: bool, profile: str | None) -> list:
@@ -45,7 +75,8 @@ def ort_providers(provider: str, gpu: int, trt_cache_dir: Path | None, fp16: boo
     if provider == "cuda":
         if "CUDAExecutionProvider" not in have:
             raise BackendError(
-                "onnxruntime has no CUDA provider here: pip uninstall onnxruntime && pip install onnxruntime-gpu")
+                "onnxruntime has no CUDA provider here (the CPU build?): pip uninstall -y onnxruntime && "
+                "pip install 'crab-rt[gpu]'")
         return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
     if provider == "tensorrt":
         if "TensorrtExecutionProvider" not in have:
@@ -90,8 +121,7 @@ class OrtSession(GraphSession):
         providers: list | None = None,
         spinning: bool = False,
     ) -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         self.name = name
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 from crab_rt.backends.base import BACKEND_NAMES, GraphSession
 from crab_rt.bundle import NO_TORCH_WEIGHTS, PRECISIONS, Bundle
-from crab_rt.errors import BackendError, BundleError, ConfigError
+from crab_rt.errors import BackendError, BundleError, ConfigError, DependencyError
 
 logger = logging.getLogger(__name__)
+
+DOCTOR = "crab-rt doctor"  # the command that reports what this machine can run (cli/doctor.py)
 
 __all__ = ["BackendChoice", "load_sessions", "cuda_device_count", "check_gpu_index"]
 
@@ -113,8 +115,23 @@ def load_sessions(
 
     Raises:
         ConfigError: unknown backend or precision.
-        BackendError / DependencyError / BundleError: the backend cannot run here.
+        BackendError / DependencyError: the backend cannot run here (the message ends by pointing to
+            `crab-rt doctor` for this bundle and GPU).
+        BundleError: the bundle lacks what the backend needs, or its TensorRT engines are stale (the
+            message names the rebuild command).
     """
+    try:
+        return _load_sessions(bundle, backend, gpu, precision, threads, spinning)
+    except (BackendError, DependencyError) as e:
+        if DOCTOR in str(e):
+            raise
+        where = f"--bundle {bundle.root}" + ("" if gpu is None else f" --gpu {gpu}")
+        hint = f"`{DOCTOR} {where}` says what this machine can run"
+        raise type(e)(f"{e}; {hint}") from e
+
+
+def _load_sessions(bundle: Bundle, backend: str, gpu: int | None, precision: str, threads: int,
+                   spinning: bool) -> tuple[dict[str, GraphSession], BackendChoice]:
     if backend not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
     if precision not in PRECISIONS:
@@ -142,7 +159,8 @@ def load_sessions(
 
         provider = "cuda" if "CUDAExecutionProvider" in available_providers() else None
         if provider is None:
-            raise BackendError(f"--gpu {gpu} with onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider is absent)")
+            raise BackendError(f"--gpu {gpu} with onnxruntime needs onnxruntime-gpu (CUDAExecutionProvider is absent): "
+                               "pip install 'crab-rt[gpu]' (x86_64), or the jetson-ai-lab wheel on Jetson")
     if provider == "cpu" and precision == "fp16":
         raise ConfigError("fp16 graphs are for GPUs; on the CPU use --precision fp32")
     sessions = _ort(bundle, provider, gpu or 0, precision, threads, spinning)

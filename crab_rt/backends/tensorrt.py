@@ -150,13 +150,19 @@ def numpy_dtype_name(trt: Any, dtype: Any) -> str:
     return by_name[key]
 
 
-def check_engine_io(graph: str, engine_io: Mapping[str, Mapping], expected_io: Mapping[str, Mapping]) -> dict[str, str]:
+def check_engine_io(
+    graph: str,
+    engine_io: Mapping[str, Mapping],
+    expected_io: Mapping[str, Mapping],
+    hint: str = "rebuild the engines (crab-rt build-engines --force)",
+) -> dict[str, str]:
     """Check an engine's I/O tensors against the graph's recorded I/O.
 
     Args:
         graph: graph name (for messages).
         engine_io: {tensor: {"mode": "input"|"output", "dtype": numpy name, "shape": [dims, -1 dynamic]}}.
         expected_io: {"inputs": {name: {"dtype", "shape"}}, "outputs": {...}} (bundle graph_io).
+        hint: the rebuild command appended to errors.
 
     Returns:
         {tensor: engine dtype name} (differs from the bundle's only for allowed casts, e.g. int64 -> int32).
@@ -164,7 +170,6 @@ def check_engine_io(graph: str, engine_io: Mapping[str, Mapping], expected_io: M
     Raises:
         BundleError: names, directions, dtypes or fixed dims differ.
     """
-    hint = "rebuild the engines (crab-rt build-engines --force)"
     for mode, key in (("input", "inputs"), ("output", "outputs")):
         got = sorted(n for n, t in engine_io.items() if t["mode"] == mode)
         want = sorted(expected_io[key])
@@ -191,6 +196,13 @@ def check_engine_io(graph: str, engine_io: Mapping[str, Mapping], expected_io: M
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _force_rebuild_hint(engine_folder: Path, gpu_index: int, precision: object) -> str:
+    """The command that rebuilds `<bundle>/engines/<key>` in place even though its engine.json still matches."""
+    bundle_root = engine_folder.parent.parent if engine_folder.parent.name == ENGINES_DIR else engine_folder
+    precision = precision if precision in PRECISIONS else None
+    return rebuild_hint(bundle_root, gpu_index, precision) + " --force"
 
 
 # --------------------------------------------------------------------------- session
@@ -226,6 +238,7 @@ class TensorRTSession(GraphSession):
         trt = import_tensorrt()
         path = Path(engine_path)
         record = read_engine_record(path.parent)
+        hint = _force_rebuild_hint(path.parent, gpu_index, record.get("precision"))
         entry = record["graphs"].get(name)
         if entry is None:
             raise BundleError(
@@ -236,9 +249,7 @@ class TensorRTSession(GraphSession):
         except OSError as e:
             raise BundleError(f"{path}: cannot read engine ({e.strerror or e})") from e
         if _sha256_bytes(blob) != entry.get("sha256"):
-            raise BundleError(
-                f"{path}: sha256 differs from {ENGINE_RECORD} (file modified or corrupt); rebuild with --force"
-            )
+            raise BundleError(f"{path}: sha256 differs from {ENGINE_RECORD} (file modified or corrupt); {hint}")
 
         info = cm.require_device(gpu_index)
         cm.set_device(gpu_index)
@@ -254,10 +265,10 @@ class TensorRTSession(GraphSession):
         if self._engine is None:
             raise BundleError(
                 f"{path}: TensorRT {trt.__version__} cannot deserialize this engine (built with TensorRT "
-                f"{record.get('tensorrt_version')} on {record.get('gpu_name')}); rebuild with --force"
+                f"{record.get('tensorrt_version')} on {record.get('gpu_name')}); {hint}"
             )
         io = entry["io"]
-        self._engine_dtypes = check_engine_io(name, self._describe_io(), io)
+        self._engine_dtypes = check_engine_io(name, self._describe_io(), io, hint)
         self._bundle_dtypes = {n: s["dtype"] for n, s in {**io["inputs"], **io["outputs"]}.items()}
         self.input_names = tuple(io["inputs"])
         self.output_names = tuple(io["outputs"])

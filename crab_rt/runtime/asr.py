@@ -386,9 +386,10 @@ class Transcriber:
             import ctranslate2
             from faster_whisper import WhisperModel
         except ImportError as e:
+            from crab_rt.runtime.vad import FASTER_WHISPER_INSTALL
+
             raise DependencyError(
-                f"the ASR stage needs '{e.name or 'faster_whisper'}', which is not installed: "
-                "pip install faster-whisper"
+                f"the ASR stage needs '{e.name or 'faster_whisper'}', which is not installed: {FASTER_WHISPER_INSTALL}"
             ) from e
         self.model_path = resolve_model(config.model, config.local_files_only)
         n_cuda = ctranslate2.get_cuda_device_count()

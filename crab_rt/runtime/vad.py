@@ -39,12 +39,18 @@ __all__ = [
     "VadState",
     "SileroVad",
     "default_model_path",
+    "FASTER_WHISPER_INSTALL",
 ]
 
 FRAME_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 STATE_SHAPE = (1, 1, 128)
 _MAX_FRAMES_PER_CALL = 4096
+
+# faster-whisper hard-requires the CPU onnxruntime, so beside onnxruntime-gpu it goes in without its dependencies.
+FASTER_WHISPER_INSTALL = (
+    "pip install 'crab-rt[cpu]', or with crab-rt[gpu] or your own ONNX Runtime: pip install faster-whisper --no-deps"
+)
 
 
 @dataclass
@@ -82,8 +88,8 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec("faster_whisper")
     if spec is None or not spec.submodule_search_locations:
         raise BackendError(
-            "Silero VAD model not found: the 'faster-whisper' package (which ships "
-            "assets/silero_vad_v6.onnx) is not installed: pip install faster-whisper"
+            "Silero VAD model not found: the 'faster-whisper' package (which ships assets/silero_vad_v6.onnx) is "
+            f"not installed: {FASTER_WHISPER_INSTALL}"
         )
     for location in spec.submodule_search_locations:
         path = Path(location) / "assets" / "silero_vad_v6.onnx"
@@ -134,8 +140,9 @@ class SileroVad:
             raise BackendError(f"{path}: Silero VAD model file not found")
         if num_threads < 1:
             raise BackendError(f"num_threads must be >= 1, got {num_threads}")
-        import onnxruntime
+        from crab_rt.backends.onnxruntime import import_onnxruntime
 
+        onnxruntime = import_onnxruntime()
         opts = onnxruntime.SessionOptions()
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = int(num_threads)
