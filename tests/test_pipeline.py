@@ -254,8 +254,13 @@ def test_ctrl_c_flushes_and_exits_0(bundle, conversation, sig):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in first + out.splitlines() if line.strip()]
-    assert 2 <= len(events) < len(conversation[1])
-    assert "interrupted; " in err  # the summary line
+    # Stopped by the signal before the end of the file (on a loaded machine the pipeline can lag the reader, so
+    # the turns read by then may all be emitted: the events' count alone does not show the interruption).
+    assert len(events) >= 2 and "interrupted; " in err  # the summary line
+    audio_s = float(err.split("audio ", 1)[1].split()[0])
+    import soundfile
+
+    assert audio_s < soundfile.info(str(conversation[0])).duration
 
 
 def test_listen_restores_the_sigterm_handler(bundle, conversation):

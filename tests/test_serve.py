@@ -273,9 +273,24 @@ def test_bad_input_gets_an_error_a_close_code_and_one_log_line(plain_server, nam
 
 
 def test_oversized_message_closes_with_1009(plain_server):
-    messages, code, reason = run(talk(plain_server.url, start(), [b"\0" * (64 * 1024 + 4)], stop=False))
-    assert code == 1009 and reason == "frame exceeds limit of 65536 bytes"
-    assert [m["type"] for m in messages] == ["ready"]
+    async def scenario():
+        async with connect(plain_server.url, max_size=None) as ws:
+            await ws.send(start())
+            assert received(await ws.recv())["type"] == "ready"  # then the stream is open: the limit ends it
+            await ws.send(b"\0" * (64 * 1024 + 4))
+            rest = [received(text) async for text in _until_closed(ws)]
+        return rest, ws.close_code, ws.close_reason
+
+    rest, code, reason = run(scenario())
+    assert code == 1009 and reason == "frame exceeds limit of 65536 bytes" and rest == []
+
+
+async def _until_closed(ws):
+    try:
+        async for text in ws:
+            yield text
+    except ConnectionClosed:
+        return
 
 
 def test_bad_streams_do_not_disturb_a_good_one(plain_server):
