@@ -246,16 +246,19 @@ def test_ctrl_c_flushes_and_exits_0(bundle, conversation, sig):
         [sys.executable, "-m", "crab_rt.cli", "listen", "--bundle", str(bundle), "--input", str(conversation[0]),
          "--realtime", "--no-asr", "--backend", "onnxruntime"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell starts background jobs (`make test &`) with SIGINT ignored, and Python then installs no Ctrl-C
+        # handler: give the child the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Signal once the second turn's event is out: the last turn (at 10 s of audio) is then seconds away, however
-    # long the start took (a fixed sleep here failed on a loaded machine, where the sleep itself overslept).
+    # long the start took.
     first = [proc.stdout.readline() for _ in range(2)]
     proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in first + out.splitlines() if line.strip()]
     # Stopped by the signal before the end of the file (on a loaded machine the pipeline can lag the reader, so
-    # the turns read by then may all be emitted: the events' count alone does not show the interruption).
+    # the turns read by then may all be emitted: the count of events alone does not show the interruption).
     assert len(events) >= 2 and "interrupted; " in err  # the summary line
     audio_s = float(err.split("audio ", 1)[1].split()[0])
     import soundfile
