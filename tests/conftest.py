@@ -118,3 +118,21 @@ def self_signed_cert(tmp_path_factory) -> tuple[Path, Path]:
                     "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
     return cert, key
+
+
+@pytest.fixture(scope="session")
+def crab_wheel(tmp_path_factory) -> Path:
+    """crab-rt's wheel, built once per test session from this checkout without network or build isolation."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(out), str(Path(__file__).resolve().parents[1])],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        pytest.fail(f"pip wheel failed:\n{tail}")
+    wheels = list(out.glob("crab_rt-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]

@@ -22,7 +22,6 @@ import types
 from pathlib import Path
 
 import pytest
-from import_rules import ROOT
 
 from crab_rt import doctor, machine
 from crab_rt.cli import main
@@ -391,13 +390,10 @@ def test_listen_on_an_unsupported_backend_points_to_doctor(tiny_bundle, conversa
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """crab-rt's wheel, built from this checkout, installed without dependencies into its own folder."""
-    out = tmp_path_factory.mktemp("doctor-wheel")
-    proc = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                 str(ROOT)])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = out.glob("crab_rt-*.whl")
+def installed(crab_wheel, tmp_path_factory) -> Path:
+    """crab-rt's wheel (built once per session: tests/conftest.py), installed without dependencies into its own
+    folder."""
+    wheel = crab_wheel
     target = tmp_path_factory.mktemp("doctor-site")
     proc = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target", str(target),
                  str(wheel)])

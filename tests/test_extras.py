@@ -24,7 +24,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from import_rules import ROOT
 
 ORT_BUILDS = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
               "onnxruntime-rocm", "onnxruntime-migraphx", "onnxruntime-training"}
@@ -40,13 +39,8 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("extras-wheel")
-    proc = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                 str(ROOT)])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (found,) = out.glob("crab_rt-*.whl")
-    return found
+def wheel(crab_wheel) -> Path:
+    return crab_wheel
 
 
 @pytest.fixture(scope="module")

@@ -27,17 +27,9 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """crab-rt's wheel, built from this checkout without network or build isolation."""
-    out = tmp_path_factory.mktemp("wheel")
-    proc = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                 str(ROOT)])
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        pytest.fail(f"pip wheel failed:\n{tail}")
-    wheels = list(out.glob("crab_rt-*.whl"))
-    assert len(wheels) == 1, wheels
-    return wheels[0]
+def wheel(crab_wheel) -> Path:
+    """crab-rt's wheel (built once per session: tests/conftest.py)."""
+    return crab_wheel
 
 
 @pytest.fixture(scope="module")
