@@ -46,6 +46,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                       "outgoing messages queued per connection; beyond, they are dropped and reported")
     add_config_option(lim, "--drain-timeout-s", ServerConfig, "drain_timeout_s",
                       "on SIGTERM, how long to wait for streams to finish")
+    r = p.add_argument_group("Ray Serve (scale-out over many machines; docs/ray.md)")
+    r.add_argument("--ray", action="store_true", help="run as a Ray Serve application with the same protocol: an "
+                   "ingress (connections, VAD) and model and ASR replicas that batch across streams; needs the "
+                   "ray extra")
+    r.add_argument("--ray-config", metavar="FILE", help="YAML file: replicas or autoscaling bounds, CPUs/GPUs per "
+                   "replica (fractional), batching, Ray address (docs/ray.md); default: one replica of each, "
+                   "0.5 CPU each, on a local Ray instance")
+    r.add_argument("--write-config", metavar="FILE", help="with --ray: write a Serve config for `serve deploy` "
+                   "(or a KubeRay RayService) to FILE and exit")
     add_pipeline_options(p, overflow_default="block: the client is paced, nothing is lost")
     p.set_defaults(func=run)
 
@@ -67,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from crab_rt.serve.server import Server
 
     config = server_config_from_args(args)
+    if args.ray or args.ray_config or args.write_config:
+        return _run_ray(args, config)
     bundle = load_bundle(args.bundle)
     pipeline_config = pipeline_config_from_args(args, bundle.asr_model, live=False)
     server = Server(bundle, pipeline_config, config)
@@ -79,6 +90,32 @@ def run(args: argparse.Namespace) -> int:
         await server.serve()
 
     asyncio.run(main())
+    if args.verbosity >= 0:
+        print("crab-rt: server stopped", file=sys.stderr)
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, config: ServerConfig) -> int:
+    """`--ray`: the Ray Serve application (crab_rt.serve.ray), or with `--write-config` its Serve config."""
+    import sys
+
+    from crab_rt.bundle import load_bundle
+    from crab_rt.errors import ConfigError
+    from crab_rt.serve import ray as ray_app
+
+    if not args.ray:
+        raise ConfigError("--ray-config and --write-config go with --ray")
+    bundle = load_bundle(args.bundle)
+    pipeline_config = pipeline_config_from_args(args, bundle.asr_model, live=False)
+    ray_config = ray_app.load_ray_config(args.ray_config) if args.ray_config else ray_app.RayConfig()
+    if args.write_config:
+        ray_app.write_serve_config(args.write_config, bundle.root, pipeline_config, config, ray_config,
+                                   token_file=args.token_file)
+        if args.verbosity >= 0:
+            print(f"crab-rt: wrote the Serve config {args.write_config}; on a Ray cluster: serve deploy "
+                  f"{args.write_config} (docs/ray.md)", file=sys.stderr)
+        return 0
+    ray_app.run(bundle.root, pipeline_config, config, ray_config, handle_signals=True)
     if args.verbosity >= 0:
         print("crab-rt: server stopped", file=sys.stderr)
     return 0

@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,83 +23,29 @@ jsonschema = pytest.importorskip("jsonschema")
 
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
+from ws_helpers import (  # noqa: E402
+    JFK,
+    STOP,
+    http_get,
+    jfk_chunks,
+    metric,
+    of_type,
+    received,
+    start,
+    talk,
+)
 
 from crab_rt.runtime.asr import AsrConfig  # noqa: E402
 from crab_rt.runtime.pipeline import PipelineConfig  # noqa: E402
-from crab_rt.runtime.sources import FileSource  # noqa: E402
 from crab_rt.serve.protocol import schema_path  # noqa: E402
 from crab_rt.serve.server import ServerConfig, serve_in_background  # noqa: E402
 
-JFK = Path(__file__).resolve().parents[1] / "samples" / "jfk.flac"
-
-SERVER_SCHEMA = jsonschema.Draft202012Validator(json.loads(schema_path("server").read_text()))
-CLIENT_SCHEMA = jsonschema.Draft202012Validator(json.loads(schema_path("client").read_text()))
 JFK_WORDS = ["fellow americans", "ask not", "what your country can do for you", "ask what you can do for your country"]
 ASR = AsrConfig(model="tiny.en", device="cpu")
 
 
-def start(**fields) -> str:
-    msg = {"type": "start", "sample_rate": 16000, "format": "f32le", "realtime": False, **fields}
-    CLIENT_SCHEMA.validate(msg)
-    return json.dumps(msg)
-
-
-STOP = json.dumps({"type": "stop"})
-
-
-def jfk_chunks() -> list[bytes]:
-    """samples/jfk.flac as `crab-rt listen` reads it (FileSource's 32 ms chunks), as f32le messages."""
-    with FileSource(JFK) as source:
-        return [chunk.astype("<f4").tobytes() for chunk in source]
-
-
-def received(text) -> dict:
-    msg = json.loads(text)
-    SERVER_SCHEMA.validate(msg)
-    return msg
-
-
-async def talk(url: str, first, chunks=(), stop: bool = True, headers=None, pause_s: float = 0.0):
-    """One connection: send `first`, the chunks, `stop`; read to the end. Returns (messages, close code, reason)."""
-    messages = []
-    async with connect(url, additional_headers=headers, max_size=None) as ws:
-        await ws.send(first)
-        for chunk in chunks:
-            await ws.send(chunk)
-            if pause_s:
-                await asyncio.sleep(pause_s)
-        if stop:
-            await ws.send(STOP)
-        try:
-            async for text in ws:
-                messages.append(received(text))
-        except ConnectionClosed:
-            pass
-    return messages, ws.close_code, ws.close_reason
-
-
 def run(coro):
     return asyncio.run(coro)
-
-
-def of_type(messages, kind: str) -> list[dict]:
-    return [m for m in messages if m["type"] == kind]
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(port: int, name: str) -> float:
-    _, text = http_get(port, "/metrics")
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 @pytest.fixture(scope="module")

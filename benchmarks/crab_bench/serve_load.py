@@ -102,6 +102,9 @@ class ServeBenchConfig(CommonBenchConfig):
         warm_up_s: before the clients, an untimed as-fast-as-possible pass over the input's first 11 s
             always runs; this adds an untimed real-time stream of its first this many seconds (0 = none:
             with the fast pass alone, the first utterances of a run were no slower than the later ones).
+        ray: compare the single-process server with `crab-rt serve --ray` (the Ray Serve app) under the same
+            load instead (crab_bench.serve_ray; results serve_ray_<preset>).
+        ray_config: the Ray app's `--ray-config` file (None: crab_bench.serve_ray's default for one machine).
     """
 
     preset: str = "base"
@@ -121,6 +124,8 @@ class ServeBenchConfig(CommonBenchConfig):
     probe: bool = True
     start_timeout_s: float = 300.0
     warm_up_s: float = 0.0
+    ray: bool = False
+    ray_config: str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -140,6 +145,8 @@ class ServeBenchConfig(CommonBenchConfig):
         check_range("--warm-up-s", self.warm_up_s, 0, 60)
         if self.bundle is not None and not self.bundle.strip():
             raise ConfigError("--bundle: an empty path")
+        if self.ray_config is not None and not self.ray:
+            raise ConfigError("--ray-config goes with --ray")
 
     @property
     def server_max_streams(self) -> int:
@@ -175,6 +182,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--start-timeout-s", cls, "start_timeout_s", "wait this long for the server to load")
     add_config_option(p, "--warm-up-s", cls, "warm_up_s", "untimed real-time warm-up stream of the input's first "
                       "seconds, after a fast pass over its first 11 s (0 = the fast pass only)")
+    add_bool_option(p, "--ray", cls, "ray", "compare the single-process server with `crab-rt serve --ray` (Ray "
+                    "Serve) under the same load; writes serve_ray_<preset>")
+    add_config_option(p, "--ray-config", cls, "ray_config", "the Ray app's --ray-config file", type=str,
+                      default_text="one replica each, sized for this machine")
 
 
 # ---- the server process ----------------------------------------------------------------------
@@ -265,6 +276,9 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         return _proc_cpu_seconds(self.proc.pid)
+
+    def memory_mb(self) -> dict:
+        return _proc_memory_mb(self.proc.pid)
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (the server drains), wait; SIGKILL after `timeout`. Returns the exit code."""
@@ -502,8 +516,10 @@ def _warm_up(url: str, speech: np.ndarray, chunk: int, realtime_s: float, tail_s
                               f"{' | '.join(server.lines[-4:])}")
 
 
-def _run_level(config: ServeBenchConfig, argv: list[str], n: int, speech: np.ndarray, repeat: int, say) -> dict:
-    """One run: a fresh server, an untimed warm-up stream, then `n` clients at once; the server stopped."""
+def _run_level(config: ServeBenchConfig, argv: list[str], n: int, speech: np.ndarray, repeat: int, say,
+               process: type | None = None) -> dict:
+    """One run: a fresh server (a `process`, default ServerProcess), an untimed warm-up stream, then `n` clients at
+    once; the server stopped."""
     import asyncio
 
     from crab_bench.machine import cpu_seconds, matmul_gflops
@@ -515,7 +531,7 @@ def _run_level(config: ServeBenchConfig, argv: list[str], n: int, speech: np.nda
               for k in range(n)]
     hangover = int(math.ceil(config.min_silence_ms * _SR / 1000 / VAD_FRAME)) * VAD_FRAME
     yardstick = matmul_gflops()  # a shared machine drifts: each run says how fast it was just before
-    server = ServerProcess(argv)
+    server = (process or ServerProcess)(argv)
     url = server.start(config.start_timeout_s)
     try:
         _warm_up(url, speech, chunk, config.warm_up_s, tail, server)
@@ -524,7 +540,7 @@ def _run_level(config: ServeBenchConfig, argv: list[str], n: int, speech: np.nda
                                         config.probe and n == config.server_max_streams))
         wall = time.perf_counter() - wall0
         cpu1, mine, steal = server.cpu_seconds(), cpu_seconds() - mine0, _steal_pct(machine0, _cpu_times())
-        memory = _proc_memory_mb(server.pid)
+        memory = server.memory_mb()
         metrics = _read_metrics(url)
     finally:
         exit_code = server.stop()
@@ -618,15 +634,13 @@ def _most_held(levels: list[dict]) -> int | None:
     return best
 
 
-def run(config: ServeBenchConfig) -> int:
-    """Every level `repeats` times, each in a fresh server; writes serve_<preset>[_tag].json, .md and a PNG."""
+def prepare(config: ServeBenchConfig, threads: int, say) -> tuple:
+    """Checks the inputs and starts the run: (run context, (source, speech, bundle, bundle info, ASR model, ASR
+    note)). Shared with crab_bench.serve_ray."""
     import crab_rt
     from crab_bench.bundles import bundle_info, ensure_bundle, resolve_asr
     from crab_rt.audio import load_audio
 
-    config.validate()
-    say = print if not config.quiet else (lambda *a, **k: None)
-    threads = resolve_threads(config.threads)
     source = Path(config.input or Path(crab_rt.__file__).resolve().parents[1] / "samples" / "jfk.flac")
     if not source.is_file():
         raise ConfigError(f"--input {source}: no such file")
@@ -640,6 +654,20 @@ def run(config: ServeBenchConfig) -> int:
     except (OSError, ValueError):
         info = {"preset": None, "note": "not a benchmark bundle"}
     asr_model, asr_note = resolve_asr(config.asr, config.cache_dir)
+    return ctx, (source, speech, bundle, info, asr_model, asr_note)
+
+
+def run(config: ServeBenchConfig) -> int:
+    """Every level `repeats` times, each in a fresh server; writes serve_<preset>[_tag].json, .md and a PNG."""
+    config.validate()
+    if config.ray:
+        from crab_bench.serve_ray import run as run_ray
+
+        return run_ray(config)
+    say = print if not config.quiet else (lambda *a, **k: None)
+    threads = resolve_threads(config.threads)
+    ctx, inputs = prepare(config, threads, say)
+    source, speech, bundle, info, asr_model, asr_note = inputs
     argv = _server_argv(config, bundle, asr_model, threads)
     counts = list(config.clients)
     say(f"serve: {source.name} ({speech.size / _SR:.1f} s) looped to {config.duration_s:g} s per client, "

@@ -22,6 +22,10 @@ Contract
 - A session's failure never reaches another session: every error is answered on
   its own connection (`error`, then `done`, then a close code) and logged as one
   line on the `crab_rt` logger.
+- The engine behind the sessions is `server.pipeline`; a session uses only its
+  `create_stream`, `model.labels`, `model.choice.describe()`, `config` and
+  `queue_depths()`. `crab_rt.serve.ray` runs these sessions, `_admit` and
+  `_health_body` in a Ray Serve ingress over another engine (`RayEngine`).
 """
 
 from __future__ import annotations
@@ -285,19 +289,32 @@ class Server:
             response = connection.respond(200, body.decode("utf-8"))
             _set_header(response, "Content-Type", content_type)
             return response
-        if self.config.token is not None and not _token_ok(request.headers.get("Authorization"), self.config.token):
-            return self._refuse(connection, 401, "unauthorized", "missing or wrong bearer token "
-                                "(send the header Authorization: Bearer <token>)")
-        if self.state != "ready":
-            reason = "loading" if self.state == "loading" else "draining"
-            message = "server is loading its models" if reason == "loading" else "server is draining"
-            return self._refuse(connection, 503, reason, f"{message}; retry later")
-        if self._slots >= self.config.max_streams:
-            return self._refuse(connection, 503, "full", f"server full: {self._slots} of {self.config.max_streams} "
-                                "streams active; retry later")
-        self._slots += 1
+        refusal = self._admit(request.headers.get("Authorization"), _peer(connection))
+        if refusal is not None:
+            return self._refuse(connection, *refusal)
         connection.crab_slot = True
         return None
+
+    def _admit(self, authorization: str | None, peer: str) -> tuple[int, str, str] | None:
+        """Admission of one stream: None when admitted (a slot is then reserved), else (HTTP status, reason,
+        message), counted and logged. Shared with the Ray Serve ingress (crab_rt.serve.ray)."""
+        if self.config.token is not None and not _token_ok(authorization, self.config.token):
+            refusal = (401, "unauthorized", "missing or wrong bearer token "
+                       "(send the header Authorization: Bearer <token>)")
+        elif self.state != "ready":
+            reason = "loading" if self.state == "loading" else "draining"
+            message = "server is loading its models" if reason == "loading" else "server is draining"
+            refusal = (503, reason, f"{message}; retry later")
+        elif self._slots >= self.config.max_streams:
+            refusal = (503, "full", f"server full: {self._slots} of {self.config.max_streams} streams active; "
+                       "retry later")
+        else:
+            self._slots += 1
+            return None
+        status, reason, message = refusal
+        self.metrics.refused.labels(reason).inc()
+        log.log(logging.WARNING if status == 401 else logging.INFO, "refused %s: %s", peer, message)
+        return refusal
 
     def _process_response(self, connection, request, response):
         if getattr(connection, "crab_slot", False) and response.status_code != 101:
@@ -310,21 +327,23 @@ class Server:
             self._slots -= 1
 
     def _refuse(self, connection, status: int, reason: str, message: str):
-        self.metrics.refused.labels(reason).inc()
-        log.log(logging.WARNING if status == 401 else logging.INFO, "refused %s: %s", _peer(connection), message)
+        """The handshake's answer to a refusal of `_admit` (already counted and logged there)."""
         response = connection.respond(status, message + "\n")
-        if status == 503:
-            _set_header(response, "Retry-After", "1")
-        elif status == 401:
-            _set_header(response, "WWW-Authenticate", 'Bearer realm="crab-rt"')
+        for name, value in refusal_headers(status).items():
+            _set_header(response, name, value)
         return response
 
-    def _health(self, connection):
+    def _health_body(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) of GET /healthz."""
         body = {"status": self.state if self.state != "stopped" else "draining", "version": __version__,
                 "streams": len(self._sessions), "max_streams": self.config.max_streams}
         if self.pipeline is not None:
             body["backend"] = self.pipeline.model.choice.describe()
-        response = connection.respond(200 if self.state == "ready" else 503, json.dumps(body) + "\n")
+        return (200 if self.state == "ready" else 503), body
+
+    def _health(self, connection):
+        status, body = self._health_body()
+        response = connection.respond(status, json.dumps(body) + "\n")
         _set_header(response, "Content-Type", "application/json")
         return response
 
@@ -340,6 +359,15 @@ class Server:
             self.metrics.streams_active.dec()
             self._release(connection)
             session.finished.set()
+
+
+def refusal_headers(status: int) -> dict[str, str]:
+    """The headers of a refused handshake: Retry-After on 503, WWW-Authenticate on 401."""
+    if status == 503:
+        return {"Retry-After": "1"}
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="crab-rt"'}
+    return {}
 
 
 def _set_header(response, name: str, value: str) -> None:

@@ -1,0 +1,499 @@
+"""`crab-rt serve --ray` (crab_rt.serve.ray): settings, the Serve config, the KubeRay manifest, the engine, and
+the app itself on a local Ray cluster.
+
+The tests marked `ray` share one local Ray cluster (2 CPUs, a small object store) for the module. It runs the
+app from the Serve config that `crab-rt serve --ray --write-config` writes, deployed as `serve run CONFIG` deploys
+it, with 2 model replicas, and streams real speech (samples/jfk.flac) through Serve's HTTP proxy. Deselect them
+with `-m "not ray"`; without ray installed they skip. The engine tests run without Ray, on stand-in deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("websockets")
+pytest.importorskip("prometheus_client")
+jsonschema = pytest.importorskip("jsonschema")
+yaml = pytest.importorskip("yaml")
+
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import InvalidStatus  # noqa: E402
+from ws_helpers import http_get, jfk_chunks, metric, of_type, received, start, talk  # noqa: E402
+
+from crab_rt.errors import BackendError, ConfigError  # noqa: E402
+from crab_rt.runtime.asr import AsrConfig  # noqa: E402
+from crab_rt.runtime.pipeline import PipelineConfig  # noqa: E402
+from crab_rt.serve import ray as ray_app  # noqa: E402
+from crab_rt.serve.server import ServerConfig, serve_in_background  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "ray.md"
+ASR = AsrConfig(model="tiny.en", device="cpu")
+MAX_STREAMS = 6
+
+# 2 CPUs in all: Serve's controller and proxy take none; 0.25 + 2 x 0.25 + 0.5 for the replicas. The model's
+# batches wait up to 0.5 s for more utterances, so that the killed replica surely holds calls in flight.
+TEST_RAY_CONFIG = """
+app_name: crab-rt-test
+request_timeout_s: 60
+retries: 3
+ingress: {replicas: 1, num_cpus: 0.25}
+model: {replicas: 2, num_cpus: 0.25, batch_wait_timeout_s: 0.5, health_check_period_s: 1, health_check_timeout_s: 5}
+asr: {replicas: 1, num_cpus: 0.5}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_matches(events: list[dict], reference: list[dict]) -> None:
+    """The same utterances, text and labels as the single-process server; probabilities within 1e-5."""
+    assert [e["utterance_id"] for e in events] == [r["utterance_id"] for r in reference[: len(events)]]
+    for got, want in zip(events, reference):
+        assert (got["start_s"], got["end_s"], got["text"], got["label"]) == \
+               (want["start_s"], want["end_s"], want["text"], want["label"])
+        assert got["probabilities"].keys() == want["probabilities"].keys()
+        for label, p in want["probabilities"].items():
+            assert got["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+
+# ---- settings and the Serve config (no cluster) -----------------------------------------------------------------
+def test_ray_config_file_defaults_sections_and_refusals(tmp_path):
+    path = tmp_path / "ray.yaml"
+    path.write_text(TEST_RAY_CONFIG + "model: {autoscaling: {min_replicas: 1, max_replicas: 3}, num_gpus: 0.5}\n")
+    config = ray_app.load_ray_config(path)
+    assert config.app_name == "crab-rt-test" and config.retries == 3 and config.ingress.num_cpus == 0.25
+    assert config.model.autoscaling == ray_app.Autoscaling(min_replicas=1, max_replicas=3)
+    assert config.model.num_gpus == 0.5 and config.asr.num_cpus == 0.5
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert ray_app.load_ray_config(empty) == ray_app.RayConfig()  # every default
+    for text, words in [("model: {replica: 2}\n", "unknown setting(s) replica"),
+                        ("asr: {num_cpus: -1}\n", "asr.num_cpus = -1"),
+                        ("ingres: {}\n", "unknown setting(s) ingres"),
+                        ("model: {autoscaling: {min_replicas: 3, max_replicas: 2}}\n", "max_replicas = 2"),
+                        ("retries: [1]\n", "retries = [1]"),
+                        ("model: [1, 2]\n", "model must be a mapping")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            ray_app.load_ray_config(path)
+
+
+def test_write_config_makes_a_serve_config_that_ray_accepts(tiny_bundle, tmp_path, capsys):
+    pytest.importorskip("ray")
+    from crab_rt.cli import main
+
+    cfg, out, token = tmp_path / "ray.yaml", tmp_path / "serve.yaml", tmp_path / "token"
+    cfg.write_text(TEST_RAY_CONFIG)
+    token.write_text("s3cret\n")
+    assert main(["serve", "--bundle", str(tiny_bundle), "--asr", "tiny.en", "--backend", "onnxruntime", "--ray",
+                 "--ray-config", str(cfg), "--write-config", str(out), "--port", "8123", "--token-file", str(token),
+                 "--max-streams", "5"]) == 0
+    assert "serve deploy" in capsys.readouterr().err
+    text = out.read_text()
+    assert "s3cret" not in text  # the token stays in its file
+    config = yaml.safe_load(text)
+    ray_app.validate_serve_config(config)  # Ray's own ServeDeploySchema
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    (app,) = config["applications"]
+    assert app["import_path"] == ray_app.BUILDER == "crab_rt.serve.ray.app:build_app"
+    assert app["route_prefix"] == "/" and app["args"]["token_file"] == str(token.resolve())
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {"CrabIngress", "CrabModel", "CrabAsr"}
+    assert deployments["CrabModel"]["num_replicas"] == 2
+    assert deployments["CrabModel"]["ray_actor_options"] == {"num_cpus": 0.25}
+    # batch size: min(--max-batch 8, the bundle's shape_ranges batch max 8); ASR on a CPU: 1
+    assert deployments["CrabModel"]["user_config"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.5}
+    assert deployments["CrabAsr"]["user_config"]["max_batch_size"] == 1
+    assert deployments["CrabIngress"]["max_ongoing_requests"] == 5 + 8
+    assert deployments["CrabIngress"]["graceful_shutdown_timeout_s"] == 30 + 5
+    assert ray_app.pipeline_from_dict(app["args"]["pipeline"]) == PipelineConfig(asr=ASR, backend="onnxruntime")
+    built = ray_app.build_app(app["args"])  # what `serve deploy` imports and calls
+    assert type(built).__name__ == "Application"
+
+    # Without ASR there is no ASR deployment; the flags go with --ray only.
+    assert main(["serve", "--bundle", str(tiny_bundle), "--no-asr", "--ray", "--write-config", str(out), "-q"]) == 0
+    names = [d["name"] for d in yaml.safe_load(out.read_text())["applications"][0]["deployments"]]
+    assert names == ["CrabIngress", "CrabModel"]
+    assert main(["serve", "--bundle", str(tiny_bundle), "--no-asr", "--write-config", str(out)]) == 2
+    assert "--ray-config and --write-config go with --ray" in capsys.readouterr().err
+
+
+def _kuberay_manifest() -> dict:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+    manifests = [yaml.safe_load(b) for b in blocks if "kind: RayService" in b]
+    assert len(manifests) == 1, "docs/ray.md must hold one RayService manifest"
+    return manifests[0]
+
+
+def test_kuberay_rayservice_manifest_in_the_docs_is_valid(tiny_bundle):
+    manifest = _kuberay_manifest()
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    spec = manifest["spec"]
+    serve_config = yaml.safe_load(spec["serveConfigV2"])  # a YAML string inside the manifest
+    (app,) = serve_config["applications"]
+    assert app["import_path"] == ray_app.BUILDER and app["route_prefix"] == "/"
+    assert {d["name"] for d in app["deployments"]} == {"CrabIngress", "CrabModel", "CrabAsr"}
+    pipeline = ray_app.pipeline_from_dict(app["args"]["pipeline"])  # the args build
+    assert pipeline.asr is not None and ray_app.server_from_args(app["args"]).max_streams >= 1
+    cluster = spec["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert any(p.get("containerPort") == 8000 for p in head["ports"])  # Serve's HTTP proxy
+    groups = cluster["workerGroupSpecs"]
+    assert groups and all(g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] for g in groups)
+    gpu = [g for g in groups if "nvidia.com/gpu" in str(g["template"]["spec"]["containers"][0].get("resources"))]
+    assert gpu, "the example has a GPU worker group"
+    try:
+        import ray.serve.schema  # noqa: F401
+    except ImportError:
+        return
+    ray_app.validate_serve_config(serve_config)
+
+
+def test_the_core_never_imports_ray():
+    code = ("import sys; import crab_rt.runtime.pipeline, crab_rt.serve.server, crab_rt.serve.ray, crab_rt.cli; "
+            "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_without_ray_serve_ray_says_which_extra_to_install(tiny_bundle):
+    code = ("import sys; sys.modules['ray'] = None; from crab_rt.cli import main; "
+            f"sys.exit(main(['serve', '--bundle', {str(tiny_bundle)!r}, '--no-asr', '--ray']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("this feature needs 'ray', which is not installed: pip install 'crab-rt[ray]'")
+
+
+# ---- the engine, on stand-in deployments (no Ray) ---------------------------------------------------------------
+class ActorDiedError(Exception):
+    """Named as Ray's: a replica that died."""
+
+
+class _Response:
+    def __init__(self, coro) -> None:
+        self.task = asyncio.ensure_future(coro)
+
+    def __await__(self):
+        return self.task.__await__()
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+
+class _Method:
+    def __init__(self, fn) -> None:
+        self.fn, self.calls = fn, 0
+
+    def remote(self, *args):
+        self.calls += 1
+        return _Response(self.fn(self.calls, *args))
+
+
+class FakeModel:
+    """Stand-in `CrabModel`: probabilities from the audio length; `speech` of the first utterance is slow."""
+
+    def __init__(self, fuse_fail=None) -> None:
+        async def speech(n, audio):
+            await asyncio.sleep(0.4 if n == 1 else 0.01)  # utterance 0 finishes last
+            return np.zeros((3, 4), np.float32) + audio.size, 1.0
+
+        async def fuse(n, hidden, text):
+            if fuse_fail is not None:
+                fuse_fail(n)
+            p = np.array([1.0, 2.0, 3.0, float(hidden[0, 0] % 7)])
+            return p / p.sum(), 0.5, 0.25
+
+        self.speech, self.fuse = _Method(speech), _Method(fuse)
+
+
+INFO = {"labels": ["a", "b", "c", "d"], "uses_speech": True, "uses_text": True, "backend": "stand-in",
+        "max_audio_s": 12.0, "bundle": "(none)"}
+
+
+@pytest.fixture
+def loop_thread():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+
+    async def cancel_the_rest():
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(cancel_the_rest(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def _engine(loop, model, timeout_s=30.0, retries=2):
+    from prometheus_client import CollectorRegistry
+
+    engine = ray_app.RayEngine(model, None, PipelineConfig(asr=None), INFO, None, retries, timeout_s,
+                               CollectorRegistry())
+    engine.loop = loop
+    return engine
+
+
+def _stream_jfk(engine, jfk):
+    events = []
+    stream = engine.create_stream("s", on_event=events.append)
+    for i in range(0, jfk.size, 16000):
+        stream.accept(jfk[i:i + 16000])
+    stream.flush()
+    return stream, events
+
+
+def test_engine_delivers_in_utterance_order_whichever_call_finished_first(loop_thread, jfk):
+    engine = _engine(loop_thread, FakeModel())
+    stream, events = _stream_jfk(engine, jfk)
+    assert stream.wait(30)
+    assert [e.utterance_id for e in events] == [0, 1, 2, 3]
+    assert all(e.latency_ms["speech_encoder"] == 1.0 and e.latency_ms["queue_wait"] >= 0 for e in events)
+    assert engine.queue_depths() == {"speech": 0, "asr": 0, "fusion": 0, "in_flight": 0}
+
+
+def test_engine_retries_a_dead_replica_and_fails_the_stream_on_other_errors(loop_thread, jfk):
+    def die_once(n):
+        if n == 2:
+            raise ActorDiedError("the replica died")
+
+    engine = _engine(loop_thread, FakeModel(fuse_fail=die_once))
+    stream, events = _stream_jfk(engine, jfk)
+    assert stream.wait(30) and len(events) == 4  # sent again, delivered
+    assert engine.retried.labels("CrabModel")._value.get() == 1
+
+    def broken(n):
+        if n == 3:
+            raise ValueError("bad input")
+
+    engine = _engine(loop_thread, FakeModel(fuse_fail=broken))
+    stream, events = _stream_jfk(engine, jfk)
+    with pytest.raises(BackendError, match="text encoder \\+ head failed: ValueError: bad input"):
+        stream.wait(30)
+    assert engine.failed.labels("CrabModel")._value.get() == 1
+
+    def always_dead(n):
+        raise ActorDiedError("gone")
+
+    engine = _engine(loop_thread, FakeModel(fuse_fail=always_dead), retries=1)
+    stream, events = _stream_jfk(engine, jfk)
+    with pytest.raises(BackendError, match="the CrabModel replica died and 1 retry did not help"):
+        stream.wait(30)
+    assert events == []
+
+
+def test_engine_call_without_answer_times_out(loop_thread, jfk):
+    model = FakeModel()
+
+    async def never(n, audio):
+        await asyncio.sleep(3600)
+
+    model.speech = _Method(never)
+    engine = _engine(loop_thread, model, timeout_s=1.0)
+    t0 = time.perf_counter()
+    stream, events = _stream_jfk(engine, jfk)
+    with pytest.raises(BackendError, match="no answer from the CrabModel deployment within 1 s"):
+        stream.wait(30)
+    assert time.perf_counter() - t0 < 10 and events == []
+
+
+# ---- the app on a local Ray cluster -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reference(tiny_bundle):
+    """samples/jfk.flac through the single-process `crab-rt serve` (the events every Ray client must match)."""
+    with serve_in_background(tiny_bundle, PipelineConfig(asr=ASR, backend="onnxruntime"),
+                             ServerConfig(port=0)) as server:
+        messages, code, _ = asyncio.run(talk(server.url, start(stream_id="reference"), jfk_chunks()))
+    assert code == 1000
+    events = of_type(messages, "event")
+    assert len(events) == 4
+    return events
+
+
+def _model_replicas(ray) -> set[str]:
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::") and "#CrabModel#" in a["name"]}
+
+
+def _wait_running(serve, app: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app)
+        if status is not None and str(status.status).endswith("RUNNING"):
+            return
+        if status is not None and str(status.status).endswith("DEPLOY_FAILED"):
+            pytest.fail(f"the app failed to deploy: {status.message}")
+        time.sleep(0.5)
+    pytest.fail(f"the app was not running after {timeout:g} s: {serve.status()}")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tiny_bundle, tmp_path_factory):
+    """One local Ray cluster; the app deployed from `crab-rt serve --ray --write-config`, as `serve run` does."""
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    from crab_rt.cli import main
+
+    folder = tmp_path_factory.mktemp("ray")
+    cfg, out, port = folder / "ray.yaml", folder / "serve.yaml", free_port()
+    cfg.write_text(TEST_RAY_CONFIG)
+    assert main(["serve", "--bundle", str(tiny_bundle), "--asr", "tiny.en", "--backend", "onnxruntime", "--ray",
+                 "--ray-config", str(cfg), "--write-config", str(out), "--port", str(port),
+                 "--max-streams", str(MAX_STREAMS), "--max-message-bytes", str(64 * 1024), "-q"]) == 0
+    config = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    ray.init(num_cpus=2, object_store_memory=100 << 20, include_dashboard=False, log_to_driver=False)
+    try:
+        client = serve_api.serve_start(http_options=config.http_options.model_dump(),
+                                       proxy_location=config.proxy_location)
+        client.deploy_apps(config, _blocking=False)
+        _wait_running(serve, "crab-rt-test")
+        yield SimpleNamespace(url=f"ws://127.0.0.1:{port}/", port=port, app="crab-rt-test", ray=ray, serve=serve)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_four_clients_on_two_model_replicas_match_the_single_process_server(ray_cluster, reference):
+    chunks = jfk_chunks()
+
+    async def everyone():
+        return await asyncio.gather(*(talk(ray_cluster.url, start(stream_id=f"ray-{k}"), chunks) for k in range(4)))
+
+    for k, (messages, code, _) in enumerate(asyncio.run(everyone())):
+        assert code == 1000
+        assert messages[0]["type"] == "ready" and messages[0]["labels"] == ["a", "b", "c", "d"]
+        assert messages[-1] == {"type": "done", "stream_id": f"ray-{k}", "reason": "stop", "audio_s": 11.0,
+                                "utterances": 4, "events": 4, "dropped_utterances": 0, "dropped_messages": 0}
+        assert {m["stream_id"] for m in messages if "stream_id" in m} == {f"ray-{k}"}
+        assert [m["type"] for m in messages if m["type"].startswith("speech_")] == ["speech_start", "speech_end"] * 4
+        assert_matches(of_type(messages, "event"), reference)
+    status, body = http_get(ray_cluster.port, "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+    assert metric(ray_cluster.port, "crab_rt_events_total") >= 16
+
+
+@pytest.mark.ray
+def test_same_errors_close_codes_and_refusals_as_crab_rt_serve(ray_cluster):
+    url = ray_cluster.url
+    cases = [(b"\0\0\0\0", [], "protocol", 1008),
+             ("{start", [], "bad_start", 1008),
+             (json.dumps({"type": "start", "sample_rate": 16000, "format": "s16le", "language": "de"}), [],
+              "unsupported_language", 1008),
+             (start(format="s16le"), [b"\0" * 3], "bad_audio", 1007)]
+
+    async def scenario():
+        return await asyncio.gather(*(talk(url, first, then, stop=False) for first, then, _, _ in cases))
+
+    for (messages, code, _), (_, _, error, close) in zip(asyncio.run(scenario()), cases):
+        assert [e["code"] for e in of_type(messages, "error")] == [error] and code == close
+        if messages[0]["type"] == "ready":
+            assert messages[-1]["type"] == "done" and messages[-1]["reason"] == "error"
+    messages, code, reason = asyncio.run(talk(url, start(), [b"\0" * (64 * 1024 + 4)], stop=False))
+    assert code == 1009 and reason == "frame exceeds limit of 65536 bytes"
+
+    async def full():
+        open_ = [await connect(url) for _ in range(MAX_STREAMS)]
+        for ws in open_:
+            await ws.send(start())
+            assert received(await ws.recv())["type"] == "ready"
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, open_timeout=30)
+            return refused.value.response
+        finally:
+            for ws in open_:
+                await ws.close()
+
+    response = asyncio.run(full())
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.body.decode().strip() == f"server full: {MAX_STREAMS} of {MAX_STREAMS} streams active; retry later"
+
+
+@pytest.mark.ray
+def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_reported_and_replaced(ray_cluster, reference):
+    ray = ray_cluster.ray
+    before = _model_replicas(ray)
+    assert len(before) == 2
+    chunks = jfk_chunks()
+    first_end = threading.Event()
+    killed: list[str] = []
+
+    def kill_one() -> None:  # while the first utterances' speech encoder calls wait in the replicas' batches
+        first_end.wait(60)
+        time.sleep(0.1)
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed.append(victim)
+
+    async def everyone():
+        loop = asyncio.get_running_loop()
+        killer = loop.run_in_executor(None, kill_one)
+
+        def seen(msg):
+            if msg["type"] == "speech_end":
+                first_end.set()
+
+        clients = asyncio.gather(*(talk(ray_cluster.url, start(stream_id=f"kill-{k}"), chunks, on_message=seen)
+                                   for k in range(4)))
+        results = await asyncio.wait_for(clients, 150)  # no stream hangs
+        await killer
+        return results
+
+    t0 = time.perf_counter()
+    results = asyncio.run(everyone())
+    assert killed and time.perf_counter() - t0 < 150
+    delivered = reported = 0
+    for messages, code, _ in results:
+        done = messages[-1]
+        assert done["type"] == "done" and done["utterances"] == 4
+        events = of_type(messages, "event")
+        assert done["events"] == len(events)
+        assert_matches(events, reference)  # whatever was delivered is right, in order
+        if done["reason"] == "stop":
+            assert len(events) == 4 and code == 1000
+        else:  # the rest reported: error internal, done reason error, 1011
+            assert done["reason"] == "error" and code == 1011
+            assert [e["code"] for e in of_type(messages, "error")] == ["internal"]
+            reported += done["utterances"] - len(events)
+        delivered += len(events)
+    assert delivered + reported == 16
+    retries = metric(ray_cluster.port, 'crab_rt_ray_call_retries_total{deployment="CrabModel"}')
+    print(f"killed {killed[0]}: {delivered} utterances delivered, {reported} reported as errors; retries: {retries}")
+    assert retries + reported > 0  # the kill hit calls in flight: they were sent again or reported
+
+    # Serve replaces the replica; the app serves on.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        now = _model_replicas(ray)
+        if len(now) == 2 and killed[0] not in now:
+            break
+        time.sleep(0.5)
+    assert len(now) == 2 and killed[0] not in now and now - before
+    _wait_running(ray_cluster.serve, ray_cluster.app, 60)
+    messages, code, _ = asyncio.run(talk(ray_cluster.url, start(stream_id="after"), chunks))
+    assert code == 1000 and messages[-1]["events"] == 4
+    assert_matches(of_type(messages, "event"), reference)
