@@ -128,7 +128,7 @@ def run(bundle: str | Path, pipeline: PipelineConfig, server: ServerConfig, ray_
             signal.signal(sig, lambda *_: stop.set())
     try:
         # Serve's access log has a line per model and ASR call; crab-rt's -q quiets Serve's INFO lines too.
-        quiet = logging.getLogger("crab_rt").getEffectiveLevel() > logging.INFO
+        quiet = not log.isEnabledFor(logging.INFO)  # the level comes from the "crab_rt" logger
         serve.start(http_options=http, logging_config={"enable_access_log": False,
                                                        "log_level": "WARNING" if quiet else "INFO"})
         try:
