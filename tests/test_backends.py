@@ -64,8 +64,11 @@ def test_session_input_check_and_errors(bundle):
         load_sessions(bundle, "onnxruntime", precision="fp16")
     with pytest.raises(BackendError, match="onnxruntime-gpu"):
         load_sessions(bundle, "onnxruntime", gpu=0)
-    with pytest.raises(BackendError, match="no CUDA device"):
-        load_sessions(bundle, "torch", gpu=0)
+    from crab_rt.backends.torch import torch_cuda_available
+
+    if not torch_cuda_available():  # on a GPU machine the device is there
+        with pytest.raises(BackendError, match="no CUDA device"):
+            load_sessions(bundle, "torch", gpu=0)
 
 
 def test_tensorrt_backend_without_tensorrt_is_a_clear_error(bundle):
@@ -100,6 +103,29 @@ def test_torch_compile_matches_eager_and_rejects_bad_modes(bundle):
         load_torch_sessions(bundle, "cpu", "max")
     with pytest.raises(BackendError, match="cuda-graphs needs a CUDA device, not cpu"):
         load_torch_sessions(bundle, "cpu", "cuda-graphs")
+
+
+def test_torch_bf16_inference_on_the_cpu_and_its_parity_report(bundle):
+    """bf16 (what CUDA runs on tensor cores; the CPU runs it too): encoders cast, head fp32, outputs fp32."""
+    import torch
+
+    from crab_rt.backends.torch import load_torch_sessions, precision_parity
+
+    fp32, bf16 = load_torch_sessions(bundle, "cpu"), load_torch_sessions(bundle, "cpu", precision="bf16")
+    assert bf16["speech_encoder"].provider == "torch cpu bf16" and fp32["speech_encoder"].provider == "torch cpu"
+    assert {p.dtype for p in bf16["text_encoder"]._forward.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in bf16["head"]._forward.parameters()} == {torch.float32}
+    ids = np.array([[0, 11, 12, 2]], dtype=np.int64)
+    hidden = bf16["text_encoder"].run({"input_ids": ids, "attention_mask": np.ones_like(ids)})["hidden_states"]
+    assert hidden.dtype == np.float32 and np.isfinite(hidden).all()
+    report = precision_parity(fp32, bf16)
+    assert set(report) == {"probabilities", "logits", "speech_hidden", "text_hidden", "labels_equal", "samples"}
+    assert report["samples"] == 4 and isinstance(report["labels_equal"], bool)
+    # a tiny random model: 2.6e-3 with torch 2.13's CPU kernels, 2.6e-2 with torch 2.11's (the GPU image's)
+    assert 0 < report["probabilities"] <= 5e-2 and report["speech_hidden"] <= 0.1, report
+    assert precision_parity(fp32, fp32)["probabilities"] == 0.0
+    with pytest.raises(BackendError, match=r"unknown precision 'int4' \(choose from fp32, bf16, fp16\)"):
+        load_torch_sessions(bundle, "cpu", precision="int4")
 
 
 def test_onnxruntime_threads_do_not_spin_unless_asked(bundle):
@@ -143,3 +169,10 @@ def test_torch_backend_keeps_the_key_padding_mask_warning_quiet(bundle):
         warnings.simplefilter("always")
         warnings.warn("Support for mismatched key_padding_mask and attn_mask is deprecated.", UserWarning, stacklevel=1)
     assert len(caught) == 1
+
+
+def test_torch_backend_fp16_needs_a_gpu(bundle):
+    from crab_rt.backends.select import load_sessions
+
+    with pytest.raises(ConfigError, match=r"fp16 on a GPU only \(--gpu N\)"):
+        load_sessions(bundle, "torch", precision="fp16")

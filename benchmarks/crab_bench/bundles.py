@@ -3,7 +3,10 @@
 Weights are random (no downloads); the compute is that of the real
 architectures. Bundles are built once per preset into a cache folder, in a
 child process so the benchmark process does not carry the build's memory or
-imports (torch stays out of a runtime-only measurement).
+imports (torch stays out of a runtime-only measurement). A cached bundle is
+rebuilt when the code or the libraries that export it have changed since
+(`export_signature`, recorded in its marker): a benchmark never times a stale
+export.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from pathlib import Path
 
 from crab_rt.errors import ConfigError
 
-__all__ = ["PRESETS", "default_cache_dir", "ensure_bundle", "ensure_tiny_asr", "check_asr_spec", "resolve_asr",
-           "build_bench_bundle", "bundle_info", "main"]
+__all__ = ["PRESETS", "LABELS", "default_cache_dir", "export_signature", "ensure_bundle", "build_bench_model",
+           "build_on_device", "ensure_tiny_asr", "check_asr_spec", "resolve_asr", "build_bench_bundle", "bundle_info",
+           "main"]
 
 # preset -> (speech encoder, text encoder, head hidden_dim, head classifier_dim, max_text_tokens)
 PRESETS: dict[str, tuple[str, str, int, int, int]] = {
@@ -59,21 +63,13 @@ def build_bench_bundle(preset: str, out: str | Path, seed: int = 0) -> Path:
     Raises:
         ConfigError: unknown preset.
     """
-    _check_preset(preset)
-    import torch
-
     from crab_rt.export.bundle_writer import ExportOptions, export_bundle
-    from crab_rt.model.config import HeadConfig, ModelConfig
-    from crab_rt.model.crab import CrabModel
     from crab_rt.text import train_bpe_tokenizer
     from crab_rt.train.checkpoint import save_checkpoint
 
-    speech, text, hidden, classifier, max_tokens = PRESETS[preset]
+    speech, text, _, _, max_tokens = PRESETS[preset]
     out = Path(out)
-    torch.manual_seed(seed)
-    config = ModelConfig(speech_encoder=speech, text_encoder=text,
-                         head=HeadConfig(hidden_dim=hidden, classifier_dim=classifier), max_text_tokens=max_tokens)
-    model = CrabModel.build(config, list(LABELS)).eval()
+    model = build_bench_model(preset, seed)
     tokenizer = train_bpe_tokenizer(_TEXTS, vocab_size=300, max_length=max_tokens)
     ckpt = save_checkpoint(out.with_name(out.name + ".ckpt.pt"), model, tokenizer,
                            {"max_audio_s": 12.0, "max_text_tokens": max_tokens})
@@ -82,9 +78,76 @@ def build_bench_bundle(preset: str, out: str | Path, seed: int = 0) -> Path:
     export_bundle(ckpt, out, ExportOptions(parity=False))
     ckpt.unlink()
     marker = {"preset": preset, "speech_encoder": speech, "text_encoder": text, "seed": seed,
+              "export_signature": export_signature(),
               "parameters": counts, "parity_checked": False}
     (out / _MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def build_bench_model(preset: str, seed: int = 0, device: str = "cpu"):
+    """The random-weight `CrabModel` of `preset` (eval mode), its weights made on `device`.
+
+    Making them on the GPU (`device="cuda:0"`) takes a second where the CPU takes many for the large
+    preset; the values differ from a CPU build with the same seed.
+
+    Raises:
+        ConfigError: unknown preset.
+    """
+    _check_preset(preset)
+    import torch
+
+    from crab_rt.model.config import HeadConfig, ModelConfig
+    from crab_rt.model.crab import CrabModel
+
+    speech, text, hidden, classifier, max_tokens = PRESETS[preset]
+    torch.manual_seed(seed)
+    config = ModelConfig(speech_encoder=speech, text_encoder=text,
+                         head=HeadConfig(hidden_dim=hidden, classifier_dim=classifier), max_text_tokens=max_tokens)
+    return build_on_device(lambda: CrabModel.build(config, list(LABELS)), device).eval()
+
+
+def build_on_device(build, device: str):
+    """`build()` (a torch module) with its tensors made on `device`, where random initialisation is fast.
+
+    Should making them there fail (a library that does not honour torch's default device, say), the module
+    is built on the CPU and moved, with a warning on the `crab_bench` logger.
+    """
+    import logging
+
+    import torch
+
+    try:
+        with torch.device(device):
+            module = build()
+    except Exception as e:  # noqa: BLE001 - the CPU build below is the fallback for any failure
+        if device == "cpu":
+            raise
+        logging.getLogger("crab_bench").warning("building on %s failed (%s: %s); building on the CPU", device,
+                                                type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        module = build()
+    return module.to(device)
+
+
+def export_signature() -> str:
+    """A hash of what a benchmark bundle's graphs depend on: the export stage's and the model's sources
+    (`crab_rt.export`, `crab_rt.model`), and the versions of torch, transformers, onnx and onnxruntime."""
+    import hashlib
+    import importlib.metadata
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for package in ("crab_rt.export", "crab_rt.model"):
+        spec = importlib.util.find_spec(package)
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        for path in sorted(folder.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for dist in ("torch", "transformers", "onnx", "onnxruntime"):
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "-"
+        digest.update(f"{dist}={version}".encode())
+    return digest.hexdigest()[:16]
 
 
 def bundle_info(bundle: Path) -> dict:
@@ -101,7 +164,13 @@ def ensure_bundle(preset: str, cache_dir: str | Path | None = None, log=print) -
     _check_preset(preset)
     out = Path(cache_dir or default_cache_dir()) / f"bundle-{preset}"
     if (out / _MARKER).is_file():
-        return out
+        signature = bundle_info(out).get("export_signature")
+        if signature == export_signature():
+            return out
+        if log:
+            log(f"the cached {preset} benchmark bundle in {out} was exported by other code or libraries "
+                f"(signature {signature or 'not recorded'}); rebuilding it")
+        (out / _MARKER).unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     if log:
         log(f"building the {preset} benchmark bundle (random weights, parity off) in {out} ...")

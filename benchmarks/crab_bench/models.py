@@ -9,6 +9,9 @@ intra-op threads and `torch.set_num_threads` get the same value. Ratios
 between backends are computed from this run only. Outputs of every backend are
 compared with the first backend's (max abs difference), since the bundle is
 exported without its parity check.
+
+`sweep` is the timing loop alone, for sessions built elsewhere (the GPU check
+builds the large model in GPU memory instead of exporting a bundle).
 """
 
 from __future__ import annotations
@@ -38,15 +41,20 @@ from crab_rt.audio import SAMPLE_RATE
 from crab_rt.cli._options import add_config_option
 from crab_rt.errors import ConfigError, CrabError
 
-__all__ = ["CONFIG", "ModelsBenchConfig", "add_arguments", "run", "BACKENDS", "load_backend"]
+__all__ = ["CONFIG", "ModelsBenchConfig", "add_arguments", "run", "sweep", "BACKENDS", "TORCH_BACKENDS", "load_backend",
+           "combined_p50"]
 
 BACKENDS = ("torch-cpu", "torch-cpu-compile", "onnxruntime-cpu", "torch-cuda", "torch-cuda-compile",
             "torch-cuda-graphs", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
-ORT_VARIANTS = ("fused", "int8")
-PRECISIONS = ("fp32", "fp16")
+# fp32: every graph fp32 (onnxruntime-cpu runs the bundle's int8 encoders when it has them, as the runtime does)
+ORT_VARIANTS = ("fused", "int8", "fp32")
+# bf16: the torch backends only (crab_rt.backends.torch); ONNX Runtime and TensorRT run fp32 or fp16 graphs.
+PRECISIONS = ("fp32", "fp16", "bf16")
 # bench backend -> (torch device, torch.compile mode)
-_TORCH = {"torch-cpu": ("cpu", "none"), "torch-cpu-compile": ("cpu", "inductor"), "torch-cuda": ("cuda:0", "none"),
-          "torch-cuda-compile": ("cuda:0", "inductor"), "torch-cuda-graphs": ("cuda:0", "cuda-graphs")}
+TORCH_BACKENDS = {
+    "torch-cpu": ("cpu", "none"), "torch-cpu-compile": ("cpu", "inductor"), "torch-cuda": ("cuda:0", "none"),
+    "torch-cuda-compile": ("cuda:0", "inductor"), "torch-cuda-graphs": ("cuda:0", "cuda-graphs"),
+}
 _MAIN_OUTPUT = {"speech_encoder": "hidden_states", "text_encoder": "hidden_states", "head": "probabilities"}
 
 
@@ -65,7 +73,7 @@ class ModelsBenchConfig(CommonBenchConfig):
         warmup: untimed calls per point.
         repeat: timed calls per point (at most).
         max_seconds: a point stops after this many timed seconds, keeping >= 3 calls; 0 = never.
-        precision: "fp32" or "fp16", of the GPU backends.
+        precision: "fp32", "fp16" or "bf16" (torch backends only), of the GPU backends; the CPU backends run fp32.
         ort_variants: ONNX Runtime CPU variants of the encoder graphs to time as well: "fused", "int8".
         ort_spinning: let idle ONNX Runtime CPU threads spin.
     """
@@ -123,11 +131,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--repeat", cls, "repeat", "timed calls per point")
     add_config_option(p, "--max-seconds", cls, "max_seconds",
                       "stop a point early after this many timed seconds, keeping at least 3 calls (0 = never)")
-    add_config_option(p, "--precision", cls, "precision", "precision of the GPU backends", choices=PRECISIONS)
+    add_config_option(p, "--precision", cls, "precision", "precision of the GPU backends (bf16: torch only); the CPU "
+                      "backends run fp32", choices=PRECISIONS)
     add_list_option(p, "--ort-variants", cls, "ort_variants",
                     "also time ONNX Runtime CPU variants of the encoder graphs: 'fused' (onnxruntime.transformers "
-                    "fusion, parity-checked) and/or 'int8' (dynamic int8 MatMul, NOT parity-preserving), e.g. "
-                    "fused,int8")
+                    "fusion, parity-checked), 'int8' (dynamic int8 MatMul made here from the fp32 graphs) and/or "
+                    "'fp32' (the bundle's fp32 graphs where onnxruntime-cpu runs its int8 encoders), e.g. fp32,fused")
 
 
 def _inputs(spec: dict, dims: dict, seed: int) -> dict:
@@ -183,20 +192,26 @@ def load_backend(name: str, bundle, threads: int, precision: str, cache: Path, l
     """Sessions of `bundle` on backend `name` (see BACKENDS), or raise why it cannot run here."""
     from crab_rt.backends.select import load_sessions
 
-    if name in _TORCH:
+    if name in TORCH_BACKENDS:
         from crab_rt.backends.torch import load_torch_sessions
 
-        return load_torch_sessions(bundle, *_TORCH[name])  # refuses CUDA when torch sees none
+        device, mode = TORCH_BACKENDS[name]
+        # refuses CUDA when torch sees none; the CPU backends stay fp32 (the precision is the GPU backends')
+        return load_torch_sessions(bundle, device, mode, "fp32" if device == "cpu" else precision)
     if name == "onnxruntime-cpu":
         return load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning)[0]
+    if name == "onnxruntime-cpu-fp32":
+        return load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning, cpu_int8=False)[0]
     if name in ("onnxruntime-cpu-fused", "onnxruntime-cpu-int8"):
         from crab_rt.backends.onnxruntime import OrtSession
 
-        sessions = load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning)[0]
+        sessions = load_sessions(bundle, "onnxruntime", threads=threads, spinning=spinning, cpu_int8=False)[0]
         for graph, path in _variant_graphs(bundle, name.rsplit("-", 1)[1], cache, log).items():
             sessions[graph].close()
             sessions[graph] = OrtSession(path, graph, "cpu", 0, bundle.graph_io(graph), threads, spinning=spinning)
         return sessions
+    if precision == "bf16" and name in BACKENDS:
+        raise CrabError(f"{name} runs fp32 or fp16 graphs; bf16 is for the torch backends")
     if name == "onnxruntime-cuda":
         return load_sessions(bundle, "onnxruntime", gpu=0, precision=precision, threads=threads, spinning=spinning)[0]
     if name == "onnxruntime-tensorrt":
@@ -218,13 +233,13 @@ def _available(names: list[str]) -> dict[str, str | None]:
     out = {}
     for n in names:
         reason = None
-        if n in _TORCH:
+        if n in TORCH_BACKENDS:
             try:
                 import torch
             except ImportError:
                 reason = "torch is not installed"
             else:
-                if _TORCH[n][0] != "cpu" and not torch.cuda.is_available():
+                if TORCH_BACKENDS[n][0] != "cpu" and not torch.cuda.is_available():
                     reason = "torch sees no CUDA device"
         elif n == "onnxruntime-cuda" and "CUDAExecutionProvider" not in have:
             reason = "onnxruntime has no CUDAExecutionProvider (needs onnxruntime-gpu)"
@@ -245,12 +260,16 @@ def _label(key: tuple) -> str:
     return f"{graph} " + " ".join(parts)
 
 
+def _spec(config: ModelsBenchConfig) -> dict:
+    return {"audio_s": list(config.audio_s), "text_tokens": list(config.text_tokens), "batch": list(config.batch),
+            "head_text_tokens": config.head_text_tokens, "ref_audio_s": config.ref_audio_s}
+
+
 def run(config: ModelsBenchConfig) -> int:
     """Time every graph of the preset on each backend; writes models_<preset>[_tag].json, .md and PNGs."""
     import warnings
 
     from crab_bench.bundles import bundle_info, ensure_bundle
-    from crab_bench.stats import summarize_ms, time_calls
     from crab_rt.bundle import load_bundle
 
     config.validate()
@@ -258,10 +277,7 @@ def run(config: ModelsBenchConfig) -> int:
     # transformers' WavLM attention mixes a bool padding mask with a float bias (harmless, noisy).
     warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
     threads = resolve_threads(config.threads)
-    spec = {
-        "audio_s": list(config.audio_s), "text_tokens": list(config.text_tokens), "batch": list(config.batch),
-        "head_text_tokens": config.head_text_tokens, "ref_audio_s": config.ref_audio_s,
-    }
+    spec = _spec(config)
     names = list(config.backends)
     for v in config.ort_variants:
         if f"onnxruntime-cpu-{v}" not in names:
@@ -270,16 +286,13 @@ def run(config: ModelsBenchConfig) -> int:
     bundle_dir = ensure_bundle(config.preset, config.cache_dir, say)
     bundle = load_bundle(bundle_dir)
     info = bundle_info(bundle_dir)
-    dims = bundle.dims
     availability = _available([n for n in names if n in BACKENDS])
     if any(n.startswith("torch") for n in names if availability.get(n) is None):
         import torch
 
         torch.set_num_threads(threads)
-    inputs = _inputs(spec, dims, config.seed)
     say(f"models bench: preset {config.preset}, threads {threads}, backends {', '.join(names)}")
-    results, backends, skipped, reference, agreement = [], [], [], {}, {}
-    frames: dict | None = None
+    backends, skipped = [], []
     loaded: dict[str, dict] = {}
     for name in names:
         if availability.get(name):  # variants are always available (CPU onnxruntime)
@@ -294,8 +307,9 @@ def run(config: ModelsBenchConfig) -> int:
             say(f"  skip {name}: {e}")
             continue
         first = next(iter(loaded[name].values()))
-        backends.append({"backend": name, "provider": first.provider, "device": first.device})
-        agreement[name] = {}
+        backends.append({"backend": name, "provider": first.provider, "device": first.device,
+                         "precision": {g: getattr(s, "precision", "fp32") for g, s in loaded[name].items()}})
+    frames = None
     if loaded:  # speech frames per length, from the encoder itself
         speech = next(iter(loaded.values()))["speech_encoder"]
         frames = {}
@@ -304,11 +318,60 @@ def run(config: ModelsBenchConfig) -> int:
             feed = {"input_values": np.zeros((1, n), dtype=np.float32),
                     "attention_mask": np.ones((1, n), dtype=np.int64)}
             frames[a] = int(speech.run(feed)["frame_mask"].sum())
+    measured = sweep(config, loaded, bundle.dims, frames or {}, say)
+    for sessions in loaded.values():
+        for s in sessions.values():
+            s.close()
+    loaded.clear()
+    gc.collect()
+    payload = {
+        "kind": "models", "preset": config.preset, "bundle": {**info, "path": str(bundle_dir)},
+        "settings": settings_record(config),
+        "backends": backends, "skipped": skipped, **measured,
+    }
+    for r in payload["ratios"]:
+        say(f"  ratio {r['what']}: {r['baseline']} / {r['backend']} = {r['speedup']:.2f}x")
+    finish_run(ctx, "models_" + config.preset, payload, _markdown(payload), lambda stem: _plots(stem, payload), say)
+    return 0
+
+
+def settings_record(config: ModelsBenchConfig) -> dict:
+    """The sweep's settings as written to the results."""
+    return {**_spec(config), "warmup": config.warmup, "repeat": config.repeat, "max_seconds": config.max_seconds,
+            "precision": config.precision, "seed": config.seed, "ort_spinning": config.ort_spinning,
+            "inputs": "random waveforms (all samples valid), random token ids, random hidden states; "
+                      "identical across backends"}
+
+
+def sweep(config: ModelsBenchConfig, loaded: dict[str, dict], dims: dict, frames: dict[float, int], say=print,
+          on_result=None) -> dict:
+    """Time every point of `config`'s sweep on each loaded backend (they alternate point by point).
+
+    Args:
+        config: the sweep (lengths, batches, warm-up, repeats, seed).
+        loaded: backend name -> {graph name: GraphSession}.
+        dims: {"speech_hidden": D, "text_hidden": D} (the head's inputs).
+        frames: speech frames per audio length in seconds (every `audio_s` and `ref_audio_s`).
+        say: progress printer.
+        on_result: called with each result row as soon as it is measured (a long run keeps what it did).
+
+    Returns:
+        {"speech_frames", "results", "agreement_max_abs_diff", "ratios"}.
+    """
+    from crab_bench.stats import summarize_ms, time_calls
+
+    spec = _spec(config)
+    inputs = _inputs(spec, dims, config.seed)
+    if loaded:
         inputs.update(_head_inputs(spec, frames, dims, config.seed))
+    results, reference = [], {}
+    agreement: dict[str, dict] = {name: {} for name in loaded}
     # Backends alternate point by point (all loaded at once), so drift in the machine's load
     # over the run affects them alike.
     for key, feed in inputs.items():
         for name, sessions in loaded.items():
+            if key[0] not in sessions:
+                continue
             session = sessions[key[0]]
             last = {}
 
@@ -316,7 +379,7 @@ def run(config: ModelsBenchConfig) -> int:
                 last["out"] = session.run(feed)
 
             samples = time_calls(call, config.warmup, config.repeat, config.max_seconds)
-            stats = summarize_ms(samples)
+            stats = summarize_ms(samples, (50, 90, 95, 99))
             out = last["out"][_MAIN_OUTPUT[key[0]]]
             if key not in reference:
                 reference[key] = out
@@ -330,29 +393,16 @@ def run(config: ModelsBenchConfig) -> int:
                     err = rel = float("nan")
                 prev = agreement[name].get(key[0], {"max_abs": 0.0, "rel_l2": 0.0})
                 agreement[name][key[0]] = {"max_abs": max(prev["max_abs"], err), "rel_l2": max(prev["rel_l2"], rel)}
-            results.append({"backend": name, "graph": key[0], "batch": key[1], "audio_s": key[2],
-                            "text_tokens": key[3], "ms": stats})
+            row = {"backend": name, "graph": key[0], "batch": key[1], "audio_s": key[2], "text_tokens": key[3],
+                   "ms": stats}
+            results.append(row)
+            if on_result is not None:
+                on_result(row)
             say(f"  {name:<22} {_label(key):<34} p50 {stats['p50']:9.2f} ms  p90 {stats['p90']:9.2f}  n {stats['n']}")
-    for sessions in loaded.values():
-        for s in sessions.values():
-            s.close()
-    loaded.clear()
-    gc.collect()
-    payload = {
-        "kind": "models", "preset": config.preset, "bundle": {**info, "path": str(bundle_dir)},
-        "settings": {**spec, "warmup": config.warmup, "repeat": config.repeat, "max_seconds": config.max_seconds,
-                     "precision": config.precision, "seed": config.seed, "ort_spinning": config.ort_spinning,
-                     "inputs": "random waveforms (all samples valid), random token ids, random hidden states; "
-                               "identical across backends"},
-        "backends": backends, "skipped": skipped, "speech_frames": {f"{a:g}": f for a, f in (frames or {}).items()},
-        "results": results,
-        "agreement_max_abs_diff": {"reference": backends[0]["backend"] if backends else None, **agreement},
-        "ratios": _ratios(results, spec, [b["backend"] for b in backends]),
-    }
-    for r in payload["ratios"]:
-        say(f"  ratio {r['what']}: {r['baseline']} / {r['backend']} = {r['speedup']:.2f}x")
-    finish_run(ctx, "models_" + config.preset, payload, _markdown(payload), lambda stem: _plots(stem, payload), say)
-    return 0
+    names = list(loaded)
+    return {"speech_frames": {f"{a:g}": f for a, f in frames.items()}, "results": results,
+            "agreement_max_abs_diff": {"reference": names[0] if names else None, **agreement},
+            "ratios": _ratios(results, spec, names)}
 
 
 def _p50(results: list, backend: str, graph: str, batch: int, audio_s, tokens) -> float | None:
@@ -437,6 +487,9 @@ def _markdown(payload: dict) -> tuple[str, list[tuple[str, str]], list[str]]:
         "loaded and alternate point by point; ONNX Runtime idle spinning "
         + ("on" if settings["ort_spinning"] else "off (the runtime's default)"),
         "backends skipped: " + (", ".join(f"{s['backend']} ({s['reason']})" for s in payload["skipped"]) or "none"),
+        "graph precision per backend: " + "; ".join(
+            f"{b['backend']}: " + ", ".join(f"{g} {p}" for g, p in b["precision"].items())
+            for b in payload["backends"] if b.get("precision")),
         "max abs difference vs " + str(agree.get("reference")) + ": " + "; ".join(
             f"{n}: " + ", ".join(f"{g} {v['max_abs']:.1e} (rel {v['rel_l2']:.1e})" for g, v in d.items())
             for n, d in agree.items() if n != "reference" and d),

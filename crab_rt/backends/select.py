@@ -10,6 +10,7 @@ exported with `--no-torch-weights`, where asking for it is a one-line error).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crab_rt.backends.base import BACKEND_NAMES, GraphSession
@@ -78,19 +79,30 @@ class BackendChoice:
         return f"backend {self.backend} ({self.provider}, {self.precision}) on {self.device}: {self.reason}"
 
 
-def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int,
-         spinning: bool) -> dict[str, GraphSession]:
-    from crab_rt.backends.onnxruntime import OrtSession, ort_providers
+def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int | Mapping[str, int],
+         spinning: bool, cpu_int8: bool = True) -> dict[str, GraphSession]:
+    """ONNX Runtime sessions; on the CPU at fp32, the bundle's int8 encoders when their parity holds."""
+    from crab_rt.backends.onnxruntime import OrtSession, cpu_int8_graphs, graph_threads, ort_providers
+    from crab_rt.runtime.cores import threads_for
 
+    int8 = cpu_int8_graphs(bundle) if provider == "cpu" and precision == "fp32" and cpu_int8 else ()
     sessions = {}
     for name in bundle.graph_names:
         providers = None
         if provider == "tensorrt":
             cache = bundle.root / "engines" / "ort-trt-cache"
             providers = ort_providers("tensorrt", gpu, cache, precision == "fp16", None)
-        sessions[name] = OrtSession(bundle.graph_path(name, precision), name, provider, gpu,
-                                    bundle.graph_io(name, precision), threads, providers, spinning)
+        graph_precision = "int8" if name in int8 else precision
+        n_threads = graph_threads(name, threads_for(threads, name), provider)
+        sessions[name] = OrtSession(bundle.graph_path(name, graph_precision), name, provider, gpu,
+                                    bundle.graph_io(name, graph_precision), n_threads, providers, spinning)
+        sessions[name].precision = graph_precision
     return sessions
+
+
+def _cpu_precision(sessions: dict[str, GraphSession]) -> str:
+    """"int8" when any graph runs int8 (the encoders), else "fp32"."""
+    return "int8" if any(getattr(s, "precision", "fp32") == "int8" for s in sessions.values()) else "fp32"
 
 
 def load_sessions(
@@ -98,8 +110,9 @@ def load_sessions(
     backend: str = "auto",
     gpu: int | None = None,
     precision: str = "fp32",
-    threads: int = 0,
+    threads: int | Mapping[str, int] = 0,
     spinning: bool = False,
+    cpu_int8: bool = True,
 ) -> tuple[dict[str, GraphSession], BackendChoice]:
     """Load every graph of `bundle` on one backend.
 
@@ -110,8 +123,12 @@ def load_sessions(
             0 if present" for auto.
         precision: "fp32" or "fp16" (fp16 needs the bundle's fp16 graphs; on the
             CPU it is refused, since ONNX Runtime's CPU kernels gain nothing from it).
-        threads: CPU threads for ONNX Runtime (0 = its default).
+        threads: intra-op CPU threads of each ONNX Runtime session (0 = its default), or a number per graph
+            name (`CoreBudget.graph_threads()`; a graph left out gets the default).
         spinning: let ONNX Runtime's idle CPU threads spin (see backends/onnxruntime.py).
+        cpu_int8: on ONNX Runtime's CPU at fp32, run the bundle's int8 encoders when it has them and their
+            recorded parity holds (`crab_rt.export.int8`); the choice's precision is then "int8".
+            False runs every graph fp32.
 
     Raises:
         ConfigError: unknown backend or precision.
@@ -121,7 +138,7 @@ def load_sessions(
             message names the rebuild command).
     """
     try:
-        return _load_sessions(bundle, backend, gpu, precision, threads, spinning)
+        return _load_sessions(bundle, backend, gpu, precision, threads, spinning, cpu_int8)
     except (BackendError, DependencyError) as e:
         if DOCTOR in str(e):
             raise
@@ -131,13 +148,13 @@ def load_sessions(
 
 
 def _load_sessions(bundle: Bundle, backend: str, gpu: int | None, precision: str, threads: int,
-                   spinning: bool) -> tuple[dict[str, GraphSession], BackendChoice]:
+                   spinning: bool, cpu_int8: bool = True) -> tuple[dict[str, GraphSession], BackendChoice]:
     if backend not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if backend == "auto":
-        return _auto(bundle, gpu, precision, threads, spinning)
+        return _auto(bundle, gpu, precision, threads, spinning, cpu_int8)
     if backend == "tensorrt":
         from crab_rt.backends.tensorrt import load_tensorrt_sessions
 
@@ -150,9 +167,11 @@ def _load_sessions(bundle: Bundle, backend: str, gpu: int | None, precision: str
         from crab_rt.backends.torch import load_torch_sessions
 
         device = "cpu" if gpu is None else f"cuda:{gpu}"
-        if precision != "fp32":
-            raise ConfigError("the torch backend runs the fp32 weights; use --precision fp32")
-        return load_torch_sessions(bundle, device), BackendChoice("torch", device, "torch eager", "fp32", "requested")
+        if precision == "fp16" and gpu is None:
+            raise ConfigError("the torch backend runs fp16 on a GPU only (--gpu N); on the CPU use --precision fp32")
+        # fp16: the encoders cast at load, the head fp32 (its parity: crab_rt.backends.torch.precision_parity)
+        sessions = load_torch_sessions(bundle, device, precision=precision)
+        return sessions, BackendChoice("torch", device, "torch eager", precision, "requested")
     provider = "cpu"
     if gpu is not None:
         from crab_rt.backends.onnxruntime import available_providers
@@ -163,12 +182,14 @@ def _load_sessions(bundle: Bundle, backend: str, gpu: int | None, precision: str
                                "pip install 'crab-rt[gpu]' (x86_64), or the jetson-ai-lab wheel on Jetson")
     if provider == "cpu" and precision == "fp16":
         raise ConfigError("fp16 graphs are for GPUs; on the CPU use --precision fp32")
-    sessions = _ort(bundle, provider, gpu or 0, precision, threads, spinning)
+    sessions = _ort(bundle, provider, gpu or 0, precision, threads, spinning, cpu_int8)
     first = next(iter(sessions.values()))
+    if provider == "cpu":
+        precision = _cpu_precision(sessions)
     return sessions, BackendChoice("onnxruntime", first.device, first.provider, precision, "requested")
 
 
-def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int, spinning: bool):
+def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int, spinning: bool, cpu_int8: bool = True):
     from crab_rt.backends.onnxruntime import available_providers
 
     index = 0 if gpu is None else gpu
@@ -201,6 +222,6 @@ def _auto(bundle: Bundle, gpu: int | None, precision: str, threads: int, spinnin
         reasons.append("no GPU backend could start, running on the CPU")
     if precision == "fp16":
         logger.warning("fp16 needs a GPU backend; running fp32 on the CPU")
-    sessions = _ort(bundle, "cpu", 0, "fp32", threads, spinning)
-    return sessions, BackendChoice("onnxruntime", "cpu", "CPUExecutionProvider", "fp32",
+    sessions = _ort(bundle, "cpu", 0, "fp32", threads, spinning, cpu_int8)
+    return sessions, BackendChoice("onnxruntime", "cpu", "CPUExecutionProvider", _cpu_precision(sessions),
                                    "auto: " + "; ".join(reasons + ["no GPU provider in onnxruntime, using the CPU"]))

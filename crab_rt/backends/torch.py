@@ -10,6 +10,13 @@ replay, `mode="reduce-overhead"`, GPU only). A compiled part compiles on its
 first call for a new shape (seconds to minutes) and then reuses it; the
 benchmarks use it to show what compilation buys over eager, the runtime
 serves from ONNX Runtime or TensorRT.
+
+`precision` "bf16" or "fp16" casts the two encoders' weights and float inputs
+to that type (the matrix products then run on tensor cores); the head stays
+fp32 (its GRUs, LayerNorm and softmax are under 1% of the work, and cuDNN's
+bf16 GRU support varies), and every output is returned as fp32.
+`precision_parity` measures what that costs against fp32, as the fp16 ONNX
+export does (`crab_rt.export.parity.check_fp16_parity`).
 """
 
 from __future__ import annotations
@@ -23,9 +30,13 @@ from crab_rt.backends.base import GraphSession, check_inputs
 from crab_rt.bundle import Bundle
 from crab_rt.errors import BackendError, requires_extra
 
-__all__ = ["TorchSession", "load_torch_sessions", "torch_cuda_available", "COMPILE_MODES"]
+__all__ = ["TorchSession", "load_torch_sessions", "torch_sessions", "precision_parity", "torch_cuda_available",
+           "COMPILE_MODES", "TORCH_PRECISIONS"]
 
 COMPILE_MODES = ("none", "inductor", "cuda-graphs")
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_ENCODERS = ("speech_encoder", "text_encoder")
 # Distinct input shapes one compiled part may specialise for before torch.compile
 # falls back to eager (a latency sweep uses ~10 per part; torch's default is 8).
 _RECOMPILE_LIMIT = 64
@@ -33,6 +44,11 @@ _RECOMPILE_LIMIT = 64
 _IO = {
     "speech_encoder": (("input_values", "attention_mask"), ("hidden_states", "frame_mask")),
     "text_encoder": (("input_ids", "attention_mask"), ("hidden_states",)),
+}
+_HEAD_IO = {
+    "both": (("speech_hidden", "speech_mask", "text_hidden", "text_mask"), ("logits", "probabilities")),
+    "speech": (("speech_hidden", "speech_mask"), ("logits", "probabilities")),
+    "text": (("text_hidden", "text_mask"), ("logits", "probabilities")),
 }
 
 
@@ -45,16 +61,33 @@ def torch_cuda_available() -> bool:
 
 
 class TorchSession(GraphSession):
-    """One part of a `CrabModel` run with torch (no_grad, eval mode)."""
+    """One part of a `CrabModel` run with torch (inference mode, eval mode).
+
+    Args:
+        model: the CrabModel, already on `device` and, for a reduced `precision`, with its encoders cast
+            (`torch_sessions` does both).
+        name: the part, one of the graph names.
+        device: "cpu" or "cuda:N".
+        input_names, output_names: the graph's names.
+        compile: one of COMPILE_MODES.
+        precision: one of TORCH_PRECISIONS; the type float inputs of an encoder are cast to.
+    """
 
     backend = "torch"
 
-    def __init__(self, model, name: str, device: str, input_names, output_names, compile: str = "none") -> None:
+    def __init__(self, model, name: str, device: str, input_names, output_names, compile: str = "none",
+                 precision: str = "fp32") -> None:
+        import torch
+
         self.name = name
         self.device = device
-        self.provider = f"torch {device}" + ("" if compile == "none" else f" compile={compile}")
+        self.precision = precision
+        self.provider = (f"torch {device}" + ("" if compile == "none" else f" compile={compile}")
+                         + ("" if precision == "fp32" else f" {precision}"))
         part = getattr(model, name)  # CrabModel's parts carry the graph names
+        self.part = part  # the module itself (the split speech graphs run its frontend and backend)
         self._forward = part if compile == "none" else _compiled(part, compile)
+        self._float = getattr(torch, _DTYPES[precision if name in _ENCODERS else "fp32"])
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
 
@@ -62,7 +95,10 @@ class TorchSession(GraphSession):
         import torch
 
         check_inputs(self, inputs)
-        t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in inputs.items()}
+        t = {}
+        for k, v in inputs.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+            t[k] = tensor.to(self._float) if tensor.is_floating_point() else tensor
         with torch.inference_mode(), warnings.catch_warnings():
             # torch's MultiheadAttention warns "Support for mismatched key_padding_mask and attn_mask is deprecated"
             # on every call with our bool padding masks; it is harmless here and would flood `crab-rt listen`'s
@@ -98,22 +134,58 @@ def _compiled(part, mode: str):
     return torch.compile(part, mode="reduce-overhead" if mode == "cuda-graphs" else None, dynamic=False)
 
 
-def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none") -> dict[str, TorchSession]:
+def _check_options(device: str, compile: str, precision: str) -> None:
+    if compile not in COMPILE_MODES:
+        raise BackendError(f"torch backend: unknown compile mode {compile!r} (choose from {', '.join(COMPILE_MODES)})")
+    if compile == "cuda-graphs" and not device.startswith("cuda"):
+        raise BackendError(f"torch backend: compile mode cuda-graphs needs a CUDA device, not {device}")
+    if precision not in TORCH_PRECISIONS:
+        raise BackendError(
+            f"torch backend: unknown precision {precision!r} (choose from {', '.join(TORCH_PRECISIONS)})")
+
+
+def torch_sessions(model, device: str, compile: str = "none", precision: str = "fp32") -> dict[str, TorchSession]:
+    """Sessions for every part of an in-memory `CrabModel` (moved to `device`, eval mode, encoders cast).
+
+    Args:
+        model: a CrabModel; it is changed in place (device, eval mode, encoder dtype).
+        device: "cpu" or "cuda:N".
+        compile: one of COMPILE_MODES ("cuda-graphs" needs a CUDA device).
+        precision: one of TORCH_PRECISIONS.
+
+    Raises:
+        BackendError: CUDA asked for but absent, an unknown compile mode or precision.
+    """
+    import torch
+
+    _check_options(device, compile, precision)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
+    model.to(device).eval()
+    for name in _ENCODERS:
+        part = getattr(model, name)
+        if part is not None:
+            part.to(getattr(torch, _DTYPES[precision]))
+    names = [n for n in _ENCODERS if getattr(model, n) is not None] + ["head"]
+    return {n: TorchSession(model, n, device, *(_IO.get(n) or _HEAD_IO[model.head.config.modality]), compile,
+                            precision) for n in names}
+
+
+def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none",
+                        precision: str = "fp32") -> dict[str, TorchSession]:
     """Sessions for every graph of the bundle, from its `model.pt`.
 
     Args:
         bundle: a loaded bundle.
         device: "cpu" or "cuda:N".
         compile: one of COMPILE_MODES ("cuda-graphs" needs a CUDA device).
+        precision: one of TORCH_PRECISIONS (see the module docstring).
 
     Raises:
         DependencyError: torch or transformers is missing.
-        BackendError: CUDA asked for but absent, or an unknown compile mode.
+        BackendError: CUDA asked for but absent, an unknown compile mode or precision.
     """
-    if compile not in COMPILE_MODES:
-        raise BackendError(f"torch backend: unknown compile mode {compile!r} (choose from {', '.join(COMPILE_MODES)})")
-    if compile == "cuda-graphs" and not device.startswith("cuda"):
-        raise BackendError(f"torch backend: compile mode cuda-graphs needs a CUDA device, not {device}")
+    _check_options(device, compile, precision)
     with requires_extra("train"):
         import torch
 
@@ -121,13 +193,67 @@ def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none") -> d
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
     model, _, _ = load_model(bundle.torch_checkpoint_path, map_location=device)
-    model.to(device).eval()
-    sessions = {}
-    for name in bundle.graph_names:
-        if name == "head":
-            io = bundle.graph_io("head")
-            ins, outs = tuple(io["inputs"]), tuple(io["outputs"])
-        else:
-            ins, outs = _IO[name]
-        sessions[name] = TorchSession(model, name, device, ins, outs, compile)
+    sessions = torch_sessions(model, device, compile, precision)
+    io = bundle.graph_io("head")  # the bundle's names are the contract
+    sessions["head"].input_names, sessions["head"].output_names = tuple(io["inputs"]), tuple(io["outputs"])
     return sessions
+
+
+def _parity_feeds(sessions: Mapping[str, TorchSession], seed: int) -> list[dict[str, dict[str, np.ndarray]]]:
+    """Encoder feeds of batch 1 (1 s, 5 tokens) and of a padded batch 3 (0.6-2 s, 3-12 tokens)."""
+    from crab_rt.audio import SAMPLE_RATE
+    from crab_rt.features import pad_waveforms
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for seconds, tokens in (([1.0], [5]), ([2.0, 0.6, 1.3], [12, 3, 7])):
+        feed: dict[str, dict[str, np.ndarray]] = {}
+        if "speech_encoder" in sessions:
+            waves = [(0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32) for s in seconds]
+            values, mask = pad_waveforms(waves, True)
+            feed["speech_encoder"] = {"input_values": values, "attention_mask": mask}
+        if "text_encoder" in sessions:
+            ids = np.ones((len(tokens), max(tokens)), dtype=np.int64)  # RoBERTa's pad id
+            for i, n in enumerate(tokens):
+                ids[i, :n] = rng.integers(5, 250, size=n)
+            feed["text_encoder"] = {"input_ids": ids, "attention_mask": (ids != 1).astype(np.int64)}
+        cases.append(feed)
+    return cases
+
+
+def _pipeline(sessions: Mapping[str, TorchSession], feed: Mapping[str, dict]) -> dict[str, np.ndarray]:
+    head: dict[str, np.ndarray] = {}
+    if "speech_encoder" in feed:
+        out = sessions["speech_encoder"].run(feed["speech_encoder"])
+        head.update(speech_hidden=out["hidden_states"], speech_mask=out["frame_mask"])
+    if "text_encoder" in feed:
+        head.update(text_hidden=sessions["text_encoder"].run(feed["text_encoder"])["hidden_states"],
+                    text_mask=feed["text_encoder"]["attention_mask"])
+    return {**head, **sessions["head"].run(head)}
+
+
+def precision_parity(reference: Mapping[str, TorchSession], candidate: Mapping[str, TorchSession],
+                     seed: int = 0) -> dict:
+    """Compare two session sets end to end (e.g. bf16 against fp32), as the fp16 export's parity check does.
+
+    Both run the same inputs: batch 1, and a batch of 3 with padding. Errors count valid positions only.
+
+    Returns:
+        {"probabilities": max abs diff, "logits": max abs diff, "speech_hidden" / "text_hidden": max abs diff
+        relative to the reference's largest magnitude (present when that encoder is), "labels_equal": whether
+        every argmax agrees, "samples": samples compared}.
+    """
+    report: dict = {"probabilities": 0.0, "logits": 0.0, "labels_equal": True, "samples": 0}
+    for feed in _parity_feeds(reference, seed):
+        ref, got = _pipeline(reference, feed), _pipeline(candidate, feed)
+        for key in ("probabilities", "logits"):
+            report[key] = max(report[key], float(np.max(np.abs(ref[key].astype(np.float64) - got[key]))))
+        for key, mask in (("speech_hidden", "speech_mask"), ("text_hidden", "text_mask")):
+            if key in ref:
+                valid = ref[mask].astype(bool)
+                diff = np.abs(ref[key][valid].astype(np.float64) - got[key][valid])
+                scale = max(float(np.max(np.abs(ref[key][valid]))), 1e-12)
+                report[key] = max(report.get(key, 0.0), float(diff.max()) / scale)
+        report["labels_equal"] &= bool(np.array_equal(ref["probabilities"].argmax(-1), got["probabilities"].argmax(-1)))
+        report["samples"] += int(ref["logits"].shape[0])
+    return report
