@@ -33,6 +33,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                       "fp16 vs fp32 tolerance on probabilities, max abs error")
     add_config_option(p, "--max-batch", ExportOptions, "max_batch", "largest batch in the recorded shape ranges")
     add_config_option(p, "--no-parity", ExportOptions, "parity", "skip the parity checks (not recommended)")
+    add_config_option(p, "--no-cpu-int8", ExportOptions, "cpu_int8",
+                      "write no int8 encoders for ONNX Runtime on the CPU (by default they are written when their "
+                      "probabilities stay within --int8-tolerance of fp32, and the CPU runs them)")
+    add_config_option(p, "--int8-tolerance", ExportOptions, "int8_tolerance",
+                      "int8 vs fp32 bound on probabilities, max abs error")
+    add_config_option(p, "--int8-min-weights", ExportOptions, "int8_min_weights",
+                      "an encoder with fewer MatMul/Gemm weights stays fp32 (too small to gain from int8)")
+    add_config_option(p, "--no-incremental-speech", ExportOptions, "incremental_speech",
+                      "write no speech_frontend/speech_backend graphs (by default they are written when incremental "
+                      "encoding matches the whole speech encoder within the two bounds below)")
+    add_config_option(p, "--incremental-tolerance", ExportOptions, "incremental_tolerance",
+                      "incremental vs whole speech encoder: bound on the encoder output, max abs error")
+    add_config_option(p, "--incremental-prob-tolerance", ExportOptions, "incremental_prob_tolerance",
+                      "incremental vs whole speech encoder: bound on probabilities, max abs error")
     add_config_option(p, "--no-torch-weights", ExportOptions, "torch_weights",
                       "leave the torch weights (model.pt) out of the bundle: smaller, runs on onnxruntime and "
                       "tensorrt only, not on --backend torch")

@@ -122,6 +122,19 @@ class Bundle:
         return tuple(n for n in order if n in self.manifest["graphs"])
 
     @property
+    def incremental_speech(self) -> dict | None:
+        """The manifest's `incremental_speech` entry, or None (a bundle exported before it, or without speech).
+
+        Keys: "graphs" (the split graphs written: `speech_frontend`, `speech_backend`, or none), "stride_samples",
+        "receptive_field_samples", "chunk_frames", "locality" (what makes a frame depend on more than its
+        samples), "parity" ({"encoder", "probabilities"}: max abs diff of the incremental pass against the
+        whole-utterance graph), "bound" (the same keys), "within_bound". The split graphs are listed under
+        "graphs" like the others but are not in `graph_names`: the whole `speech_encoder` stays the fallback.
+        """
+        entry = self.manifest.get("incremental_speech")
+        return entry if isinstance(entry, dict) else None
+
+    @property
     def dims(self) -> dict:
         """{"speech_hidden": D or None, "text_hidden": D or None}."""
         return dict(self.manifest.get("dims", {}))

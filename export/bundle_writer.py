@@ -50,6 +50,16 @@ class ExportOptions:
         torch_weights: write the model-only torch checkpoint `model.pt` (for `--backend torch`). Without it
             (`crab-rt export --no-torch-weights`) the bundle is smaller, runs on ONNX Runtime and TensorRT
             only, and its manifest records `"torch": null`.
+        incremental_speech: also write the speech encoder as `speech_frontend` + `speech_backend` for
+            incremental encoding when its parity against the whole graph is within the bounds below
+            (`crab_rt.export.speech_split`); the manifest records the parity either way.
+        incremental_tolerance: bound on the encoder output's max abs diff, incremental vs whole.
+        incremental_prob_tolerance: bound on the probabilities' max abs diff, incremental vs whole.
+        cpu_int8: also write int8 encoder graphs for ONNX Runtime on the CPU (`crab_rt.export.int8`), kept
+            when their probabilities are within `int8_tolerance` of the fp32 pipeline's; the manifest's
+            `cpu_int8` entry records the parity either way. The CPU backend runs them by default.
+        int8_tolerance: bound on the probabilities' max abs diff, int8 encoders vs fp32.
+        int8_min_weights: an encoder with fewer MatMul/Gemm weights stays fp32 (too small to gain).
     """
 
     precision: str = "fp32"
@@ -60,16 +70,25 @@ class ExportOptions:
     asr_model: str | None = None
     max_batch: int = 8
     torch_weights: bool = True
+    incremental_speech: bool = True
+    incremental_tolerance: float = 1e-3
+    incremental_prob_tolerance: float = 1e-4
+    cpu_int8: bool = True
+    int8_tolerance: float = 1e-2
+    int8_min_weights: int = 4_000_000
 
     def validate(self) -> ExportOptions:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 17 <= self.opset <= 21:
             raise ConfigError(f"opset must be in [17, 21], got {self.opset}")
-        for name in ("tolerance", "fp16_tolerance"):
+        for name in ("tolerance", "fp16_tolerance", "incremental_tolerance", "incremental_prob_tolerance",
+                     "int8_tolerance"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ConfigError(f"{name} must be in (0, 1], got {value}")
+        if self.int8_min_weights < 0:
+            raise ConfigError(f"int8_min_weights must be >= 0, got {self.int8_min_weights}")
         if not 1 <= self.max_batch <= 256:
             raise ConfigError(f"max_batch must be in [1, 256], got {self.max_batch}")
         return self
@@ -220,6 +239,16 @@ def export_bundle(
             check_graph_ops(name, entries[name]["fp32"]["ops"])
             ops = entries[name]["fp32"]["ops"]
             log.debug("  %s: %.1f MB, ops %s", path.name, path.stat().st_size / 1e6, ", ".join(ops))
+        incremental = None  # the manifest's incremental_speech entry (crab_rt.export.speech_split)
+        if options.incremental_speech and model.speech_encoder is not None:
+            from crab_rt.export.speech_split import incremental_entry
+
+            incremental, split = incremental_entry(
+                model, graphs, tmp, options.opset, options.incremental_tolerance, options.incremental_prob_tolerance,
+                max_audio_samples=int(round(max_audio_s * SAMPLE_RATE)))
+            for name, path in split.items():
+                entries[name] = {"fp32": _graph_entry(path)}
+                check_graph_ops(name, entries[name]["fp32"]["ops"])
         parity: dict[str, float] | None = None
         if options.parity:
             log.info("parity (ONNX Runtime CPU vs torch, tolerance %g)...", options.tolerance)
@@ -228,6 +257,20 @@ def export_bundle(
                 log.info("  %-15s max err %.1e OK", name, err)
         else:
             log.info("parity check skipped (--no-parity)")
+
+        cpu_int8 = None  # the manifest's cpu_int8 entry (crab_rt.export.int8); checked against fp32 ONNX, always
+        if options.cpu_int8:
+            from crab_rt.export.int8 import int8_entry
+
+            vocab, pad_id = 2, 0
+            if model.text_encoder is not None:
+                cfg = model.text_encoder.model.config
+                vocab, pad_id = int(cfg.vocab_size), int(getattr(cfg, "pad_token_id", 0) or 0)
+            cpu_int8, int8_graphs = int8_entry(graphs, tmp, modality, vocab, pad_id, max_text_tokens,
+                                               model.normalize_waveform, options.int8_tolerance,
+                                               options.int8_min_weights)
+            for name, path in int8_graphs.items():
+                entries[name]["int8"] = _graph_entry(path)
 
         fp16_parity = None
         if options.precision == "fp16":
@@ -276,6 +319,8 @@ def export_bundle(
             "dims": dims,
             "graphs": entries,
             "shape_ranges": shape_ranges(model, max_audio_s, max_text_tokens, options.max_batch),
+            "incremental_speech": incremental,
+            "cpu_int8": cpu_int8,
             "tokenizer": tokenizer_entry,
             "torch": torch_entry,
             "asr": asr_entry,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crab_bench.cli import main
@@ -243,6 +244,62 @@ def test_models_backend_names_map_to_torch_compile_modes(tmp_path, tiny_bundle):
                 load_backend(name, bundle, 1, "fp32", tmp_path)
 
 
+def test_models_bf16_is_for_the_torch_backends(tmp_path, tiny_bundle):
+    """--precision bf16 reaches the torch GPU backends; the CPU ones stay fp32; ONNX graphs have no bf16."""
+    from crab_bench.models import load_backend
+    from crab_rt.bundle import load_bundle
+    from crab_rt.errors import CrabError
+
+    bundle = load_bundle(tiny_bundle)
+    assert {s.provider for s in load_backend("torch-cpu", bundle, 1, "bf16", tmp_path).values()} == {"torch cpu"}
+    for name in ("onnxruntime-cuda", "tensorrt"):
+        with pytest.raises(CrabError, match=f"{name} runs fp32 or fp16 graphs; bf16 is for the torch backends"):
+            load_backend(name, bundle, 1, "bf16", tmp_path)
+
+
+def test_models_repeat_runs_separate_processes_and_reports_medians(tmp_path, cache, capsys):
+    """Each process is a fresh interpreter; every point and ratio is the median of the processes' values."""
+    rc = main(["models-repeat", "--processes", "2", "--preset", "tiny", "--backends", "torch-cpu,onnxruntime-cpu",
+               "--ort-variants", "fp32", "--audio-s", "1", "--text-tokens", "8", "--batch", "1",
+               "--head-text-tokens", "8", "--ref-audio-s", "1", "--warmup", "0", "--repeat", "2", "--threads", "1",
+               "--out-dir", str(tmp_path), "--cache-dir", str(cache), "--tag", "ci"])
+    assert rc == 0
+    data = _load(tmp_path / "models_tiny_repeat_ci.json", {
+        "type": "object", "required": ["processes", "points", "combined_p50_ms", "ratios", "runs", "settings"]})
+    assert data["kind"] == "models-repeat" and len(data["processes"]) == 2 and len(data["runs"]) == 2
+    assert all(len(p["load_average"]["before"]) == 3 and p["yardstick_gflops"]["start"] > 0 for p in data["processes"])
+    assert [b["backend"] for b in data["processes"][0]["backends"]] == ["torch-cpu", "onnxruntime-cpu",
+                                                                         "onnxruntime-cpu-fp32"]
+    # tiny graphs are below int8's size floor: the default CPU path runs fp32 there
+    assert set(data["processes"][0]["backends"][1]["precision"].values()) == {"fp32"}
+    for point in data["points"]:
+        values = [r["ms"]["p50"] for run in data["runs"] for r in run["results"]
+                  if (r["backend"], r["graph"]) == (point["backend"], point["graph"])]
+        assert point["p50_ms"]["values"] == pytest.approx(values, abs=1e-3)
+        assert point["p50_ms"]["median"] == pytest.approx(float(np.median(values)), abs=1e-3)
+        assert point["p50_ms"]["min"] == pytest.approx(min(values), abs=1e-3)
+    combined = [r for r in data["ratios"] if r["what"].startswith("speech+text+head")]
+    assert len(combined) == 2 and all(len(r["speedup"]["values"]) == 2 for r in combined)
+    text = _check_md(tmp_path / "models_tiny_repeat_ci.md")
+    assert "median (min-max) over 2 processes" in text and "load average" in text
+    assert "median" in capsys.readouterr().out
+
+
+def test_a_stale_cached_bundle_is_rebuilt(cache, capsys):
+    """A benchmark bundle exported by other code (or by a crab-rt that recorded no signature) is rebuilt."""
+    from crab_bench.bundles import bundle_info, ensure_bundle, export_signature
+
+    out = ensure_bundle("tiny", cache)
+    assert bundle_info(out)["export_signature"] == export_signature()
+    marker = out / "bench_preset.json"
+    info = json.loads(marker.read_text())
+    info.pop("export_signature")
+    marker.write_text(json.dumps(info))
+    assert ensure_bundle("tiny", cache) == out
+    assert "exported by other code or libraries (signature not recorded); rebuilding it" in capsys.readouterr().out
+    assert bundle_info(out)["export_signature"] == export_signature()
+
+
 def _kind_modules():
     import importlib
 
@@ -251,7 +308,7 @@ def _kind_modules():
     return {kind: importlib.import_module(module) for kind, (module, _) in KINDS.items()}
 
 
-@pytest.mark.parametrize("kind", ["models", "e2e", "concurrency", "asr", "vad", "soak"])
+@pytest.mark.parametrize("kind", ["models", "models-repeat", "e2e", "concurrency", "asr", "vad", "soak"])
 def test_config_defaults_are_the_flags_defaults(kind):
     """One owner per default: the flags default to None and the parsed config is the config class's default."""
     import dataclasses
@@ -311,7 +368,7 @@ def test_vad_run_takes_a_config_object(tmp_path):
     ("vad", {"seed": -1}, r"^--seed must be >= 0, got -1$"),
     ("models", {"audio_s": (1.0, 0.0)}, r"^--audio-s must be >= 0.1, got 1,0$"),
     ("models", {"batch": ()}, r"^--batch must be >= 1, got an empty list$"),
-    ("models", {"precision": "fp8"}, r"^--precision 'fp8' is not one of fp32, fp16$"),
+    ("models", {"precision": "fp8"}, r"^--precision 'fp8' is not one of fp32, fp16, bf16$"),
     ("models", {"backends": ("torch-cpu", "cuda-magic")}, r"^--backends: unknown backend 'cuda-magic'"),
     ("models", {"max_seconds": -1.0}, r"^--max-seconds must be >= 0 \(0 = never\), got -1$"),
     ("e2e", {"duration_s": 0.5}, r"^--duration-s must be in \[1, 3600\], got 0.5$"),

@@ -19,7 +19,7 @@ from crab_rt.data.synth import SynthConfig
 from crab_rt.errors import ConfigError
 from crab_rt.export.bundle_writer import ExportOptions
 from crab_rt.export.tensorrt_build import BuildOptions
-from crab_rt.runtime.asr import DEVICES, GUARDS, AsrConfig
+from crab_rt.runtime.asr import DEVICES, GUARDS, WINDOWS, AsrConfig
 from crab_rt.runtime.pipeline import OVERFLOW_POLICIES, PipelineConfig
 from crab_rt.runtime.segmenter import SegmenterConfig
 
@@ -66,8 +66,9 @@ def test_the_config_fields_have_flags():
 
     segmenter = {f.name for f in dataclasses.fields(SegmenterConfig)} - {"sample_rate_hz"}
     assert {(SegmenterConfig, f) for f in segmenter} <= fields("listen")
-    assert {(PipelineConfig, f) for f in ("backend", "gpu", "precision", "threads", "overflow")} <= fields("listen")
-    assert {(AsrConfig, f) for f in ("model", "language", "guard")} <= fields("listen")
+    assert {(PipelineConfig, f) for f in ("backend", "gpu", "precision", "threads", "cores", "overflow")} <= fields(
+        "listen")
+    assert {(AsrConfig, f) for f in ("model", "language", "guard", "cpu_threads", "window")} <= fields("listen")
     export = {f.name for f in dataclasses.fields(ExportOptions)}
     assert fields("export") == {(ExportOptions, f) for f in export}
     build = {f.name for f in dataclasses.fields(BuildOptions)} - {"heartbeat_s"}
@@ -100,6 +101,8 @@ def test_listen_without_flags_gives_the_config_defaults():
         (["--asr-guard", "flag"], "asr", "guard", "flag"),
         (["--asr-compute-type", "int8"], "asr", "compute_type", "int8"),
         (["--asr-threads", "2"], "asr", "cpu_threads", 2),
+        (["--asr-window", "auto"], "asr", "window", "auto"),
+        (["--cores", "4"], None, "cores", 4),
         (["--backend", "torch"], None, "backend", "torch"),
         (["--max-in-flight", "4"], None, "max_in_flight", 4),
         (["--asr-max-batch", "4"], None, "asr_max_batch", 4),
@@ -159,6 +162,7 @@ def test_choices_come_from_the_constants():
     assert listen["backend"].action.choices is BACKEND_NAMES
     assert listen["precision"].action.choices is PRECISIONS
     assert listen["asr_guard"].action.choices is GUARDS
+    assert listen["asr_window"].action.choices is WINDOWS
     assert listen["overflow"].action.choices is OVERFLOW_POLICIES
     assert _options("export")["precision"].action.choices is PRECISIONS
     assert _options("build-engines")["precision"].action.choices is PRECISIONS

@@ -24,6 +24,8 @@ __all__ = ["KINDS", "build_parser", "build_config", "main"]
 
 KINDS = {
     "models": ("crab_bench.models", "encoders and head: latency vs audio/text length and batch, per backend"),
+    "models-repeat": ("crab_bench.models_repeat", "the models bench in N separate processes: medians and min-max "
+                      "of every point and ratio"),
     "e2e": ("crab_bench.e2e", "replay a long recording through the whole pipeline; end-of-speech-to-event latency"),
     "concurrency": ("crab_bench.concurrency", "N streams through one pipeline: latency and throughput vs N"),
     "asr": ("crab_bench.asr", "faster-whisper latency per utterance vs length, per model and compute type"),

@@ -209,7 +209,8 @@ def finish_run(ctx: dict, name: str, payload: dict, markdown: tuple[str, list, l
     title, sections, notes = markdown
     m = ctx["machine"]
     yardstick = m["matmul_gflops"]
-    machine_note = (f"machine: {m['cpu']} ({' '.join(m['cpu_features']) or 'no listed vector extensions'}), "
+    machine_note = (f"machine: {m['cpu']}" + (f" [{m['cpu_id']}]" if m.get("cpu_id") else "")
+                    + f" ({' '.join(m['cpu_features']) or 'no listed vector extensions'}), "
                     f"{m['cores']} cores, {m['ram_gb']} GB RAM, GPU: {', '.join(m['gpus']) or 'none'}; "
                     f"threads {m.get('threads')}; python {m['python']}, "
                     + ", ".join(f"{k} {v}" for k, v in m["versions"].items())

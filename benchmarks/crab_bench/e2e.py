@@ -28,6 +28,7 @@ from crab_bench.common import (
 )
 from crab_rt.backends.base import BACKEND_NAMES
 from crab_rt.cli._options import add_config_option
+from crab_rt.runtime.asr import WINDOWS
 
 __all__ = ["CONFIG", "E2EBenchConfig", "PipelineBenchConfig", "add_arguments", "run", "add_pipeline_arguments",
            "OVERHEAD_TARGET_MS"]
@@ -50,6 +51,11 @@ class PipelineBenchConfig(CommonBenchConfig):
         realtime: feed at real time; False = as fast as possible.
         chunk_ms: feed chunk, milliseconds.
         ort_spinning: let idle ONNX Runtime CPU threads spin.
+        incremental_speech: run the speech front end while the person speaks where the bundle allows it
+            (`PipelineConfig.incremental_speech`).
+        cores: CPUs of the pipeline's core budget (`PipelineConfig.cores`; 0 = those of this process).
+        asr_threads: CTranslate2 threads; 0 = `threads` if given, else the core budget's.
+        asr_window: Whisper's encoder window, "30" or "auto" (`AsrConfig.window`).
     """
 
     preset: str = "base"
@@ -60,6 +66,10 @@ class PipelineBenchConfig(CommonBenchConfig):
     realtime: bool = True
     chunk_ms: float = 32.0
     ort_spinning: bool = False
+    incremental_speech: bool = True
+    cores: int = 0
+    asr_threads: int = 0
+    asr_window: str = "30"
 
     MAX_DURATION_S: ClassVar[float] = 3600.0
 
@@ -71,6 +81,9 @@ class PipelineBenchConfig(CommonBenchConfig):
         check_compute_type("--asr-compute-type", self.asr_compute_type)
         check_range("--duration-s", self.duration_s, 1, self.MAX_DURATION_S)
         check_range("--chunk-ms", self.chunk_ms, 1, 1000)
+        check_range("--cores", self.cores, 0, 1024, note=" (0 = the CPUs of this process)")
+        check_range("--asr-threads", self.asr_threads, 0, note=" (0 = --threads, else the core budget's)")
+        check_choice("--asr-window", self.asr_window, WINDOWS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +115,14 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, cls: type[PipelineBenchCo
     add_config_option(p, "--duration-s", cls, "duration_s", "length of the synthetic conversation in seconds")
     add_bool_option(p, "--realtime", cls, "realtime", "feed at real time or as fast as possible")
     add_config_option(p, "--chunk-ms", cls, "chunk_ms", "feed chunk in ms")
+    add_bool_option(p, "--incremental-speech", cls, "incremental_speech",
+                    "run the speech front end while the person speaks (where the bundle's parity allows)")
+    add_config_option(p, "--cores", cls, "cores", "CPUs the pipeline's core budget splits between the stages "
+                      "(0 = those of this process); --threads and --asr-threads override their share")
+    add_config_option(p, "--asr-threads", cls, "asr_threads", "CTranslate2 threads (0 = --threads if given, else "
+                      "the core budget's)")
+    add_config_option(p, "--asr-window", cls, "asr_window", "Whisper's encoder window: 30 s, or auto (the "
+                      "utterance plus 10 s)", choices=WINDOWS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -173,7 +194,12 @@ def markdown(p: dict, title: str) -> tuple[str, list, list]:
         f"model: preset {p['preset']} ({p['bundle']['speech_encoder']} + {p['bundle']['text_encoder']}, "
         "random weights), "
         f"{p['backend']}; ONNX Runtime threads {p['threads']}, idle spinning {'on' if p['ort_spinning'] else 'off'}",
+        *([f"core budget: {p['core_budget']['described']}"] if "core_budget" in p else []),
         f"ASR: {p['asr']} (device {p['asr_device']})",
+        *([f"incremental speech encoding: {'on' if p['incremental_speech']['used'] else 'off'} "
+           f"({'asked' if p['incremental_speech']['asked'] else 'turned off'}; {p['incremental_speech']['note']}); "
+           "speech_frontend = front end while speaking, speech_tail = its share of speech_encoder at the end"]
+          if "incremental_speech" in p else []),
         f"input: {p['input']}, {p['audio_s']} s, fed {'at real time' if p['realtime'] else 'as fast as possible'} in "
         f"{p['chunk_ms']:g} ms chunks; warm-up pass excluded",
         f"{p['utterances']} utterances, dropped {p['dropped']}; "

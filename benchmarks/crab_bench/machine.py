@@ -34,6 +34,32 @@ def _cpu_model_and_features() -> tuple[str, list[str]]:
     return model, [f for f in _ISA if f in flags]
 
 
+def _cpu_id() -> str | None:
+    """Vendor, family and model numbers ("AuthenticAMD family 26 model 2"), or None where /proc/cpuinfo lacks them.
+
+    The model name and the feature flags do not tell CPU generations apart: an AMD EPYC of family 25 (Zen 4)
+    and one of family 26 (Zen 5) both say "AMD EPYC" with AVX-512, VNNI and BF16, but Zen 4 runs 512-bit
+    instructions on 256-bit units, so ONNX Runtime's AVX-512 kernels gain nothing over AVX2 code there while
+    Zen 5 runs them twice as wide; torch's MKL uses its AVX2 path on AMD either way. The CPU's ratio of
+    ONNX Runtime to torch depends on it.
+    """
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    found: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("vendor_id", "cpu family", "model") and key not in found:
+            found[key] = value.strip()
+        if len(found) == 3:
+            break
+    if "cpu family" not in found:
+        return None
+    return f"{found.get('vendor_id', '?')} family {found['cpu family']} model {found.get('model', '?')}"
+
+
 def _ram_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
@@ -69,6 +95,7 @@ def describe_machine(threads: int | None = None) -> dict:
     desc = {
         "cpu": cpu,
         "cpu_features": features,
+        "cpu_id": _cpu_id(),
         "cores": os.cpu_count(),
         "ram_gb": _ram_gb(),
         "gpus": _gpus(),

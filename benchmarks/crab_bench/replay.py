@@ -10,6 +10,7 @@ minus the model critical path, max(asr, speech encoder) + text encoder + head
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import time
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = ["conversation_audio", "make_pipeline", "warm_up", "replay", "latency_table", "STAGES"]
 
-STAGES = ("end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head", "queue_wait")
+# speech_frontend: the speech front end's time while the person spoke (incremental encoding; off the critical
+# path); speech_tail: its time on the remaining frames at end of speech (part of speech_encoder).
+STAGES = ("end_to_event", "critical_path", "overhead", "asr", "speech_encoder", "text_encoder", "head", "queue_wait",
+          "speech_frontend", "speech_tail")
 
 
 def conversation_audio(duration_s: float, seed: int, voice: str = "harmonic") -> tuple[np.ndarray, str]:
@@ -49,6 +53,10 @@ def conversation_audio(duration_s: float, seed: int, voice: str = "harmonic") ->
 def make_pipeline(config: PipelineBenchConfig, threads: int, say=print):
     """The bundle of `config.preset` and an ASR (tiny offline Whisper unless `config.asr`) in one Pipeline.
 
+    Threads: `config.threads` (ONNX Runtime, speech and text encoders) and `config.asr_threads` (CTranslate2;
+    0: `config.threads`) override the pipeline's core budget for `config.cores` CPUs; with both 0 the budget
+    decides (`crab_rt.runtime.cores`). `threads` (the resolved `--threads`) is only recorded by the callers.
+
     Returns:
         (pipeline, description dict of model and ASR).
     """
@@ -60,13 +68,20 @@ def make_pipeline(config: PipelineBenchConfig, threads: int, say=print):
     model, asr_note = resolve_asr(config.asr, config.cache_dir)
     asr = None
     if model is not None:
-        asr = AsrConfig(model=model, cpu_threads=threads, compute_type=config.asr_compute_type)
-        asr_note += f", compute type {config.asr_compute_type}"
-    pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=config.backend, threads=threads,
-                                               ort_spinning=config.ort_spinning))
+        window = getattr(config, "asr_window", "30")
+        asr = AsrConfig(model=model, cpu_threads=getattr(config, "asr_threads", 0) or config.threads,
+                        compute_type=config.asr_compute_type, window=window)
+        asr_note += f", compute type {config.asr_compute_type}, window {window}"
+    incremental = getattr(config, "incremental_speech", True)
+    pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=config.backend, threads=config.threads,
+                                               cores=getattr(config, "cores", 0), ort_spinning=config.ort_spinning,
+                                               incremental_speech=incremental))
     info = {"preset": config.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
             "ort_spinning": config.ort_spinning, "asr": asr_note,
-            "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device}
+            "incremental_speech": {"asked": incremental, "used": bool(pipeline._incremental),
+                                   "note": pipeline.model.split_note},
+            "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device,
+            "core_budget": {**dataclasses.asdict(pipeline.cores), "described": pipeline.cores.describe()}}
     return pipeline, info
 
 
@@ -75,6 +90,8 @@ def warm_up(pipeline) -> None:
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(2 * SAMPLE_RATE)).astype(np.float32)
     pipeline.model.predict([audio], ["warm up"])
+    if pipeline.model.split is not None:
+        pipeline.model.encode_speech_split([audio], [None])
     if pipeline.transcriber is not None:
         pipeline.transcriber.transcribe(audio)
 

@@ -68,18 +68,31 @@ class SpeechEncoder(nn.Module):
         return self.model._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.feature_extractor(input_values).transpose(1, 2)
+        features = self.frontend(input_values)
         lengths = self.frame_lengths(attention_mask.to(torch.long).sum(-1))
         frame_mask = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]
+        return self.backend(features, frame_mask), frame_mask
+
+    def frontend(self, input_values: torch.Tensor) -> torch.Tensor:
+        """The per-frame part: CNN feature encoder and feature projection, waveforms [B, T] -> [B, F, D].
+
+        Frame i depends only on samples [320 i, 320 i + 400) when the CNN normalises per frame
+        (`feat_extract_norm="layer"`); a GroupNorm CNN normalises over the whole input
+        (`crab_rt.export.speech_split` measures what that means for incremental encoding).
+        """
+        features = self.model.feature_extractor(input_values).transpose(1, 2)
         projected = self.model.feature_projection(features)
-        hidden = projected[0] if isinstance(projected, tuple) else projected
+        return projected[0] if isinstance(projected, tuple) else projected
+
+    def backend(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The rest of the encoder on `frontend`'s output: [B, F, D] and a bool frame mask -> [B, F, D]."""
         if self.training and getattr(self.model.config, "apply_spec_augment", False):
             hidden = self.model._mask_hidden_states(hidden, attention_mask=frame_mask)
         if self.model_type == "wavlm":
             hidden = self._wavlm_encoder(hidden, frame_mask)
         else:
             hidden = self.model.encoder(hidden, attention_mask=frame_mask).last_hidden_state
-        return hidden, frame_mask
+        return hidden
 
     def _wavlm_encoder(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         # Same computation as transformers' WavLMEncoder(StableLayerNorm).forward,

@@ -8,6 +8,8 @@ utterance through faster-whisper's `WhisperModel.transcribe`;
 `transcribe_batch` decodes many utterances (from any streams) with one batched
 CTranslate2 encode + generate call, reproducing that path's features, prompt,
 decoding options, text and scores (see `Transcriber.transcribe_batch`).
+`AsrConfig.window="auto"` encodes a window fitted to the utterance instead of
+30 s (faster, but the text can change: see `AsrConfig`).
 
 The guard keeps Whisper from inventing text on silence: Whisper's own rule
 (no_speech_prob above `no_speech_threshold` AND avg_logprob below
@@ -40,13 +42,17 @@ from crab_rt.audio import SAMPLE_RATE, as_mono_float32
 from crab_rt.bundle import sha256_file
 from crab_rt.errors import BackendError, ConfigError, DependencyError
 
-__all__ = ["AsrConfig", "PACKAGED_MODELS", "PackagedModel", "Transcript", "Transcriber", "apply_guard",
+__all__ = ["AsrConfig", "PACKAGED_MODELS", "PackagedModel", "Transcript", "Transcriber", "WINDOWS", "apply_guard",
            "resolve_model"]
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 GUARDS = ("drop", "flag", "off")
+# Whisper's encoder window: "30" is faster-whisper's (every utterance padded to 30 s, 3000 log-mel frames);
+# "auto" encodes the utterance plus AUTO_WINDOW_PAD_S of padding (see AsrConfig.window).
+WINDOWS = ("30", "auto")
+AUTO_WINDOW_PAD_S = 10.0
 COMPUTE_TYPES = (
     "default",
     "auto",
@@ -111,7 +117,19 @@ class AsrConfig:
         no_speech_threshold: guard threshold on Whisper's no-speech probability, in [0, 1].
         log_prob_threshold: guard threshold on the average token log-probability (<= 0).
         guard: "drop" blanks suspect text, "flag" keeps it but marks it, "off" disables.
-        cpu_threads: CTranslate2 intra-op threads on CPU; 0 is the library default.
+        cpu_threads: CTranslate2 intra-op threads on CPU; 0 is the library default (a pipeline fills it from
+            its core budget, `crab_rt.runtime.cores`).
+        window: Whisper's encoder window. "30" (the default) pads every utterance to 30 s as faster-whisper does:
+            transcripts equal faster-whisper's. "auto" encodes the utterance plus 10 s of padding
+            (`AUTO_WINDOW_PAD_S`, at most 30 s in all; a batch is padded to its longest window): tiny.en int8 on one
+            thread of a 2-core EPYC took 73 / 94 / 109 / 179 / 232 ms for 1 / 2 / 4 / 8 / 12 s instead of 317 / 342
+            / 318 / 335 / 436 ms, but Whisper was trained on 30 s windows and the text changes. Measured with
+            tiny.en int8 against the 30 s window (words, case and punctuation aside): JFK's speech cut 12 ways, 1
+            word of 125 changed ("ask" -> "asked"); espeak-ng clips, 44% of 120 short (1.5-3.5 s) and 49% of 80 long
+            (4-12 s) clips changed, word error against the spoken text 27.2% vs 29.4% (short) and 15.9% vs 17.4%
+            (long). (float32 instead of int8 at 30 s changes 17% and 33% of the same clips.) With 4 s of padding or
+            less Whisper repeated phrases until its length limit (word error against 30 s over 100% on the short
+            clips).
         local_files_only: never download; hub names must already be in the cache.
     """
 
@@ -125,6 +143,7 @@ class AsrConfig:
     log_prob_threshold: float = -1.0
     guard: str = "drop"
     cpu_threads: int = 0
+    window: str = "30"
     local_files_only: bool = True
 
     def validate(self) -> None:
@@ -163,6 +182,8 @@ class AsrConfig:
             raise ConfigError(f"asr.guard: {self.guard!r} is not one of {', '.join(GUARDS)}")
         if not _is_int(self.cpu_threads) or self.cpu_threads < 0:
             raise ConfigError(f"asr.cpu_threads: {self.cpu_threads!r} must be an integer >= 0 (0 = default)")
+        if self.window not in WINDOWS:
+            raise ConfigError(f"asr.window: {self.window!r} is not one of {', '.join(WINDOWS)}")
         if not isinstance(self.local_files_only, bool):
             raise ConfigError(f"asr.local_files_only: {self.local_files_only!r} must be true or false")
 
@@ -518,13 +539,15 @@ class Transcriber:
         An utterance that does not fill exactly one decoding window (over 30 s: faster-whisper decodes
         several windows; under 2 feature frames: it decodes none) and every utterance of a multilingual
         model without a set language (language detection) go through `_decode` one at a time instead.
+        With `window="auto"` the windows are padded to the longest utterance of the batch plus
+        `AUTO_WINDOW_PAD_S` (at most 30 s) instead of 30 s.
         """
         from faster_whisper.audio import pad_or_trim
 
         model = self._model
         extractor = model.feature_extractor
         # Features outside the lock: the extractor is stateless (no chunk_length given) and pure numpy.
-        windows: list[tuple[int, np.ndarray, int]] = []  # (index, padded log-mel window, content frames)
+        windows: list[tuple[int, np.ndarray, int]] = []  # (index, log-mel content, content frames)
         alone: list[int] = []
         batched = not (self.is_multilingual and self.config.language is None)  # else language detection
         for i, x in enumerate(audios):
@@ -534,18 +557,22 @@ class Transcriber:
             features = extractor(x)  # WhisperModel.transcribe: 160 padding samples, normalised over the utterance
             content_frames = features.shape[-1] - 1
             if 0 < content_frames <= extractor.nb_max_frames:
-                # generate_segments' first (and here only) window: features[:, 0:segment_size], padded to 30 s.
-                windows.append((i, pad_or_trim(features[:, :content_frames]), content_frames))
+                # generate_segments' first (and here only) window: features[:, 0:segment_size], padded below.
+                windows.append((i, features[:, :content_frames], content_frames))
             else:
                 alone.append(i)
         results: list[tuple[str, str, float, float] | None] = [None] * len(audios)
         generated: list = []
+        frames = extractor.nb_max_frames  # 30 s, as faster-whisper
+        if windows and self.config.window == "auto":
+            pad = int(round(AUTO_WINDOW_PAD_S / extractor.time_per_frame))
+            frames = min(frames, max(c for _, _, c in windows) + pad)
         with self._lock:
             for i in alone:
                 results[i] = self._decode(audios[i])
             if windows:
                 tokenizer, prompt, options = self._batch_setup()
-                encoder_output = model.encode(np.stack([w for _, w, _ in windows]))
+                encoder_output = model.encode(np.stack([pad_or_trim(w, frames) for _, w, _ in windows]))
                 generated = model.model.generate(encoder_output, [list(prompt) for _ in windows], **options)
         for (i, _, content_frames), result in zip(windows, generated, strict=True):
             tokens = result.sequences_ids[0]
@@ -587,6 +614,8 @@ class Transcriber:
         x = as_mono_float32(audio, "ASR input")
         if x.size == 0:
             return self._empty(_ms(start))
+        if self.config.window != "30":  # faster-whisper's transcribe always pads to 30 s
+            return self.transcribe_batch([x])[0]
         with self._lock:
             decoded = self._decode(x)
         return self._guarded(decoded, x.size / SAMPLE_RATE, _ms(start))
@@ -594,14 +623,14 @@ class Transcriber:
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
         """Transcribe several utterances with one batched CTranslate2 call.
 
-        The utterances' log-mel windows (each computed and padded to 30 s as `WhisperModel.transcribe`
-        does) are stacked, encoded once and decoded by one `generate` call with the options of the
-        one-at-a-time path; text, no_speech_prob and avg_logprob are built from the tokens and scores as
-        faster-whisper builds them, then the guard is applied per utterance. The results match
-        `transcribe` on each utterance: same text; the probabilities can differ by float rounding
-        (the batched matrix products sum in another order). Empty audio is handled as in `transcribe`
-        (the model does not run). An utterance over 30 s (several decoding windows), one shorter than
-        two feature frames, and every utterance of a multilingual model with `language=None` (language
+        The utterances' log-mel windows (each computed and padded to 30 s as `WhisperModel.transcribe` does;
+        with `window="auto"`, to the longest plus `AUTO_WINDOW_PAD_S`) are stacked, encoded once and decoded by
+        one `generate` call with the options of the one-at-a-time path; text, no_speech_prob and avg_logprob are
+        built from the tokens and scores as faster-whisper builds them, then the guard is applied per utterance.
+        The results match `transcribe` on each utterance (with `window="30"`): same text; the probabilities can
+        differ by float rounding (the batched matrix products sum in another order). Empty audio is handled as
+        in `transcribe` (the model does not run). An utterance over 30 s (several decoding windows), one shorter
+        than two feature frames, and every utterance of a multilingual model with `language=None` (language
         detection) are decoded one at a time by faster-whisper's `transcribe` within the same call.
 
         Args:

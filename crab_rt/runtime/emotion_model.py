@@ -9,7 +9,7 @@ padding, so results do not depend on batch-mates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from crab_rt.backends.base import GraphSession
 from crab_rt.backends.select import BackendChoice, load_sessions
 from crab_rt.bundle import Bundle, load_bundle
 from crab_rt.features import pad_waveforms
+from crab_rt.runtime.speech_frontend import SPLIT_GRAPHS, FrontendGeometry, UtteranceFrames, encode_split
 from crab_rt.text import TextTokenizer
 
 __all__ = ["EmotionModel", "Features"]
@@ -59,10 +60,16 @@ class EmotionModel:
         choice: which backend runs them, for logs.
     """
 
-    def __init__(self, bundle: Bundle, sessions: dict[str, GraphSession], choice: BackendChoice) -> None:
+    def __init__(self, bundle: Bundle, sessions: dict[str, GraphSession], choice: BackendChoice,
+                 split: dict[str, GraphSession] | None = None, split_note: str = "") -> None:
         self.bundle = bundle
         self.sessions = sessions
         self.choice = choice
+        # Incremental speech encoding (runtime/speech_frontend.py): the split graphs, or None and why not.
+        self.split = split if split and all(n in split for n in SPLIT_GRAPHS) else None
+        self.split_note = split_note
+        self.frontend_geometry = None if self.split is None else FrontendGeometry.from_manifest(
+            bundle.incremental_speech, bundle.normalize_waveform, bundle.max_audio_samples)
         self.labels = list(bundle.labels)
         self.uses_speech = "speech_encoder" in sessions
         self.uses_text = "text_encoder" in sessions
@@ -80,20 +87,46 @@ class EmotionModel:
         backend: str = "auto",
         gpu: int | None = None,
         precision: str = "fp32",
-        threads: int = 0,
+        threads: int | Mapping[str, int] = 0,
         spinning: bool = False,
+        incremental_speech: bool = True,
     ) -> EmotionModel:
-        """Load a bundle folder (hashes verified) on `backend` (arguments as `load_sessions`)."""
+        """Load a bundle folder (hashes verified) on `backend` (arguments as `load_sessions`).
+
+        With `incremental_speech`, the bundle's split speech graphs are loaded too when its incremental parity
+        is within its bound and the backend runs them (`split_note` says why not otherwise).
+        """
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle)
         sessions, choice = load_sessions(bundle, backend, gpu, precision, threads, spinning)
-        return cls(bundle, sessions, choice)
+        split, note = None, "turned off"
+        if incremental_speech and "speech_encoder" in sessions:
+            from crab_rt.runtime.speech_frontend import load_split_sessions
+
+            split, note = load_split_sessions(bundle, choice, sessions, gpu, threads, spinning)
+        return cls(bundle, sessions, choice, split, note)
 
     def encode_speech(self, audios: Sequence[np.ndarray]) -> list[Features]:
         """Speech encoder on a batch of 16 kHz waveforms (cut at the model's maximum length)."""
         values, mask = pad_waveforms(audios, self.bundle.normalize_waveform, self.bundle.max_audio_samples)
         out = self.sessions["speech_encoder"].run({"input_values": values, "attention_mask": mask})
         return _unpad(out["hidden_states"], out["frame_mask"].sum(1))
+
+    def encode_speech_split(self, audios: Sequence[np.ndarray],
+                            states: Sequence[UtteranceFrames | None]) -> tuple[list[Features], float]:
+        """Speech encoder on a batch through the split graphs: the frames each state already holds, the front
+        end on the rest (the tail), then the backend on all frames.
+
+        Args:
+            audios: the utterances' 16 kHz waveforms.
+            states: per utterance, its stream's `UtteranceFrames` or None (then its front end runs whole).
+
+        Returns:
+            the features (as `encode_speech`) and the time of the tail's front end (ms).
+        """
+        hidden, tail_ms = encode_split(self.split["speech_frontend"], self.split["speech_backend"],
+                                       self.frontend_geometry, audios, states)
+        return [Features(h) for h in hidden], tail_ms
 
     def encode_text(self, texts: Sequence[str]) -> list[Features]:
         """Text encoder on a batch of transcripts (empty text is just `<s></s>`)."""
@@ -118,5 +151,5 @@ class EmotionModel:
         return self.classify(speech, text)
 
     def close(self) -> None:
-        for s in self.sessions.values():
+        for s in (*self.sessions.values(), *(self.split or {}).values()):
             s.close()

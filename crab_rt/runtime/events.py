@@ -8,8 +8,13 @@ from dataclasses import asdict, dataclass, field
 __all__ = ["EmotionEvent", "LATENCY_KEYS"]
 
 # Milliseconds. end_to_event: from end-of-speech detection (after the hangover)
-# to the event; queue_wait: time the utterance waited for a free worker.
-LATENCY_KEYS = ("end_to_event", "asr", "speech_encoder", "text_encoder", "head", "queue_wait")
+# to the event; queue_wait: time the utterance waited for a free worker;
+# speech_encoder: the speech encoder's time after the end of speech. With incremental
+# speech encoding, speech_frontend is the front end's time spent while the person spoke
+# (not on the critical path) and speech_tail the front end's share of speech_encoder
+# at the end (the frames not yet computed); both are 0 without it.
+LATENCY_KEYS = ("end_to_event", "asr", "speech_encoder", "text_encoder", "head", "queue_wait", "speech_frontend",
+                "speech_tail")
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,11 @@ from crab_rt.backends.select import check_gpu_index
 from crab_rt.bundle import PRECISIONS, Bundle, load_bundle
 from crab_rt.errors import BackendError, ConfigError, CrabError
 from crab_rt.runtime.asr import AsrConfig, Transcriber
+from crab_rt.runtime.cores import plan_cores
 from crab_rt.runtime.emotion_model import EmotionModel, Features
 from crab_rt.runtime.events import EmotionEvent
 from crab_rt.runtime.segmenter import SegmenterConfig, SpeechMark, StreamFrontEnd, Utterance
+from crab_rt.runtime.speech_frontend import IncrementalStream, UtteranceFrames, run_chunks
 from crab_rt.runtime.summary import LatencyStats
 from crab_rt.runtime.vad import SileroVad
 
@@ -105,7 +107,12 @@ class PipelineConfig:
         backend: "auto", "tensorrt", "onnxruntime" or "torch".
         gpu: CUDA device index for the emotion model (None: CPU, or the first GPU for auto).
         precision: "fp32" or "fp16".
-        threads: CPU threads per ONNX Runtime session (0 = default, else 1..`max_threads()`).
+        threads: CPU threads per ONNX Runtime session of the speech and text encoders (0 = the core budget's,
+            else 1..`max_threads()`).
+        cores: the CPUs the core budget (`crab_rt.runtime.cores.plan_cores`) splits between the stages so
+            that ASR and the speech encoder, which run at the same time, do not take each other's cores:
+            0 = those this process may run on. `threads` and `asr.cpu_threads`, when not 0, override their
+            stage's share. The budget used is `Pipeline.cores`.
         ort_spinning: let idle ONNX Runtime threads spin. Off by default: the
             pipeline's sessions and ASR share the cores, and spinning workers
             steal them (it doubled the text encoder and head times on 2 cores).
@@ -117,6 +124,10 @@ class PipelineConfig:
         max_in_flight: most utterances being processed at once (admission bound).
         overflow: "block" (accept waits) or "drop" (new utterance dropped, counted).
         event_queue_size: per-stream event queue when no callback is set.
+        incremental_speech: run the speech encoder's front end on each stream's audio while the person
+            speaks, so that at the end of speech only the tail and the rest of the encoder run (when the
+            bundle has split speech graphs within their parity bound: `runtime/speech_frontend.py`). Off
+            (`crab-rt listen --no-incremental-speech`): the whole speech encoder runs at the end of speech.
     """
 
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -125,12 +136,14 @@ class PipelineConfig:
     gpu: int | None = None
     precision: str = "fp32"
     threads: int = 0
+    cores: int = 0
     ort_spinning: bool = False
     max_batch: int = 8
     asr_max_batch: int = 0
     max_in_flight: int = 16
     overflow: str = "block"
     event_queue_size: int = 256
+    incremental_speech: bool = True
 
     def validate(self) -> PipelineConfig:
         self.segmenter.validate()
@@ -141,6 +154,9 @@ class PipelineConfig:
         if not isinstance(self.threads, int) or not (self.threads == 0 or 1 <= self.threads <= max_threads()):
             raise ConfigError(f"threads = {self.threads!r} is out of range: must be 0 (ONNX Runtime's default) "
                               f"or in [1, {max_threads()}] (4 per CPU core)")
+        if not isinstance(self.cores, int) or isinstance(self.cores, bool) or not 0 <= self.cores <= 1024:
+            raise ConfigError(f"cores = {self.cores!r} is out of range: must be 0 (the CPUs this process may run "
+                              "on) or in [1, 1024]")
         if not 1 <= self.max_batch <= 64:
             raise ConfigError(f"max_batch must be in [1, 64], got {self.max_batch}")
         if not 0 <= self.asr_max_batch <= 64:
@@ -248,15 +264,17 @@ class _Outbox:
 class _Job:
     """One utterance moving through the workers, with its stage timings."""
 
-    __slots__ = ("outbox", "utt", "submitted", "speech", "text", "flagged", "ms", "parts_left", "ready_at", "lock")
+    __slots__ = ("outbox", "utt", "submitted", "speech", "text", "flagged", "ms", "parts_left", "ready_at", "lock",
+                 "frames")
 
-    def __init__(self, outbox: _Outbox, utt: Utterance, parts: int) -> None:
+    def __init__(self, outbox: _Outbox, utt: Utterance, parts: int, frames: UtteranceFrames | None = None) -> None:
         self.outbox, self.utt = outbox, utt
+        self.frames = frames  # the front-end frames its stream computed during speech (incremental encoding)
         self.submitted = time.perf_counter()
         self.speech: Features | None = None
         self.text, self.flagged = "", False
         self.ms: dict[str, float] = {"asr": 0.0, "speech_encoder": 0.0, "text_encoder": 0.0, "head": 0.0,
-                                     "queue_wait": 0.0}
+                                     "queue_wait": 0.0, "speech_frontend": 0.0, "speech_tail": 0.0}
         self.parts_left = parts
         self.ready_at = 0.0
         self.lock = threading.Lock()
@@ -276,9 +294,10 @@ class Stream:
     """
 
     def __init__(self, stream_id: str, front_end: StreamFrontEnd, outbox: _Outbox,
-                 submit: Callable[[_Outbox, Utterance], bool]) -> None:
+                 submit: Callable[..., bool], incremental: IncrementalStream | None = None) -> None:
         self.stream_id = stream_id
         self._front_end = front_end
+        self._incremental = incremental  # follows the open utterance for incremental speech encoding
         self._outbox = outbox
         self._submit = submit
         self._samples_accepted = 0
@@ -332,8 +351,12 @@ class Stream:
             raise _closed_error(self._outbox)
 
     def _submit_all(self, utterances: list[Utterance]) -> None:
-        for utt in utterances:
-            if not self._submit(self._outbox, utt):
+        if self._incremental is None:
+            states = [None] * len(utterances)
+        else:
+            states = self._incremental.sync(self._front_end.segmenter, utterances)
+        for utt, frames in zip(utterances, states):
+            if not self._submit(self._outbox, utt, frames):
                 self._dropped_utterances += 1
 
     def accept(self, samples: np.ndarray) -> int:
@@ -433,7 +456,8 @@ class Pipeline:
     Args:
         bundle: model bundle folder (or a loaded `Bundle` or `EmotionModel`).
         config: runtime settings.
-        transcriber: an already loaded ASR engine to share (optional).
+        transcriber: an already loaded ASR engine to share (optional; it keeps its threads, as a loaded
+            `EmotionModel` keeps its sessions', whatever the core budget says).
     """
 
     def __init__(self, bundle: str | Path | Bundle | EmotionModel, config: PipelineConfig | None = None,
@@ -444,11 +468,23 @@ class Pipeline:
             check_gpu_index(config.asr.device_index)
         if not isinstance(bundle, EmotionModel):
             bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.cores = plan_cores(config.cores, asr_threads=config.asr.cpu_threads if config.asr else 0,
+                                speech_threads=config.threads, text_threads=config.threads)
+        if config.asr is not None:  # faster-whisper's cpu_threads: its CTranslate2 intra-op threads
+            asr = dataclasses.replace(config.asr, cpu_threads=self.cores.asr_threads)
+            config = dataclasses.replace(config, asr=asr)
         self.config = config = _fit_to_bundle(config, bundle.bundle if isinstance(bundle, EmotionModel) else bundle)
         self.model = bundle if isinstance(bundle, EmotionModel) else EmotionModel.load(
-            bundle, config.backend, config.gpu, config.precision, config.threads, config.ort_spinning)
+            bundle, config.backend, config.gpu, config.precision, self.cores.graph_threads(), config.ort_spinning,
+            incremental_speech=config.incremental_speech)
+        if self.model.choice.backend == "torch" and self.model.choice.device == "cpu":
+            import torch  # already imported by the torch backend; its intra-op pool is process-wide
+
+            torch.set_num_threads(self.cores.speech_threads)
+        logger.info("core budget: %s", self.cores.describe())
+        self._incremental = self._incremental_on()
         self.transcriber = transcriber or (Transcriber(self.config.asr) if self.config.asr is not None else None)
-        self.vad = SileroVad(num_threads=1)
+        self.vad = SileroVad(num_threads=self.cores.vad_threads)
         on_gpu = self.transcriber is not None and self.transcriber.device == "cuda"
         self.asr_batch = config.asr_max_batch or (config.max_batch if on_gpu else 1)  # see PipelineConfig
         self._admission = threading.BoundedSemaphore(self.config.max_in_flight)
@@ -470,6 +506,23 @@ class Pipeline:
         for w in self._workers:
             w.start()
 
+    def _incremental_on(self) -> bool:
+        """Whether streams encode speech incrementally; says so, or why not, in one log line."""
+        model = self.model
+        if not model.uses_speech:
+            return False
+        if not self.config.incremental_speech:
+            logger.info("incremental speech encoding off (turned off): the whole speech encoder runs at end of speech")
+            return False
+        if model.split is None:  # INFO, not WARNING: most bundles' encoders are not frame-local (speech_split.py)
+            logger.info("incremental speech encoding off: %s; the whole speech encoder runs at end of speech",
+                        model.split_note)
+            return False
+        g = model.frontend_geometry
+        logger.info("incremental speech encoding on: the speech front end runs every %d ms of speech (%s)",
+                    g.chunk_frames * g.stride * 1000 // self.config.segmenter.sample_rate_hz, model.split_note)
+        return True
+
     def create_stream(self, stream_id: str | None = None,
                       on_event: Callable[[EmotionEvent], None] | None = None,
                       on_speech: Callable[[SpeechMark], None] | None = None) -> Stream:
@@ -481,7 +534,11 @@ class Pipeline:
                 raise RuntimeError("create_stream() on a closed pipeline")
             self._outboxes.add(outbox)
         front_end = StreamFrontEnd(self.vad, self.config.segmenter, on_speech)
-        return Stream(stream_id, front_end, outbox, self._submit)
+        incremental = None
+        if self._incremental:
+            incremental = IncrementalStream(self.model.frontend_geometry, self._visit,
+                                            self.config.segmenter.sample_rate_hz)
+        return Stream(stream_id, front_end, outbox, self._submit, incremental)
 
     def queue_depths(self) -> dict[str, int]:
         """Utterances waiting per worker queue, and in flight in all (submitted, not yet delivered)."""
@@ -491,7 +548,13 @@ class Pipeline:
                 "in_flight": in_flight}
 
     # ---- scheduling -----------------------------------------------------------------
-    def _submit(self, outbox: _Outbox, utt: Utterance) -> bool:
+    def _visit(self, frames: UtteranceFrames) -> None:
+        """Ask the speech worker to run the front end on a stream's ready chunks (incremental encoding)."""
+        with self._lock:
+            if not self._closed:
+                self._speech_q.put(frames)
+
+    def _submit(self, outbox: _Outbox, utt: Utterance, frames: UtteranceFrames | None = None) -> bool:
         """Queue one utterance of a stream; False when the overflow policy dropped it."""
         if self._closed:
             raise _closed_error(outbox)
@@ -504,7 +567,7 @@ class Pipeline:
                            outbox.stream_id, utt.start_s, utt.end_s, self.config.max_in_flight)
             return False
         parts = int(self.model.uses_speech) + 1  # speech encoder (if any) and ASR (or its stand-in)
-        job = _Job(outbox, utt, parts)
+        job = _Job(outbox, utt, parts, frames)
         with self._lock:  # close() puts the workers' stop marker under this lock: a job is queued before it or refused
             if self._closed:
                 self._admission.release()
@@ -566,13 +629,37 @@ class Pipeline:
 
     def _speech_worker(self) -> None:
         while (batch := self._take_batch(self._speech_q, self.config.max_batch)) is not None:
-            self._guarded("speech encoder", batch, self._speech_step)
+            visits = [item for item in batch if isinstance(item, UtteranceFrames)]
+            if visits:  # front-end chunks of utterances still being spoken; jobs queued after them come next
+                self._frontend_visit(visits)
+            jobs = [item for item in batch if not isinstance(item, UtteranceFrames)]
+            if jobs:
+                self._guarded("speech encoder", jobs, self._speech_step)
+
+    def _frontend_visit(self, visits: list[UtteranceFrames]) -> None:
+        for frames in visits:
+            with frames.lock:
+                frames.queued = False
+        run_chunks(self.model.split["speech_frontend"], visits)
+        for frames in visits:  # more than one visit's worth was pending: come back after what is queued now
+            with frames.lock:
+                again = frames.chunk_ready() and not frames.queued
+                frames.queued = frames.queued or again
+            if again:
+                self._visit(frames)
 
     def _speech_step(self, batch: list[_Job]) -> None:
         start = time.perf_counter()
         for job in batch:
             job.ms["queue_wait"] += (start - job.submitted) * 1000
-        features = self.model.encode_speech([job.utt.audio for job in batch])
+        if self._incremental:
+            features, tail_ms = self.model.encode_speech_split([job.utt.audio for job in batch],
+                                                               [job.frames for job in batch])
+            for job in batch:
+                job.ms["speech_tail"] = tail_ms
+                job.ms["speech_frontend"] = 0.0 if job.frames is None else job.frames.live_ms
+        else:
+            features = self.model.encode_speech([job.utt.audio for job in batch])
         elapsed = (time.perf_counter() - start) * 1000
         for job, f in zip(batch, features):
             job.speech, job.ms["speech_encoder"] = f, elapsed

@@ -212,6 +212,28 @@ class Segmenter:
         """Seconds of audio pushed since the last reset."""
         return self._pos / self._sr
 
+    @property
+    def open_audio_start(self) -> int | None:
+        """Stream sample where the open utterance's audio begins (pre-roll included), or None when none is open.
+
+        After a forced split it is where the cut piece ended. An utterance this segmenter returns starts at
+        its `open_audio_start` and its audio is a prefix of `open_audio()` (incremental speech encoding relies
+        on both).
+        """
+        return self._buf_start if self._active else None
+
+    def open_audio(self, offset: int = 0) -> np.ndarray:
+        """The open utterance's audio buffered so far, from sample `offset` of it on (empty when none is open)."""
+        if not self._active:
+            return np.zeros(0, dtype=np.float32)
+        parts, pos = [], 0
+        for chunk in self._buf:
+            end = pos + chunk.size
+            if end > offset:
+                parts.append(chunk[max(offset - pos, 0):])
+            pos = end
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
     def push(self, frame: np.ndarray, prob: float) -> list[Utterance]:
         """Consume the next frame and its speech probability.
 

@@ -99,7 +99,8 @@ class RayEngine:
         self._closed = True
 
     # ---- scheduling (the submitting thread) ----------------------------------------------------------------------
-    def _submit(self, outbox: _Outbox, utt: Utterance) -> bool:
+    def _submit(self, outbox: _Outbox, utt: Utterance, frames=None) -> bool:
+        # `frames`: incremental speech encoding's state, which streams without it (these) never pass
         if self._closed or self.loop is None:
             raise _closed_error(outbox)
         if self.config.overflow == "block":
