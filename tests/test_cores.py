@@ -19,7 +19,7 @@ from crab_rt.runtime.cores import SPEECH_GRAPHS, CoreBudget, available_cores, pl
 def test_split_by_hand(cores, asr, speech, text):
     budget = plan_cores(cores)
     assert (budget.cores, budget.asr_threads, budget.speech_threads, budget.text_threads) == (cores, asr, speech, text)
-    assert (budget.head_threads, budget.vad_threads, budget.overridden) == (1, 1, ())
+    assert (budget.head_threads, budget.vad_threads, budget.overridden) == (text, 1, ())
     # ASR keeps at most half: beside the speech encoder the two ask for at most 1.5x the cores (1 core: 2).
     assert budget.asr_threads + budget.speech_threads <= max(cores * 3 // 2, 2)
 
@@ -56,14 +56,14 @@ def test_a_given_stage_number_overrides_only_its_share():
 def test_graph_threads_cover_the_split_speech_graphs():
     threads = plan_cores(4).graph_threads()
     assert {g: threads[g] for g in SPEECH_GRAPHS} == {g: 4 for g in SPEECH_GRAPHS}
-    assert (threads["text_encoder"], threads["head"]) == (4, 1)
+    assert (threads["text_encoder"], threads["head"]) == (4, 4)
     assert threads_for(threads, "speech_frontend") == 4
     assert threads_for(threads, "unknown_graph") == 0  # left to ONNX Runtime's default
     assert threads_for(3, "head") == 3
 
 
 def test_describe_names_every_stage():
-    assert plan_cores(2).describe() == "2 cores: ASR 1, speech 2, text 2, head 1, VAD 1 threads"
+    assert plan_cores(2).describe() == "2 cores: ASR 1, speech 2, text 2, head 2, VAD 1 threads"
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_pipeline_gives_each_stage_its_share(tiny_bundle, fake_asr, cores, asr, 
         assert fake_asr.configs[-1].cpu_threads == asr and p.config.asr.cpu_threads == asr
         sessions = {**p.model.sessions, **(p.model.split or {})}
         for name, session in sessions.items():
-            want = {"text_encoder": text, "head": 1}.get(name, speech)
+            want = {"text_encoder": text, "head": text}.get(name, speech)
             assert _intra_op(session) == want, name
         assert _intra_op(p.vad) == 1
     finally:

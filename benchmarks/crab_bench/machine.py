@@ -166,3 +166,13 @@ def matmul_gflops(seconds: float = 0.2, rounds: int = 3, n: int = 512) -> float:
             calls += 1
         best = max(best, 2 * n**3 * calls / elapsed / 1e9)
     return round(best, 1)
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine spent busy so far (/proc/stat: all but idle and iowait); None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")

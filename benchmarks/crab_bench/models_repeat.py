@@ -26,17 +26,20 @@ from pathlib import Path
 import numpy as np
 
 from crab_bench.common import check_range, finish_run, resolve_threads, start_run
+from crab_bench.machine import machine_busy_s
 from crab_bench.models import ModelsBenchConfig, combined_p50
 from crab_bench.models import add_arguments as add_models_arguments
 from crab_rt.cli._options import add_config_option
 from crab_rt.errors import ConfigError
 
-__all__ = ["CONFIG", "ModelsRepeatConfig", "add_arguments", "run", "aggregate", "BUSY_LOAD_PER_CORE"]
+__all__ = ["CONFIG", "ModelsRepeatConfig", "add_arguments", "run", "aggregate", "BUSY_OTHER_CORES"]
 
-# A 1-minute load average above this many runnable threads per core before a process means other work was
-# running: torch's OpenMP threads wait at every barrier for a descheduled sibling, and torch eager was 10-20x
+# Other processes keeping more than this many cores busy while a process measured means the machine was not
+# quiet: torch's OpenMP threads wait at every barrier for a descheduled sibling, and torch eager was 10-20x
 # slower than on a quiet machine (ONNX Runtime 1.5-2x), so such a run's ratios are not a figure to quote.
-BUSY_LOAD_PER_CORE = 0.5
+# (Measured as the machine's busy CPU time minus the bench process's own, over the process's wall time: the
+# load average cannot tell, since the bench's own previous process keeps it above 1 on 2 cores.)
+BUSY_OTHER_CORES = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +87,11 @@ def _run_child(config: ModelsRepeatConfig, out_dir: Path, index: int) -> dict:
     bench_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (bench_root, os.environ.get("PYTHONPATH")) if p)}
     load_before = os.getloadavg()
-    start = time.perf_counter()
+    start, busy0, own0 = time.perf_counter(), machine_busy_s(), _own_cpu_s()
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(_child_config(config, out_dir, index))],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
+    busy1, own1 = machine_busy_s(), _own_cpu_s()
     path = out_dir / f"models_{config.preset}_process{index}.json"
     if proc.returncode != 0 or not path.is_file():
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
@@ -96,7 +100,17 @@ def _run_child(config: ModelsRepeatConfig, out_dir: Path, index: int) -> dict:
     payload["load_average"] = {"before": [round(x, 2) for x in load_before],
                                "after": [round(x, 2) for x in os.getloadavg()]}
     payload["wall_s"] = round(wall, 1)
+    other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+    payload["other_cores"] = None if other is None else round(other, 3)
     return payload
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the bench processes)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _spread(values: list[float]) -> dict:
@@ -160,7 +174,8 @@ def run(config: ModelsRepeatConfig) -> int:
                         f"{r['backend_ms']:.1f} ms = {r['speedup']:.2f}x")
     summary = aggregate(runs)
     processes = [{"index": i + 1, "code": r.get("code"), "yardstick_gflops": r["machine"].get("matmul_gflops"),
-                  "load_average": r["load_average"], "wall_s": r["wall_s"], "backends": r["backends"],
+                  "load_average": r["load_average"], "other_cores": r.get("other_cores"), "wall_s": r["wall_s"],
+                  "backends": r["backends"],
                   "agreement_max_abs_diff": r["agreement_max_abs_diff"]} for i, r in enumerate(runs)]
     payload = {"kind": "models-repeat", "preset": config.preset, "processes": processes,
                "settings": runs[0]["settings"], "bundle": runs[0]["bundle"], **summary,
@@ -198,18 +213,19 @@ def _markdown(payload: dict) -> tuple[str, list[tuple[str, str]], list[str]]:
         sections.append((f"{graph}: p50 ms, median (min-max) over processes",
                          markdown_table(["backend", "batch", "audio s", "tokens", "p50 ms", "per process"], rows)))
     procs = "; ".join(
-        f"process {p['index']}: load average {p['load_average']['before'][0]:.2f} before, "
+        f"process {p['index']}: other processes kept {_cores(p.get('other_cores'))} cores busy, "
+        f"load average {p['load_average']['before'][0]:.2f} before, "
         f"{p['load_average']['after'][0]:.2f} after, yardstick {p['yardstick_gflops'].get('start')}-"
         f"{p['yardstick_gflops'].get('end')} GFLOP/s, {p['wall_s']:.0f} s" for p in payload["processes"])
     backends = "; ".join(f"{b['backend']} ({b.get('provider')}): "
                          + ", ".join(f"{g} {p}" for g, p in (b.get("precision") or {}).items())
                          for b in payload["processes"][0]["backends"])
     busy = [p["index"] for p in payload["processes"]
-            if p["load_average"]["before"][0] > BUSY_LOAD_PER_CORE * (os.cpu_count() or 1)]
+            if p.get("other_cores") is None or p["other_cores"] > BUSY_OTHER_CORES]
     notes = [
-        *([f"**not a figure to quote**: the load average before process(es) {', '.join(map(str, busy))} was above "
-           f"{BUSY_LOAD_PER_CORE:g} per core (other work was running; torch eager suffers far more from it than "
-           "ONNX Runtime)"] if busy else []),
+        *([f"**not a figure to quote**: while process(es) {', '.join(map(str, busy))} measured, other processes "
+           f"kept more than {BUSY_OTHER_CORES:g} cores busy, or it could not be measured (torch eager suffers far "
+           "more from other work than ONNX Runtime)"] if busy else []),
         f"preset **{payload['preset']}**, random weights; {n} separate processes one after the other, each "
         "loading every backend and alternating them point by point (`python benchmarks/models.py` per process)",
         f"backends: {backends}",
@@ -220,3 +236,7 @@ def _markdown(payload: dict) -> tuple[str, list[tuple[str, str]], list[str]]:
                     if name != "reference" and d),
     ]
     return f"Model latency, preset {payload['preset']}, {n} processes", sections, notes
+
+
+def _cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"

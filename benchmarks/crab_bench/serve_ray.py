@@ -32,6 +32,7 @@ import numpy as np
 
 from crab_bench import serve_load
 from crab_bench.common import finish_run, resolve_threads
+from crab_bench.machine import machine_busy_s
 from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import ConfigError
 
@@ -72,16 +73,6 @@ def _process_tree(root: int) -> list[int]:
     return out
 
 
-def _machine_busy_s() -> float | None:
-    """CPU seconds the whole machine spent busy so far (/proc/stat: all but idle and iowait)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def _tree_cpu_s(root: int) -> float:
     return sum(v for v in (serve_load._proc_cpu_seconds(pid) for pid in _process_tree(root)) if v is not None)
 
@@ -96,7 +87,7 @@ class TreeServerProcess(serve_load.ServerProcess):
     last_foreign_cores: float | None = None
 
     def _sample(self) -> tuple[float, float | None, float]:
-        return time.perf_counter(), _machine_busy_s(), _tree_cpu_s(os.getpid())
+        return time.perf_counter(), machine_busy_s(), _tree_cpu_s(os.getpid())
 
     def start(self, timeout: float) -> str:
         url = super().start(timeout)

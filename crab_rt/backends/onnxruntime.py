@@ -20,12 +20,8 @@ On the CPU a session is opened with the options `SESSION_DEFAULTS` lists
   ones when the parity recorded at export is within its bound
   (`cpu_int8_graphs` checks it on every load): 1.7-1.9x (speech) and 2.6-3x
   (text) faster on AVX-512 VNNI, probabilities within 1e-2 of fp32.
-- the head runs on one intra-op thread (`CPU_GRAPH_THREADS`): its time is
-  hundreds of GRU steps of a few hundred thousand multiply-adds each, and a
-  second thread must be woken for every step. With the other core idle, two
-  threads were about 15 % faster (base head, 4 s, 2 cores: best calls 28 vs
-  32 ms); with it busy, as in the pipeline where ASR and the other sessions
-  run alongside, one thread was 2.5x faster at the median (34 vs 86 ms).
+- each graph's intra-op threads come from the caller (the pipeline's core
+  budget, `crab_rt.runtime.cores`).
 """
 
 from __future__ import annotations
@@ -40,8 +36,8 @@ import numpy as np
 from crab_rt.backends.base import GraphSession, check_inputs
 from crab_rt.errors import BackendError, BundleError, DependencyError
 
-__all__ = ["ORT_MISSING", "SESSION_DEFAULTS", "CPU_GRAPH_THREADS", "OrtSession", "ort_providers",
-           "available_providers", "import_onnxruntime", "cpu_int8_graphs", "graph_threads"]
+__all__ = ["ORT_MISSING", "SESSION_DEFAULTS", "OrtSession", "ort_providers",
+           "available_providers", "import_onnxruntime", "cpu_int8_graphs"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +50,6 @@ PROVIDERS = ("cpu", "cuda", "tensorrt")
 SESSION_DEFAULTS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                     "enable_cpu_mem_arena": True, "enable_mem_pattern": True}
 # Intra-op threads of a graph on the CPU, whatever the session's `threads` (see the module docstring).
-CPU_GRAPH_THREADS = {"head": 1}
 
 ORT_MISSING = (
     "ONNX Runtime is not installed (crab-rt leaves the build to you): pip install 'crab-rt[cpu]' for the CPU, "
@@ -121,11 +116,6 @@ def ort_providers(provider: str, gpu: int, trt_cache_dir: Path | None, fp16: boo
     raise BackendError(f"unknown onnxruntime provider {provider!r} (choose from {', '.join(PROVIDERS)})")
 
 
-def graph_threads(name: str, threads: int, provider: str = "cpu") -> int:
-    """Intra-op threads for graph `name`: `CPU_GRAPH_THREADS` on the CPU, else `threads` (0 = ONNX Runtime's)."""
-    if provider == "cpu" and name in CPU_GRAPH_THREADS:
-        return CPU_GRAPH_THREADS[name]
-    return threads
 
 
 def cpu_int8_graphs(bundle: Any) -> tuple[str, ...]:

@@ -82,7 +82,7 @@ class BackendChoice:
 def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int | Mapping[str, int],
          spinning: bool, cpu_int8: bool = True) -> dict[str, GraphSession]:
     """ONNX Runtime sessions; on the CPU at fp32, the bundle's int8 encoders when their parity holds."""
-    from crab_rt.backends.onnxruntime import OrtSession, cpu_int8_graphs, graph_threads, ort_providers
+    from crab_rt.backends.onnxruntime import OrtSession, cpu_int8_graphs, ort_providers
     from crab_rt.runtime.cores import threads_for
 
     int8 = cpu_int8_graphs(bundle) if provider == "cpu" and precision == "fp32" and cpu_int8 else ()
@@ -93,7 +93,7 @@ def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int |
             cache = bundle.root / "engines" / "ort-trt-cache"
             providers = ort_providers("tensorrt", gpu, cache, precision == "fp16", None)
         graph_precision = "int8" if name in int8 else precision
-        n_threads = graph_threads(name, threads_for(threads, name), provider)
+        n_threads = threads_for(threads, name)
         sessions[name] = OrtSession(bundle.graph_path(name, graph_precision), name, provider, gpu,
                                     bundle.graph_io(name, graph_precision), n_threads, providers, spinning)
         sessions[name].precision = graph_precision

@@ -12,7 +12,7 @@ cores). `CoreBudget` decides once, from the cores this process may run on (`os.s
 | ASR (CTranslate2 `intra_threads` = faster-whisper `cpu_threads`) | half the cores, >= 1 | beside speech |
 | speech encoder (ONNX Runtime intra-op; torch) | all the cores | beside ASR, then alone |
 | text encoder (ONNX Runtime intra-op) | all the cores | after both |
-| head (ONNX Runtime intra-op) | 1 | after the text encoder |
+| head (ONNX Runtime intra-op) | all the cores | after the text encoder |
 | VAD (ONNX Runtime) | 1 | the caller's thread, 0.1 ms per 32 ms frame |
 
 Why not a strict partition: measured on 2 cores (e2e replay, preset base, ONNX Runtime fp32, tiny.en int8,
@@ -64,8 +64,7 @@ class CoreBudget:
         speech_threads: intra-op threads of the speech encoder's sessions (its split graphs included); the
             torch backend's `torch.set_num_threads`.
         text_threads: intra-op threads of the text encoder session.
-        head_threads: intra-op threads of the head session (1: its GRU steps are too small to share; ONNX
-            Runtime's CPU sessions use 1 whatever is asked, `crab_rt.backends.onnxruntime.CPU_GRAPH_THREADS`).
+        head_threads: intra-op threads of the head session.
         vad_threads: intra-op threads of the Silero VAD session.
         overridden: the stages whose number was given rather than planned, e.g. ("asr",).
     """
@@ -99,7 +98,7 @@ class CoreBudget:
                 "head": self.head_threads}
 
     def describe(self) -> str:
-        """One line for logs, e.g. "2 cores: ASR 1, speech 2, text 2, head 1, VAD 1 threads"."""
+        """One line for logs, e.g. "2 cores: ASR 1, speech 2, text 2, head 2, VAD 1 threads"."""
         given = f" (given: {', '.join(self.overridden)})" if self.overridden else ""
         return (f"{self.cores} cores: ASR {self.asr_threads}, speech {self.speech_threads}, "
                 f"text {self.text_threads}, head {self.head_threads}, VAD {self.vad_threads} threads{given}")
@@ -110,7 +109,7 @@ def plan_cores(cores: int = 0, *, asr_threads: int = 0, speech_threads: int = 0,
     """The budget for `cores` CPUs (0: `available_cores()`); a stage's number, when not 0, is kept as given.
 
     ASR gets half the cores (rounded down, at least 1); the speech encoder, which runs beside it and then
-    alone, and the text encoder, which runs after both, get all of them; the head and the VAD get 1 (see
+    alone, and the text encoder and the head, which run after both, get all of them; the VAD gets 1 (see
     the module docstring for the measurements). ASR/speech/text: 1 core 1/1/1; 2: 1/2/2; 4: 2/4/4;
     16: 8/16/16.
 
@@ -137,6 +136,7 @@ def plan_cores(cores: int = 0, *, asr_threads: int = 0, speech_threads: int = 0,
         asr_threads=asr_threads or asr,
         speech_threads=speech_threads or speech,
         text_threads=text_threads or n,
+        head_threads=text_threads or n,
         overridden=tuple(k for k, v in given.items() if v),
     ).validate()
 
