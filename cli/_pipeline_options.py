@@ -29,11 +29,11 @@ def add_pipeline_options(p: argparse.ArgumentParser, overflow_default: str) -> N
     add_config_option(m, "--precision", PipelineConfig, "precision", "graph precision (fp16: GPU only)",
                       choices=PRECISIONS)
     add_config_option(m, "--threads", PipelineConfig, "threads",
-                      "CPU threads per ONNX Runtime session of the speech and text encoders (0 = the core budget's, "
+                      "CPU threads per ONNX Runtime session of the encoders and the head (0 = the core budget's, "
                       "see --cores; at most 4 per CPU core)")
     add_config_option(m, "--cores", PipelineConfig, "cores",
                       "CPUs the core budget splits between the stages: ASR gets half, the speech encoder (beside "
-                      "it, then alone) and the text encoder all, the head and VAD 1; --threads and --asr-threads "
+                      "it, then alone), the text encoder and the head all, the VAD 1; --threads and --asr-threads "
                       "override their share (0 = the CPUs this process may run on)")
     add_config_option(m, "--overflow", PipelineConfig, "overflow",
                       "when processing falls behind: wait (block) or drop new utterances, each with a warning",

@@ -21,6 +21,9 @@ threads 1/1/2 gave 471 ms, 1/2/2 498 ms and 2/2/2 490 ms with faster-whisper's 3
 runs' spread of +-40 ms), but with `AsrConfig.window="auto"` ASR ends well before the speech encoder and a
 speech encoder held to 1 thread leaves the freed core idle: 386 ms (1/1/2) against 360 (1/2/2) and 352
 (2/2/2). tiny.en int8 gains little from a second thread (30 s window: 317 vs 290 ms), so ASR keeps half.
+Again with the int8 encoders and the head on all cores (one run each): the default 395 ms, ASR and
+encoders on 1 thread each 415 ms, ASR on 2 threads 412 ms (30 s window); the default 251 ms against 278 ms
+for 1/1 (auto window). The head on 1 thread instead of 2 had cost 13-17 ms p50 (34-40 against 21-27 ms).
 CTranslate2's `inter_threads` (faster-whisper `num_workers`) stays 1: the pipeline has one ASR worker.
 
 A stage's own setting (`PipelineConfig.threads` for the ONNX Runtime sessions, `AsrConfig.cpu_threads` for
@@ -115,7 +118,8 @@ def plan_cores(cores: int = 0, *, asr_threads: int = 0, speech_threads: int = 0,
 
     Args:
         cores: CPUs to plan for; 0 = the ones this process may run on.
-        asr_threads, speech_threads, text_threads: fixed numbers for those stages (0: planned).
+        asr_threads, speech_threads, text_threads: fixed numbers for those stages (0: planned); the head
+            follows the text encoder.
 
     Returns:
         The validated budget.

@@ -107,7 +107,7 @@ class PipelineConfig:
         backend: "auto", "tensorrt", "onnxruntime" or "torch".
         gpu: CUDA device index for the emotion model (None: CPU, or the first GPU for auto).
         precision: "fp32" or "fp16".
-        threads: CPU threads per ONNX Runtime session of the speech and text encoders (0 = the core budget's,
+        threads: CPU threads per ONNX Runtime session of the encoders and the head (0 = the core budget's,
             else 1..`max_threads()`).
         cores: the CPUs the core budget (`crab_rt.runtime.cores.plan_cores`) splits between the stages so
             that ASR and the speech encoder, which run at the same time, do not take each other's cores:
