@@ -12,7 +12,8 @@ __all__ = ["EmotionEvent", "LATENCY_KEYS"]
 # speech_encoder: the speech encoder's time after the end of speech. With incremental
 # speech encoding, speech_frontend is the front end's time spent while the person spoke
 # (not on the critical path) and speech_tail the front end's share of speech_encoder
-# at the end (the frames not yet computed); both are 0 without it.
+# at the end (the frames not yet computed); both are absent from events of a pipeline
+# that does not encode incrementally.
 LATENCY_KEYS = ("end_to_event", "asr", "speech_encoder", "text_encoder", "head", "queue_wait", "speech_frontend",
                 "speech_tail")
 

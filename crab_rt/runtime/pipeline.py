@@ -706,6 +706,8 @@ class Pipeline:
         labels = self.model.labels
         best = int(np.argmax(probs))
         latency = {"end_to_event": (time.perf_counter() - job.utt.end_of_speech_time) * 1000, **job.ms}
+        if not self._incremental:  # the two incremental stages only where streams encode incrementally
+            del latency["speech_frontend"], latency["speech_tail"]
         event = EmotionEvent(
             stream_id=job.outbox.stream_id, utterance_id=job.utt.utterance_index,
             start_s=job.utt.start_s, end_s=job.utt.end_s, text=job.text, text_flagged=job.flagged,
