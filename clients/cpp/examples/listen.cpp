@@ -157,6 +157,16 @@ int find_input_device(const std::string& device) {
     return matches == 1 ? found : -1;
 }
 
+// Mono 16-bit input from `device` at its low input latency: what the rate probe and the capture stream both ask.
+PaStreamParameters mono_input(int device) {
+    PaStreamParameters params{};
+    params.device = device;
+    params.channelCount = 1;
+    params.sampleFormat = paInt16;
+    params.suggestedLatency = Pa_GetDeviceInfo(device)->defaultLowInputLatency;
+    return params;
+}
+
 int list_devices() {
     PaError err;
     {
@@ -294,17 +304,12 @@ int main(int argc, char** argv) {
         }
         // 16 kHz mono when the device takes it (what the server works at), else the device's own rate: the
         // server resamples.
-        const PaDeviceInfo* dev = Pa_GetDeviceInfo(pa_device);
-        PaStreamParameters params{};
-        params.device = pa_device;
-        params.channelCount = 1;
-        params.sampleFormat = paInt16;
-        params.suggestedLatency = dev->defaultLowInputLatency;
+        const PaStreamParameters params = mono_input(pa_device);
         {
             QuietStderr quiet;
             rate = Pa_IsFormatSupported(&params, nullptr, 16000.0) == paFormatIsSupported
                        ? 16000
-                       : static_cast<int>(dev->defaultSampleRate);
+                       : static_cast<int>(Pa_GetDeviceInfo(pa_device)->defaultSampleRate);
         }
         channels = 1;
 #endif
@@ -373,11 +378,7 @@ int main(int argc, char** argv) {
             capture.channels = 1;
             PaStream* stream = nullptr;
             const PaDeviceInfo* dev = Pa_GetDeviceInfo(pa_device);
-            PaStreamParameters params{};
-            params.device = pa_device;
-            params.channelCount = 1;
-            params.sampleFormat = paInt16;
-            params.suggestedLatency = dev->defaultLowInputLatency;
+            const PaStreamParameters params = mono_input(pa_device);
             PaError err;
             {
                 QuietStderr quiet;
