@@ -65,7 +65,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,8 +273,9 @@ class _Job:
         self.submitted = time.perf_counter()
         self.speech: Features | None = None
         self.text, self.flagged = "", False
+        # speech_frontend and speech_tail join these where the stream encodes incrementally (_speech_step)
         self.ms: dict[str, float] = {"asr": 0.0, "speech_encoder": 0.0, "text_encoder": 0.0, "head": 0.0,
-                                     "queue_wait": 0.0, "speech_frontend": 0.0, "speech_tail": 0.0}
+                                     "queue_wait": 0.0}
         self.parts_left = parts
         self.ready_at = 0.0
         self.lock = threading.Lock()
@@ -416,6 +417,20 @@ class Stream:
             if event is None:
                 return
             yield event
+
+
+def _make_event(stream_id: str, utt: Utterance, labels: Sequence[str], probs: np.ndarray, text: str, flagged: bool,
+               ms: dict[str, float]) -> EmotionEvent:
+    """The event of one utterance: label and confidence from `probs` over `labels`, the stage times `ms`, and
+    end_to_event from the end of speech to now. Shared with the Ray Serve engine (crab_rt.serve.ray)."""
+    best = int(np.argmax(probs))
+    latency = {"end_to_event": (time.perf_counter() - utt.end_of_speech_time) * 1000, **ms}
+    return EmotionEvent(
+        stream_id=stream_id, utterance_id=utt.utterance_index, start_s=utt.start_s, end_s=utt.end_s,
+        text=text, text_flagged=flagged, label=labels[best], confidence=float(probs[best]),
+        probabilities={k: float(v) for k, v in zip(labels, probs)}, latency_ms=latency,
+        forced_split=utt.forced_split,
+    )
 
 
 def _closed_error(outbox: _Outbox) -> RuntimeError:
@@ -656,8 +671,8 @@ class Pipeline:
             features, tail_ms = self.model.encode_speech_split([job.utt.audio for job in batch],
                                                                [job.frames for job in batch])
             for job in batch:
-                job.ms["speech_tail"] = tail_ms
                 job.ms["speech_frontend"] = 0.0 if job.frames is None else job.frames.live_ms
+                job.ms["speech_tail"] = tail_ms
         else:
             features = self.model.encode_speech([job.utt.audio for job in batch])
         elapsed = (time.perf_counter() - start) * 1000
@@ -703,19 +718,8 @@ class Pipeline:
             self._finish(job, p)
 
     def _finish(self, job: _Job, probs: np.ndarray) -> None:
-        labels = self.model.labels
-        best = int(np.argmax(probs))
-        latency = {"end_to_event": (time.perf_counter() - job.utt.end_of_speech_time) * 1000, **job.ms}
-        if not self._incremental:  # the two incremental stages only where streams encode incrementally
-            del latency["speech_frontend"], latency["speech_tail"]
-        event = EmotionEvent(
-            stream_id=job.outbox.stream_id, utterance_id=job.utt.utterance_index,
-            start_s=job.utt.start_s, end_s=job.utt.end_s, text=job.text, text_flagged=job.flagged,
-            label=labels[best], confidence=float(probs[best]),
-            probabilities={k: float(v) for k, v in zip(labels, probs)},
-            latency_ms=latency, forced_split=job.utt.forced_split,
-        )
-        self.latencies.add(latency)
+        event = _make_event(job.outbox.stream_id, job.utt, self.model.labels, probs, job.text, job.flagged, job.ms)
+        self.latencies.add(event.latency_ms)
         with job.lock:
             job.parts_left = -1
         try:

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from crab_rt.errors import BackendError
-from crab_rt.runtime.events import EmotionEvent
-from crab_rt.runtime.pipeline import PipelineConfig, Stream, _closed_error, _Outbox, _stage_error
+from crab_rt.runtime.pipeline import PipelineConfig, Stream, _closed_error, _make_event, _Outbox, _stage_error
 from crab_rt.runtime.segmenter import StreamFrontEnd, Utterance
 from crab_rt.serve.ray.settings import ASR, MODEL
 
@@ -141,25 +140,14 @@ class RayEngine:
             order.deliver_seq += 1
             try:
                 if kind == "ok":
-                    outbox.deliver(self._event(outbox.stream_id, utt, *value))
+                    probs, text, flagged, ms = value
+                    outbox.deliver(_make_event(outbox.stream_id, utt, self.model.labels, probs, text, flagged, ms))
                 else:
                     log.debug("stream %s: utterance %d failed", outbox.stream_id, utt.utterance_index, exc_info=value)
                     outbox.fail(value)
             finally:
                 self._admission.release()
                 outbox.done()
-
-    def _event(self, stream_id: str, utt: Utterance, probs: np.ndarray, text: str, flagged: bool,
-               ms: dict[str, float]) -> EmotionEvent:
-        """As `Pipeline._finish` builds it; end_to_event runs to this delivery."""
-        labels = self.model.labels
-        best = int(np.argmax(probs))
-        latency = {"end_to_event": (time.perf_counter() - utt.end_of_speech_time) * 1000, **ms}
-        return EmotionEvent(
-            stream_id=stream_id, utterance_id=utt.utterance_index, start_s=utt.start_s, end_s=utt.end_s,
-            text=text, text_flagged=flagged, label=labels[best], confidence=float(probs[best]),
-            probabilities={k: float(v) for k, v in zip(labels, probs)}, latency_ms=latency,
-            forced_split=utt.forced_split)
 
     async def _run(self, utt: Utterance) -> tuple[np.ndarray, str, bool, dict[str, float]]:
         ms = {"asr": 0.0, "speech_encoder": 0.0, "text_encoder": 0.0, "head": 0.0, "queue_wait": 0.0}
