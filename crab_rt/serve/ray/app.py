@@ -11,9 +11,9 @@ import socket
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from crab_rt.bundle import load_bundle
 from crab_rt.errors import ConfigError, CrabError, missing_dependency
 from crab_rt.runtime.pipeline import PipelineConfig, _fit_to_bundle
 from crab_rt.serve.ray.ingress import IngressReplica
@@ -90,13 +90,14 @@ def run(bundle: str | Path, pipeline: PipelineConfig, server: ServerConfig, ray_
 
     Raises:
         DependencyError: ray is not installed.
+        BundleError: `bundle` is not a readable bundle.
         ConfigError: a setting is out of range, or Ray cannot start or deploy the app.
     """
     ray, serve = _import_serve()
     ray_config = ray_config.validate()
     server = server.validate()
     stop = stop or threading.Event()
-    _fit_to_bundle(pipeline, SimpleNamespace(max_audio_s=bundle_max_audio_s(bundle), root=bundle))
+    _fit_to_bundle(pipeline, load_bundle(bundle, verify=False))
     port = server.port or _free_port(server.host)
     asr_on_gpu = pipeline.asr is not None and ray_config.asr.num_gpus > 0
     model_batch, asr_batch = batch_sizes(pipeline, bundle_batch_max(bundle), ray_config, asr_on_gpu)
@@ -168,11 +169,3 @@ def _drain_all(handle, ray_config: RayConfig, server: ServerConfig) -> None:
             with contextlib.suppress(Exception):
                 seen.add(response.result(timeout_s=max(1.0, deadline - time.monotonic()))["replica"])
     log.info("drained %d ingress replica(s)", len(seen))
-
-
-def bundle_max_audio_s(bundle: str | Path) -> float:
-    try:
-        manifest = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
-        return float(manifest["max_audio_s"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{bundle}: not a bundle folder (manifest.json: {e})") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from crab_rt import __version__
+from crab_rt.bundle import load_bundle
 from crab_rt.errors import ConfigError, missing_dependency
 from crab_rt.runtime.asr import AsrConfig
 from crab_rt.runtime.pipeline import PipelineConfig
@@ -106,11 +107,12 @@ def deployment_options(ray_config: RayConfig, server: ServerConfig, model_batch:
 
 
 def bundle_batch_max(bundle: str | Path) -> int | None:
-    try:
-        manifest = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
-        value = manifest.get("shape_ranges", {}).get("batch", {}).get("max")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """The largest batch of the bundle's shape ranges (None when it records none).
+
+    Raises:
+        BundleError: not a readable bundle (its manifest is read; the files are not hashed).
+    """
+    value = (load_bundle(bundle, verify=False).shape_ranges.get("batch") or {}).get("max")
     return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
