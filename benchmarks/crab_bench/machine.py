@@ -136,12 +136,15 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far (all threads)."""
+def cpu_seconds(children: bool = False) -> float:
+    """User + system CPU seconds of this process so far (all threads); with `children`, plus those of its
+    child processes that have ended."""
     import resource
 
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    usages = [resource.getrusage(resource.RUSAGE_SELF)]
+    if children:
+        usages.append(resource.getrusage(resource.RUSAGE_CHILDREN))
+    return sum(r.ru_utime + r.ru_stime for r in usages)
 
 
 def matmul_gflops(seconds: float = 0.2, rounds: int = 3, n: int = 512) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from crab_bench.common import check_range, finish_run, resolve_threads, start_run
-from crab_bench.machine import machine_busy_s
+from crab_bench.machine import cpu_seconds, machine_busy_s
 from crab_bench.models import ModelsBenchConfig, combined_p50
 from crab_bench.models import add_arguments as add_models_arguments
 from crab_rt.cli._options import add_config_option
@@ -87,11 +87,11 @@ def _run_child(config: ModelsRepeatConfig, out_dir: Path, index: int) -> dict:
     bench_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (bench_root, os.environ.get("PYTHONPATH")) if p)}
     load_before = os.getloadavg()
-    start, busy0, own0 = time.perf_counter(), machine_busy_s(), _own_cpu_s()
+    start, busy0, own0 = time.perf_counter(), machine_busy_s(), cpu_seconds(children=True)
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(_child_config(config, out_dir, index))],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
-    busy1, own1 = machine_busy_s(), _own_cpu_s()
+    busy1, own1 = machine_busy_s(), cpu_seconds(children=True)
     path = out_dir / f"models_{config.preset}_process{index}.json"
     if proc.returncode != 0 or not path.is_file():
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
@@ -103,14 +103,6 @@ def _run_child(config: ModelsRepeatConfig, out_dir: Path, index: int) -> dict:
     other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
     payload["other_cores"] = None if other is None else round(other, 3)
     return payload
-
-
-def _own_cpu_s() -> float:
-    """CPU seconds of this process and its finished children (the bench processes)."""
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _spread(values: list[float]) -> dict:
