@@ -135,6 +135,9 @@ def _compiled(part, mode: str):
 
 
 def _check_options(device: str, compile: str, precision: str) -> None:
+    """Refuse an unknown compile mode or precision, and a CUDA device torch does not see (imports torch)."""
+    import torch
+
     if compile not in COMPILE_MODES:
         raise BackendError(f"torch backend: unknown compile mode {compile!r} (choose from {', '.join(COMPILE_MODES)})")
     if compile == "cuda-graphs" and not device.startswith("cuda"):
@@ -142,6 +145,8 @@ def _check_options(device: str, compile: str, precision: str) -> None:
     if precision not in TORCH_PRECISIONS:
         raise BackendError(
             f"torch backend: unknown precision {precision!r} (choose from {', '.join(TORCH_PRECISIONS)})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
 
 
 def torch_sessions(model, device: str, compile: str = "none", precision: str = "fp32") -> dict[str, TorchSession]:
@@ -159,8 +164,6 @@ def torch_sessions(model, device: str, compile: str = "none", precision: str = "
     import torch
 
     _check_options(device, compile, precision)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
     model.to(device).eval()
     for name in _ENCODERS:
         part = getattr(model, name)
@@ -185,13 +188,9 @@ def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none",
         DependencyError: torch or transformers is missing.
         BackendError: CUDA asked for but absent, an unknown compile mode or precision.
     """
-    _check_options(device, compile, precision)
     with requires_extra("train"):
-        import torch
-
         from crab_rt.model.checkpoint import load_model
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
+    _check_options(device, compile, precision)  # before the checkpoint is read
     model, _, _ = load_model(bundle.torch_checkpoint_path, map_location=device)
     sessions = torch_sessions(model, device, compile, precision)
     io = bundle.graph_io("head")  # the bundle's names are the contract
