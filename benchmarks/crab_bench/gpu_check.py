@@ -27,6 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
+from crab_bench.common import parse_names
 from crab_bench.stats import parse_list
 from crab_rt.errors import CrabError
 
@@ -246,10 +247,6 @@ def _ints(text: str) -> list[int]:
     return parse_list(text, int)
 
 
-def _names(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     from crab_bench.models import TORCH_BACKENDS
     from crab_bench.train_step import AMP_CHOICES
@@ -263,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--name", required=True, help="file name part: models_<name>.json")
     models.add_argument("--preset", default="large")
     models.add_argument("--backend", default="torch-cuda", choices=sorted(TORCH_BACKENDS))
-    models.add_argument("--precisions", type=_names, default=["fp32", "bf16"])
+    models.add_argument("--precisions", type=parse_names, default=["fp32", "bf16"])
     models.add_argument("--batch", type=_ints, default=[1, 4, 8])
     models.add_argument("--audio-s", type=_floats, default=[1.0, 2.0, 4.0, 8.0, 12.0])
     models.add_argument("--text-tokens", type=_ints, default=[8, 32, 128])
@@ -274,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--max-seconds", type=float, default=1.0)
     models.add_argument("--seed", type=int, default=0)
     models.add_argument("--reference", action="store_true", help="also run eager fp32 and compare with it")
-    models.add_argument("--parity", type=_names, default=[],
+    models.add_argument("--parity", type=parse_names, default=[],
                         help="precisions to compare with fp32 (eager) besides the sweep's own, e.g. fp16")
     train = parts.choices["train"]
     train.add_argument("--name", required=True, help="file name part: train_<name>.json")
@@ -284,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--micro-batch", type=int, default=8)
     train.add_argument("--audio-s", type=_floats, default=[12.0])
     train.add_argument("--text-tokens", type=int, default=128)
-    train.add_argument("--amp", type=_names, default=["bf16"], help=f"comma list of {', '.join(AMP_CHOICES)}")
+    train.add_argument("--amp", type=parse_names, default=["bf16"], help=f"comma list of {', '.join(AMP_CHOICES)}")
     train.add_argument("--warmup-steps", type=int, default=1)
     train.add_argument("--steps", type=int, default=3)
     train.add_argument("--seed", type=int, default=0)
