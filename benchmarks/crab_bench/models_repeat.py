@@ -23,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from crab_bench.common import check_range, finish_run, resolve_threads, start_run
 from crab_bench.machine import cpu_seconds, machine_busy_s
 from crab_bench.models import ModelsBenchConfig, combined_p50
 from crab_bench.models import add_arguments as add_models_arguments
+from crab_bench.stats import spread
 from crab_rt.cli._options import add_config_option
 from crab_rt.errors import ConfigError
 
@@ -106,9 +105,8 @@ def _run_child(config: ModelsRepeatConfig, out_dir: Path, index: int) -> dict:
 
 
 def _spread(values: list[float]) -> dict:
-    a = np.asarray(values, dtype=np.float64)
-    return {"median": round(float(np.median(a)), 3), "min": round(float(a.min()), 3),
-            "max": round(float(a.max()), 3), "values": [round(float(v), 3) for v in a]}
+    """`crab_bench.stats.spread` plus every process's value."""
+    return {**spread(values), "values": [round(float(v), 3) for v in values]}
 
 
 def aggregate(runs: list[dict]) -> dict:

@@ -57,6 +57,7 @@ from crab_bench.common import (
     resolve_threads,
     start_run,
 )
+from crab_bench.stats import spread
 from crab_rt.audio import SAMPLE_RATE
 from crab_rt.backends.base import BACKEND_NAMES
 from crab_rt.cli._options import add_config_option
@@ -591,15 +592,6 @@ def _run_level(config: ServeBenchConfig, argv: list[str], n: int, speech: np.nda
 
 
 # ---- summary -------------------------------------------------------------------------------------
-def _spread(values: list) -> dict:
-    """{"median", "min", "max"} of the non-None values (all None when there are none)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"median": None, "min": None, "max": None}
-    return {"median": round(float(np.median(vals)), 3), "min": round(float(min(vals)), 3),
-            "max": round(float(max(vals)), 3)}
-
-
 def _summarize(runs: list[dict], counts: list[int]) -> list[dict]:
     levels = []
     for n in counts:
@@ -607,9 +599,9 @@ def _summarize(runs: list[dict], counts: list[int]) -> list[dict]:
         p95s = [r["client_ms"].get("p95") for r in mine]
         lv = {"clients": n, "repeats": len(mine)}
         for key in ("client_ms", "server_ms", "capture_ms"):
-            lv[key] = {s: _spread([r[key].get(s) for r in mine]) for s in ("p50", "p95", "max")}
+            lv[key] = {s: spread([r[key].get(s) for r in mine]) for s in ("p50", "p95", "max")}
         for key in ("server_cpu_s_per_audio_s", "server_cores_busy", "max_send_lag_s", "client_cpu_s", "wall_s"):
-            lv[key] = _spread([r[key] for r in mine])
+            lv[key] = spread([r[key] for r in mine])
         for key in ("utterances_expected", "events_received", "events_lost", "streams_cut", "dropped_utterances",
                     "dropped_messages", "refused", "unmatched_events", "server_log_problem_count"):
             lv[key] = sum(r[key] for r in mine)

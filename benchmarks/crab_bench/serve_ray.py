@@ -28,11 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from crab_bench import serve_load
 from crab_bench.common import finish_run, resolve_threads
 from crab_bench.machine import machine_busy_s
+from crab_bench.stats import spread
 from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import ConfigError
 
@@ -118,8 +117,7 @@ class TreeServerProcess(serve_load.ServerProcess):
 
 
 def _median(values: list) -> float | None:
-    vals = [v for v in values if v is not None]
-    return round(float(np.median(vals)), 3) if vals else None
+    return spread(values)["median"]
 
 
 def _throughput(level: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Timing helpers: warm-up excluded, repetitions under a time budget, percentiles."""
+"""Timing helpers: warm-up excluded, repetitions under a time budget, percentiles, spread over runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["time_calls", "summarize_ms", "parse_list"]
+__all__ = ["time_calls", "summarize_ms", "spread", "parse_list"]
 
 
 def time_calls(fn: Callable[[], object], warmup: int, repeat: int, max_seconds: float = 0.0,
@@ -49,6 +49,14 @@ def summarize_ms(samples: Sequence[float], percentiles: Sequence[int] = (50, 90,
     for p in percentiles:
         out[f"p{p}"] = round(float(np.percentile(values, p)), 3)
     return out
+
+
+def spread(values: Sequence[float | None]) -> dict:
+    """{"median", "min", "max"} of the non-None values, rounded to 3 decimals (all None when there are none)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None}
+    return {"median": round(float(np.median(vals)), 3), "min": round(min(vals), 3), "max": round(max(vals), 3)}
 
 
 def parse_list(text: str, kind: type = float) -> list:
