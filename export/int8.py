@@ -85,20 +85,11 @@ def check_int8_parity(
         {"probabilities": max abs diff, "logits": max abs diff, "label_agreement": fraction of samples
         whose most probable label is the same, "samples": how many samples were compared}.
     """
-    from crab_rt.export.parity import _session, parity_cases, run_pipeline
+    from crab_rt.export.parity import _session, compare_pipelines, parity_cases
 
     fp32 = {k: _session(v) for k, v in fp32_graphs.items()}
     int8 = {**fp32, **{k: _session(v) for k, v in int8_graphs.items()}}
-    probs = logits = 0.0
-    agree = samples = 0
-    for case in parity_cases(modality, vocab_size, pad_id, max_text_tokens, normalize):
-        a, b = run_pipeline(fp32, case), run_pipeline(int8, case)
-        pa, pb = a["head.probabilities"].astype(np.float64), b["head.probabilities"].astype(np.float64)
-        probs = max(probs, float(np.abs(pa - pb).max()))
-        logits = max(logits, float(np.abs(a["head.logits"].astype(np.float64) - b["head.logits"]).max()))
-        agree += int((pa.argmax(-1) == pb.argmax(-1)).sum())
-        samples += pa.shape[0]
-    return {"probabilities": probs, "logits": logits, "label_agreement": agree / max(samples, 1), "samples": samples}
+    return compare_pipelines(fp32, int8, parity_cases(modality, vocab_size, pad_id, max_text_tokens, normalize))
 
 
 def int8_entry(

@@ -9,9 +9,10 @@ valid positions, fails here rather than on the device.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ __all__ = [
     "run_pipeline",
     "check_parity",
     "check_fp16_parity",
+    "compare_pipelines",
 ]
 
 DEFAULT_TOLERANCE = 1e-4
@@ -239,11 +241,25 @@ def check_fp16_parity(
         raise ConfigError(f"fp16 parity tolerance must be > 0, got {tolerance}")
     s32 = {k: _session(v) for k, v in fp32_graphs.items()}
     s16 = {k: _session(v) for k, v in fp16_graphs.items()}
-    errors = {"probabilities": 0.0, "logits": 0.0}
-    for case in parity_cases(modality, vocab_size, pad_id, max_text_tokens, normalize):
-        a, b = run_pipeline(s32, case), run_pipeline(s16, case)
-        prob_err = _max_err(a["head.probabilities"], b["head.probabilities"])
-        errors["probabilities"] = max(errors["probabilities"], prob_err)
-        errors["logits"] = max(errors["logits"], _max_err(a["head.logits"], b["head.logits"]))
+    compared = compare_pipelines(s32, s16, parity_cases(modality, vocab_size, pad_id, max_text_tokens, normalize))
+    errors = {"probabilities": compared["probabilities"], "logits": compared["logits"]}
     _check({"fp16 probabilities": errors["probabilities"]}, tolerance, "fp16 parity")
     return errors
+
+
+def compare_pipelines(reference: Mapping[str, Any], other: Mapping[str, Any], cases: Iterable[ParityCase]) -> dict:
+    """Run both sets of sessions on every case and compare the head's outputs.
+
+    Returns:
+        {"probabilities": max abs diff, "logits": max abs diff, "label_agreement": fraction of samples whose most
+        probable label is the same, "samples": how many samples were compared}.
+    """
+    probs = logits = 0.0
+    agree = samples = 0
+    for case in cases:
+        a, b = run_pipeline(reference, case), run_pipeline(other, case)
+        probs = max(probs, _max_err(a["head.probabilities"], b["head.probabilities"]))
+        logits = max(logits, _max_err(a["head.logits"], b["head.logits"]))
+        agree += int((a["head.probabilities"].argmax(-1) == b["head.probabilities"].argmax(-1)).sum())
+        samples += a["head.probabilities"].shape[0]
+    return {"probabilities": probs, "logits": logits, "label_agreement": agree / max(samples, 1), "samples": samples}
