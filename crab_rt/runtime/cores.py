@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from crab_rt.errors import ConfigError
 
-__all__ = ["CoreBudget", "available_cores", "plan_cores", "threads_for", "SPEECH_GRAPHS"]
+__all__ = ["CoreBudget", "available_cores", "max_stage_threads", "plan_cores", "threads_for", "SPEECH_GRAPHS"]
 
 # Graph names of a bundle by the stage that runs them (bundle graphs and the split speech graphs).
 SPEECH_GRAPHS = ("speech_encoder", "speech_frontend", "speech_backend")

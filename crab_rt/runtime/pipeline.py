@@ -76,7 +76,7 @@ from crab_rt.backends.select import check_gpu_index
 from crab_rt.bundle import PRECISIONS, Bundle, load_bundle
 from crab_rt.errors import BackendError, ConfigError, CrabError
 from crab_rt.runtime.asr import AsrConfig, Transcriber
-from crab_rt.runtime.cores import plan_cores
+from crab_rt.runtime.cores import max_stage_threads, plan_cores
 from crab_rt.runtime.emotion_model import EmotionModel, Features
 from crab_rt.runtime.events import EmotionEvent
 from crab_rt.runtime.segmenter import SegmenterConfig, SpeechMark, StreamFrontEnd, Utterance
@@ -93,7 +93,7 @@ logger = logging.getLogger(__name__)
 
 def max_threads() -> int:
     """The most CPU threads per session `PipelineConfig.threads` accepts: 4 per core, at least 16."""
-    return max(16, 4 * (os.cpu_count() or 1))
+    return max_stage_threads(os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
