@@ -101,8 +101,67 @@ def test_torch_compile_matches_eager_and_rejects_bad_modes(bundle):
     np.testing.assert_allclose(got, eager["text_encoder"].run(feed)["hidden_states"], atol=1e-5)
     with pytest.raises(BackendError, match="unknown compile mode 'max'"):
         load_torch_sessions(bundle, "cpu", "max")
-    with pytest.raises(BackendError, match="cuda-graphs needs a CUDA device, not cpu"):
-        load_torch_sessions(bundle, "cpu", "cuda-graphs")
+    for mode in ("cuda-graphs", "capture"):
+        with pytest.raises(BackendError, match=f"{mode} needs a CUDA device, not cpu"):
+            load_torch_sessions(bundle, "cpu", mode)
+
+
+def test_torch_compile_dynamic_shapes_serve_new_lengths_without_recompiling(bundle):
+    """dynamic_shapes: one compile for batch 2 serves other lengths too (the static mode compiles per shape)."""
+    import torch._dynamo
+
+    from crab_rt.backends.torch import load_torch_sessions
+
+    eager = load_torch_sessions(bundle, "cpu")
+    compiled = load_torch_sessions(bundle, "cpu", "inductor", dynamic_shapes=True)
+    assert compiled["text_encoder"].provider == "torch cpu compile=inductor dynamic"
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    rng = np.random.default_rng(0)
+    graphs = []
+    for length in (6, 9, 13):
+        ids = rng.integers(5, 250, size=(2, length)).astype(np.int64)
+        ids[1, length // 2:] = 1  # padding
+        feed = {"input_ids": ids, "attention_mask": (ids != 1).astype(np.int64)}
+        np.testing.assert_allclose(compiled["text_encoder"].run(feed)["hidden_states"],
+                                   eager["text_encoder"].run(feed)["hidden_states"], atol=1e-5)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[1] == graphs[2] == graphs[0], graphs  # 9 and 13 tokens: no new graph
+
+
+@pytest.mark.parametrize("speech_preset", ["wavlm-tiny", "wavlm-large-layout"])
+def test_model_parts_read_no_device_values_on_the_host(tiny_model_parts, speech_preset):
+    """What CUDA graph capture (the torch backend's "capture" mode) needs, checked on the CPU: every part runs on
+    fake tensors, which refuse `.item()`, data-dependent shapes and tensor truth values as a capture does.
+    "wavlm-large-layout" is WavLM Large's layout (stable layer norm, LayerNorm CNN) at tiny widths."""
+    import copy
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from crab_rt.model.encoders import SpeechEncoder, hf_model_from_config
+    from crab_rt.model.presets import SPEECH_PRESETS
+
+    model, _ = tiny_model_parts
+    speech = model.speech_encoder
+    if speech_preset == "wavlm-large-layout":
+        cfg = dict(SPEECH_PRESETS["wavlm-large"][1], hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                   num_conv_pos_embedding_groups=4)
+        speech = SpeechEncoder(hf_model_from_config("wavlm", cfg)).eval()
+        assert speech.model.config.do_stable_layer_norm
+    head = copy.deepcopy(model.head)
+    with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
+        mask = torch.ones(2, 16000, dtype=torch.long)
+        hidden, frames = speech(torch.randn(2, 16000), mask)
+        text = model.text_encoder(torch.full((2, 8), 5), torch.ones(2, 8, dtype=torch.long))
+        text_hidden = torch.randn(2, 8, text.shape[-1])
+        logits = head(torch.randn(2, hidden.shape[1], model.speech_encoder.hidden_size), frames,
+                      text_hidden, torch.ones(2, 8, dtype=torch.bool))
+        assert tuple(hidden.shape) == (2, 49, 32) and tuple(logits.shape) == (2, 4)
+        x = torch.randn(3)
+        with pytest.raises(Exception, match="local_scalar_dense"):  # the check itself refuses a host read
+            x.sum().item()
 
 
 def test_torch_bf16_inference_on_the_cpu_and_its_parity_report(bundle):

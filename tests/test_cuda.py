@@ -1,5 +1,5 @@
-"""The CUDA paths: torch backend on the GPU against the CPU, torch.compile and CUDA graphs, bf16 and fp16
-inference, and bf16 training steps (the tiny preset, and the paper's large encoders at micro-batch 8 with 12 s
+"""The CUDA paths: torch backend on the GPU against the CPU, torch.compile (static and dynamic shapes), CUDA
+graphs (torch.compile's and captured by hand), bf16 and fp16 inference, and bf16 training steps (the tiny preset, and the paper's large encoders at micro-batch 8 with 12 s
 audio).
 
 Every test here needs a CUDA device and skips without one (CI has none); `benchmarks/gpu_check.sh` runs them on
@@ -38,10 +38,10 @@ def tiny(tiny_model_parts):
     return torch_sessions(copy.deepcopy(model), "cpu"), model
 
 
-def _gpu(model, compile="none", precision="fp32"):
+def _gpu(model, compile="none", precision="fp32", dynamic_shapes=False):
     from crab_rt.backends.torch import torch_sessions
 
-    return torch_sessions(copy.deepcopy(model), CUDA, compile, precision)
+    return torch_sessions(copy.deepcopy(model), CUDA, compile, precision, dynamic_shapes)
 
 
 def _assert_close(report: dict, atol: float, hidden_rtol: float) -> None:
@@ -68,7 +68,7 @@ def test_torch_cuda_bundle_sessions_match_cpu(tiny_bundle):
                   atol=1e-4, hidden_rtol=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["inductor", "cuda-graphs"])
+@pytest.mark.parametrize("mode", ["inductor", "cuda-graphs", "capture"])
 def test_compiled_cuda_matches_eager(tiny, mode):
     """Compiled (and, for cuda-graphs, replayed) parts reproduce eager; three rounds reach graph replay."""
     from crab_rt.backends.torch import precision_parity
@@ -77,6 +77,40 @@ def test_compiled_cuda_matches_eager(tiny, mode):
     eager, compiled = _gpu(model), _gpu(model, mode)
     assert compiled["speech_encoder"].provider == f"torch {CUDA} compile={mode}"
     for _ in range(3):  # cuda-graphs: warm-up, record, replay
+        report = precision_parity(eager, compiled)
+    _assert_close(report, atol=1e-4, hidden_rtol=1e-3)
+
+
+def test_captured_parts_keep_one_graph_per_shape_and_drop_the_oldest(tiny):
+    """"capture": a graph per input shape (two shapes of each part in precision_parity's feeds), replays equal
+    eager on a new input of a captured shape (the static buffers are refilled), and max_graphs bounds the cache."""
+    from crab_rt.backends.torch import precision_parity
+
+    _, model = tiny
+    eager, captured = _gpu(model), _gpu(model, "capture")
+    precision_parity(eager, captured, seed=0)
+    head = captured["head"]._forward
+    assert head.captures == 2 and len(head.signatures) == 2, head.signatures
+    _assert_close(precision_parity(eager, captured, seed=1), atol=1e-4, hidden_rtol=1e-3)  # replays only
+    assert head.captures == 2
+    x = torch.randn(1, 1600, device=CUDA)
+    part = captured["speech_encoder"]._forward
+    part.max_graphs = 1
+    out, mask = part(x, torch.ones(1, 1600, dtype=torch.long, device=CUDA))  # runs under inference mode
+    assert len(part.signatures) == 1 and part.captures == 3  # the two earlier shapes dropped
+    with torch.inference_mode():
+        ref, _ = eager["speech_encoder"]._forward(x, torch.ones(1, 1600, dtype=torch.long, device=CUDA))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["inductor", "cuda-graphs"])
+def test_dynamic_shapes_compile_matches_eager(tiny, mode):
+    from crab_rt.backends.torch import precision_parity
+
+    _, model = tiny
+    eager, compiled = _gpu(model), _gpu(model, mode, dynamic_shapes=True)
+    assert compiled["head"].provider == f"torch {CUDA} compile={mode} dynamic"
+    for _ in range(3):
         report = precision_parity(eager, compiled)
     _assert_close(report, atol=1e-4, hidden_rtol=1e-3)
 

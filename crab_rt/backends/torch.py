@@ -7,9 +7,14 @@ extra (torch, transformers).
 `compile` optionally runs each part through `torch.compile`: "inductor"
 (generated kernels, CPU or GPU) or "cuda-graphs" (inductor plus CUDA graph
 replay, `mode="reduce-overhead"`, GPU only). A compiled part compiles on its
-first call for a new shape (seconds to minutes) and then reuses it; the
-benchmarks use it to show what compilation buys over eager, the runtime
-serves from ONNX Runtime or TensorRT.
+first call for a new shape (seconds to minutes) and then reuses it; with
+`dynamic_shapes` it compiles for symbolic lengths and batch sizes instead, so
+a handful of compiles serve every shape (the CUDA graphs are still recorded
+per shape). "capture" needs no compiler: each part's own kernels are captured
+by hand in a CUDA graph per input shape (`torch_capture.CapturedPart`), which,
+unlike "cuda-graphs", takes in the head's cuDNN GRU. The benchmarks use these
+modes to show what each buys over eager; the runtime serves from ONNX Runtime
+or TensorRT.
 
 `precision` "bf16" or "fp16" casts the two encoders' weights and float inputs
 to that type (the matrix products then run on tensor cores); the head stays
@@ -33,7 +38,8 @@ from crab_rt.errors import BackendError, requires_extra
 __all__ = ["TorchSession", "load_torch_sessions", "torch_sessions", "precision_parity", "torch_cuda_available",
            "COMPILE_MODES", "TORCH_PRECISIONS"]
 
-COMPILE_MODES = ("none", "inductor", "cuda-graphs")
+COMPILE_MODES = ("none", "inductor", "cuda-graphs", "capture")
+_GPU_ONLY_MODES = ("cuda-graphs", "capture")
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _ENCODERS = ("speech_encoder", "text_encoder")
@@ -71,22 +77,29 @@ class TorchSession(GraphSession):
         input_names, output_names: the graph's names.
         compile: one of COMPILE_MODES.
         precision: one of TORCH_PRECISIONS; the type float inputs of an encoder are cast to.
+        dynamic_shapes: compile ("inductor", "cuda-graphs") for symbolic shapes instead of one graph per shape.
     """
 
     backend = "torch"
 
     def __init__(self, model, name: str, device: str, input_names, output_names, compile: str = "none",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", dynamic_shapes: bool = False) -> None:
         import torch
 
         self.name = name
         self.device = device
         self.precision = precision
         self.provider = (f"torch {device}" + ("" if compile == "none" else f" compile={compile}")
+                         + (" dynamic" if dynamic_shapes and compile in ("inductor", "cuda-graphs") else "")
                          + ("" if precision == "fp32" else f" {precision}"))
         part = getattr(model, name)  # CrabModel's parts carry the graph names
         self.part = part  # the module itself (the split speech graphs run its frontend and backend)
-        self._forward = part if compile == "none" else _compiled(part, compile)
+        if compile == "capture":
+            from crab_rt.backends.torch_capture import CapturedPart
+
+            self._forward = CapturedPart(part, device, name)
+        else:
+            self._forward = part if compile == "none" else _compiled(part, compile, dynamic_shapes)
         self._float = getattr(torch, _DTYPES[precision if name in _ENCODERS else "fp32"])
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
@@ -121,8 +134,8 @@ class TorchSession(GraphSession):
         return {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in out.items()}
 
 
-def _compiled(part, mode: str):
-    """`part` wrapped in torch.compile for `mode` (see COMPILE_MODES)."""
+def _compiled(part, mode: str, dynamic_shapes: bool = False):
+    """`part` wrapped in torch.compile for `mode` ("inductor" or "cuda-graphs")."""
     import torch
     import torch._dynamo
 
@@ -130,8 +143,9 @@ def _compiled(part, mode: str):
     for knob in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(config, knob):
             setattr(config, knob, max(getattr(config, knob), _RECOMPILE_LIMIT))
-    # Each length is its own static graph: what a latency sweep and a CUDA graph both want.
-    return torch.compile(part, mode="reduce-overhead" if mode == "cuda-graphs" else None, dynamic=False)
+    # Static: each shape is its own graph, specialised to it (the fastest kernels, a compile per shape).
+    # Dynamic: symbolic batch and length (torch still specialises size 1, so batch 1 is a graph of its own).
+    return torch.compile(part, mode="reduce-overhead" if mode == "cuda-graphs" else None, dynamic=dynamic_shapes)
 
 
 def _check_options(device: str, compile: str, precision: str) -> None:
@@ -140,8 +154,8 @@ def _check_options(device: str, compile: str, precision: str) -> None:
 
     if compile not in COMPILE_MODES:
         raise BackendError(f"torch backend: unknown compile mode {compile!r} (choose from {', '.join(COMPILE_MODES)})")
-    if compile == "cuda-graphs" and not device.startswith("cuda"):
-        raise BackendError(f"torch backend: compile mode cuda-graphs needs a CUDA device, not {device}")
+    if compile in _GPU_ONLY_MODES and not device.startswith("cuda"):
+        raise BackendError(f"torch backend: compile mode {compile} needs a CUDA device, not {device}")
     if precision not in TORCH_PRECISIONS:
         raise BackendError(
             f"torch backend: unknown precision {precision!r} (choose from {', '.join(TORCH_PRECISIONS)})")
@@ -149,14 +163,16 @@ def _check_options(device: str, compile: str, precision: str) -> None:
         raise BackendError(f"torch backend: device {device} requested but torch sees no CUDA device")
 
 
-def torch_sessions(model, device: str, compile: str = "none", precision: str = "fp32") -> dict[str, TorchSession]:
+def torch_sessions(model, device: str, compile: str = "none", precision: str = "fp32",
+                   dynamic_shapes: bool = False) -> dict[str, TorchSession]:
     """Sessions for every part of an in-memory `CrabModel` (moved to `device`, eval mode, encoders cast).
 
     Args:
         model: a CrabModel; it is changed in place (device, eval mode, encoder dtype).
         device: "cpu" or "cuda:N".
-        compile: one of COMPILE_MODES ("cuda-graphs" needs a CUDA device).
+        compile: one of COMPILE_MODES ("cuda-graphs" and "capture" need a CUDA device).
         precision: one of TORCH_PRECISIONS.
+        dynamic_shapes: for "inductor" and "cuda-graphs", compile for symbolic shapes (see the module docstring).
 
     Raises:
         BackendError: CUDA asked for but absent, an unknown compile mode or precision.
@@ -171,18 +187,19 @@ def torch_sessions(model, device: str, compile: str = "none", precision: str = "
             part.to(getattr(torch, _DTYPES[precision]))
     names = [n for n in _ENCODERS if getattr(model, n) is not None] + ["head"]
     return {n: TorchSession(model, n, device, *(_IO.get(n) or _HEAD_IO[model.head.config.modality]), compile,
-                            precision) for n in names}
+                            precision, dynamic_shapes) for n in names}
 
 
-def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none",
-                        precision: str = "fp32") -> dict[str, TorchSession]:
+def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none", precision: str = "fp32",
+                        dynamic_shapes: bool = False) -> dict[str, TorchSession]:
     """Sessions for every graph of the bundle, from its `model.pt`.
 
     Args:
         bundle: a loaded bundle.
         device: "cpu" or "cuda:N".
-        compile: one of COMPILE_MODES ("cuda-graphs" needs a CUDA device).
+        compile: one of COMPILE_MODES ("cuda-graphs" and "capture" need a CUDA device).
         precision: one of TORCH_PRECISIONS (see the module docstring).
+        dynamic_shapes: for "inductor" and "cuda-graphs", compile for symbolic shapes.
 
     Raises:
         DependencyError: torch or transformers is missing.
@@ -192,7 +209,7 @@ def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none",
         from crab_rt.model.checkpoint import load_model
     _check_options(device, compile, precision)  # before the checkpoint is read
     model, _, _ = load_model(bundle.torch_checkpoint_path, map_location=device)
-    sessions = torch_sessions(model, device, compile, precision)
+    sessions = torch_sessions(model, device, compile, precision, dynamic_shapes)
     io = bundle.graph_io("head")  # the bundle's names are the contract
     sessions["head"].input_names, sessions["head"].output_names = tuple(io["inputs"]), tuple(io["outputs"])
     return sessions
