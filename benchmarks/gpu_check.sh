@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Everything issue 15 measures on a CUDA GPU, in one call: the CUDA tests, the paper's model (WavLM Large +
-# RoBERTa Large + head) on torch eager, torch.compile and CUDA graphs at fp32 and bf16, and training steps.
+# RoBERTa Large + head) on torch eager, torch.compile, CUDA graphs (torch.compile's and captured by hand) at fp32
+# and bf16, and training steps.
 #
 # usage (from the repository root; no install of crab-rt needed):
-#   benchmarks/gpu_check.sh [--out DIR] [--archive FILE] [--budget SECONDS] [--tiny]
+#   benchmarks/gpu_check.sh [--out DIR] [--archive FILE] [--budget SECONDS] [--tiny] [--only A,B] [--tests-k EXPR]
 #     --out DIR       results folder (default /tmp/crab-gpu-check); copy its files to benchmarks/results/<machine>/
 #     --archive FILE  a .tar.gz of DIR, rewritten after every part (and gpu_check.md copied beside it)
 #     --budget S      wall-clock budget of the whole script, seconds (default 490): each part gets at most what
 #                     is left of it less a reserve for the report; a part that no longer fits is skipped
-#     --tiny          CPU rehearsal with tiny sizes (tests/test_gpu_check.py runs it)
+#     --tiny          CPU rehearsal with tiny sizes (tests/test_gpu_check.py runs it; the compile parts run only
+#                     when --only names them: torch.compile takes minutes on a small CPU)
 #     --only A,B      run only these parts (the report always runs), e.g. a second call for what the first skipped
+#     --tests-k EXPR  the tests part runs only the tests pytest's -k EXPR selects (default: all of them)
 #   PYTHON=...        the interpreter (default python3)
+#
+# Parts, in order: env, tests, models-graphs-bf16 (the goal point, shapes compiled one by one), models-capture
+# (CUDA graphs captured by hand, fp32 and bf16, the whole sweep), models-eager, train,
+# models-{graphs,compile}-{bf16,fp32}-dynamic (torch.compile for symbolic shapes, the whole sweep), head-gru.
 #
 # Each part is its own process under its own `timeout`, writes its results as they come and is recorded in
 # DIR/parts.tsv (name, exit code, seconds, limit); a part that fails or runs out of time does not stop the
@@ -23,6 +30,7 @@ ARCHIVE=""
 BUDGET=490
 TINY=0
 ONLY=""
+TESTS_K=""
 while (($#)); do
     case "$1" in
         --out) OUT=$2; shift 2 ;;
@@ -30,7 +38,8 @@ while (($#)); do
         --budget) BUDGET=$2; shift 2 ;;
         --tiny) TINY=1; shift ;;
         --only) ONLY=",$2,"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --tests-k) TESTS_K=$2; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -103,8 +112,8 @@ log "results in $OUT, budget ${BUDGET}s, tiny=$TINY, python $PY"
 
 G=(-m crab_bench.gpu_check)
 if (( TINY )); then
-    # torch-cuda-graphs stops at once on a CPU: the rehearsal of a failing part
-    EAGER=torch-cpu; COMPILE=torch-cpu-compile; GRAPHS=torch-cuda-graphs
+    # torch-cuda-graphs and torch-cuda-capture stop at once on a CPU: the rehearsal of a failing part
+    EAGER=torch-cpu; COMPILE=torch-cpu-compile; GRAPHS=torch-cuda-graphs; CAPTURE=torch-cuda-capture
     PRESET=(--preset tiny)
     GOAL=(--batch 1 --audio-s 1 --text-tokens 8 --head-text-tokens 8 --ref-audio-s 1 --warmup 1 --repeat 3 --max-seconds 0.2)
     SWEEP=(--batch 1,2 --audio-s 1,2 --text-tokens 8,16 --head-text-tokens 8 --ref-audio-s 1 --warmup 1 --repeat 3
@@ -112,9 +121,9 @@ if (( TINY )); then
     TRAIN=(--preset tiny --device cpu --micro-batch 2 --audio-s 1 --text-tokens 16 --amp off --warmup-steps 1 --steps 1)
     TESTS=(tests/test_cuda.py)
 else
-    EAGER=torch-cuda; COMPILE=torch-cuda-compile; GRAPHS=torch-cuda-graphs
+    EAGER=torch-cuda; COMPILE=torch-cuda-compile; GRAPHS=torch-cuda-graphs; CAPTURE=torch-cuda-capture
     PRESET=(--preset large)
-    # the goal's point: batch 1, 4 s, 32 tokens; compiled parts compile once per shape, so they stay there
+    # the goal's point: batch 1, 4 s, 32 tokens
     GOAL=(--batch 1 --audio-s 4 --text-tokens 32 --head-text-tokens 32 --ref-audio-s 4 --warmup 3 --repeat 100
           --max-seconds 2)
     SWEEP=(--batch 1,4,8 --audio-s 1,2,4,8,12 --text-tokens 8,32,128 --head-text-tokens 32 --ref-audio-s 4 --warmup 3
@@ -123,28 +132,34 @@ else
            --amp off,bf16 --warmup-steps 1 --steps 3)
     TESTS=(tests/test_cuda.py tests/test_backends.py)
 fi
+[[ -n "$TESTS_K" ]] && TESTS+=(-k "$TESTS_K")
 
 part env 60 "$PY" "${G[@]}" env --out "$OUT"
-part tests 180 "$PY" -m pytest "${TESTS[@]}" -p no:cacheprovider -v -rA --junitxml="$OUT/tests.xml"
-# the goal first (CUDA graphs, bf16, batch 1, 4 s, 32 tokens): its compiles are the least predictable part
+part tests 200 "$PY" -m pytest "${TESTS[@]}" -p no:cacheprovider -v -rA --junitxml="$OUT/tests.xml"
+# the goal first (torch.compile's CUDA graphs, bf16, batch 1, 4 s, 32 tokens; static shapes: the kernels
+# specialised to that one shape)
 part models-graphs-bf16 200 "$PY" "${G[@]}" models --out "$OUT" --name graphs_bf16 "${PRESET[@]}" \
     --backend "$GRAPHS" --precisions bf16 --reference "${GOAL[@]}"
+# CUDA graphs captured by hand: no compiler, so the whole sweep at both precisions (the head's GRU captured too)
+part models-capture 200 "$PY" "${G[@]}" models --out "$OUT" --name capture "${PRESET[@]}" --backend "$CAPTURE" \
+    --precisions bf16,fp32 "${SWEEP[@]}"
 part models-eager 150 "$PY" "${G[@]}" models --out "$OUT" --name eager "${PRESET[@]}" --backend "$EAGER" \
     --precisions fp32,bf16 --parity fp16 "${SWEEP[@]}"
 part train 150 "$PY" "${G[@]}" train --out "$OUT" --name "${PRESET[1]}" "${TRAIN[@]}"
-if (( ! TINY )); then  # (torch.compile on the CPU takes minutes on a small machine; tests/test_backends.py has it)
-    part models-compile-bf16 180 "$PY" "${G[@]}" models --out "$OUT" --name compile_bf16 "${PRESET[@]}" \
-        --backend "$COMPILE" --precisions bf16 --reference "${GOAL[@]}"
-    part models-graphs-fp32 150 "$PY" "${G[@]}" models --out "$OUT" --name graphs_fp32 "${PRESET[@]}" \
-        --backend "$GRAPHS" --precisions fp32 --reference "${GOAL[@]}"
-    part models-compile-fp32 150 "$PY" "${G[@]}" models --out "$OUT" --name compile_fp32 "${PRESET[@]}" \
-        --backend "$COMPILE" --precisions fp32 --reference "${GOAL[@]}"
+if (( ! TINY )) || [[ -n "$ONLY" ]]; then  # (torch.compile on a small CPU takes minutes: named parts only there)
+    # torch.compile for symbolic shapes: a few compiles per part (batch 1 is its own) serve the whole sweep
+    for mode in graphs compile; do
+        backend=$GRAPHS; [[ $mode == compile ]] && backend=$COMPILE
+        for precision in bf16 fp32; do
+            part "models-$mode-$precision-dynamic" 240 "$PY" "${G[@]}" models --out "$OUT" \
+                --name "${mode}_${precision}_dynamic" "${PRESET[@]}" --backend "$backend" --dynamic-shapes \
+                --precisions "$precision" "${SWEEP[@]}"
+        done
+    done
+fi
+if (( ! TINY )); then
     # the head's bi-GRU: two sequential GRUs (the model) against one fused bidirectional call
     part head-gru 60 "$PY" -m crab_bench.gru_probe --out "$OUT"
-    # whatever time is left: CUDA graphs bf16 across batch and length (points are kept as they finish)
-    part models-graphs-bf16-sweep 300 "$PY" "${G[@]}" models --out "$OUT" --name graphs_bf16_sweep "${PRESET[@]}" \
-        --backend "$GRAPHS" --precisions bf16 --batch 1,8 --audio-s 1,12 --text-tokens 32 --head-text-tokens 32 \
-        --ref-audio-s 12 --warmup 3 --repeat 30 --max-seconds 1
 fi
 run_part report "$RESERVE" "$PY" "${G[@]}" report --out "$OUT"
 [[ -n "$ARCHIVE" && -f "$OUT/gpu_check.md" ]] && cp "$OUT/gpu_check.md" "$(dirname "$ARCHIVE")/"

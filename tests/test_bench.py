@@ -239,9 +239,38 @@ def test_models_backend_names_map_to_torch_compile_modes(tmp_path, tiny_bundle):
     import torch
 
     if not torch.cuda.is_available():
-        for name in ("torch-cuda", "torch-cuda-compile", "torch-cuda-graphs"):
+        for name in ("torch-cuda", "torch-cuda-compile", "torch-cuda-graphs", "torch-cuda-capture"):
             with pytest.raises(CrabError, match="torch sees no CUDA device"):
                 load_backend(name, bundle, 1, "fp32", tmp_path)
+
+
+def test_models_sweep_lists_a_failing_graph_and_measures_the_rest(tiny_bundle):
+    """A graph whose call fails (a part that cannot be captured in a CUDA graph, say) is listed with its first
+    point and error; its later points are skipped and every other graph is still timed."""
+    from crab_bench.models import ModelsBenchConfig, sweep
+    from crab_rt.backends.torch import load_torch_sessions
+    from crab_rt.bundle import load_bundle
+    from crab_rt.errors import BackendError
+
+    sessions = load_torch_sessions(load_bundle(tiny_bundle), "cpu")
+    calls = []
+
+    class Refusing:
+        def run(self, feed):
+            calls.append(feed["input_values"].shape)
+            raise BackendError("speech_encoder cannot be captured in a CUDA graph for inputs float32[1x16000]")
+
+    config = ModelsBenchConfig(preset="tiny", audio_s=(1.0, 2.0), text_tokens=(8,), batch=(1,), head_text_tokens=8,
+                               ref_audio_s=1.0, warmup=0, repeat=2, max_seconds=0, quiet=True)
+    frames = {1.0: 49, 2.0: 99}
+    dims = {"speech_hidden": 32, "text_hidden": 32}
+    out = sweep(config, {"capture": {**sessions, "speech_encoder": Refusing()}}, dims, frames, say=lambda *a: None)
+    assert out["failures"] == [{"backend": "capture", "graph": "speech_encoder", "point": "speech_encoder b1 1s",
+                                "error": "speech_encoder cannot be captured in a CUDA graph for inputs "
+                                         "float32[1x16000]"}]
+    assert calls == [(1, 16000)]  # the 2 s point was not tried
+    assert sorted((r["graph"], r["audio_s"], r["text_tokens"]) for r in out["results"]) == [
+        ("head", 1.0, 8), ("head", 2.0, 8), ("text_encoder", None, 8)]
 
 
 def test_models_bf16_is_for_the_torch_backends(tmp_path, tiny_bundle):

@@ -145,20 +145,22 @@ def run_models(args: argparse.Namespace) -> int:
     frames = {a: int(base.speech_encoder.frame_lengths(torch.tensor([int(round(a * SAMPLE_RATE))]))[0])
               for a in sorted(set(config.audio_s) | {config.ref_audio_s})}
     dims = {"speech_hidden": base.speech_encoder.hidden_size, "text_hidden": base.text_encoder.hidden_size}
-    wanted = [(f"{args.backend}-{p}", mode, p) for p in precisions]
+    dynamic = args.dynamic_shapes and mode in ("inductor", "cuda-graphs")
+    wanted = [(f"{args.backend}{'-dynamic' if dynamic else ''}-{p}", mode, p) for p in precisions]
     if args.reference and mode != "none":  # eager fp32 first: the others' outputs are compared with it
-        wanted.insert(0, (f"{args.backend.replace('-compile', '').replace('-graphs', '')}-fp32", "none", "fp32"))
+        wanted.insert(0, (f"torch-{'cpu' if device == 'cpu' else 'cuda'}-fp32", "none", "fp32"))
     loaded, backends, skipped = {}, [], []
     for name, compile_mode, precision in wanted:
         model = base if precision == "fp32" else copy.deepcopy(base)
         try:
-            loaded[name] = torch_sessions(model, device, compile_mode, precision)
+            loaded[name] = torch_sessions(model, device, compile_mode, precision, dynamic and compile_mode != "none")
         except (CrabError, RuntimeError) as e:
             skipped.append({"backend": name, "reason": str(e).splitlines()[0]})
             stamp(f"models {args.name}: skip {name}: {e}")
             continue
         backends.append({"backend": name, "provider": loaded[name]["head"].provider, "device": device,
-                         "precision": precision, "compile": compile_mode})
+                         "precision": precision, "compile": compile_mode,
+                         "dynamic_shapes": dynamic and compile_mode != "none"})
     parity = {}
     eager = {b["precision"]: loaded[b["backend"]] for b in backends if b["compile"] == "none"}
     if "fp32" in eager:  # each reduced precision of the sweep, and those asked for, against fp32 (eager)
@@ -271,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--max-seconds", type=float, default=1.0)
     models.add_argument("--seed", type=int, default=0)
     models.add_argument("--reference", action="store_true", help="also run eager fp32 and compare with it")
+    models.add_argument("--dynamic-shapes", action="store_true",
+                        help="compile modes: symbolic batch and length (a few compiles for the whole sweep) instead "
+                             "of one compile per shape; the backend's name gets '-dynamic'")
     models.add_argument("--parity", type=parse_names, default=[],
                         help="precisions to compare with fp32 (eager) besides the sweep's own, e.g. fp16")
     train = parts.choices["train"]

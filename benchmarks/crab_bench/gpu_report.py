@@ -175,6 +175,11 @@ def _markdown(data: dict, goal: list[dict]) -> tuple[str, list[tuple[str, str]],
     sections.append(("Parts of the run", markdown_table(
         ["part", "status", "exit code", "seconds", "limit s"],
         [[p["part"], p["status"], p["rc"], p["seconds"], p["limit_s"]] for p in data["parts"]])))
+    failed = [[m["part"], f["backend"], f["graph"], f["point"], f["error"]] for m in data["models"]
+              for f in m.get("failures") or []]
+    if failed:
+        sections.append(("Graphs that failed (their later points were skipped)", markdown_table(
+            ["part", "backend", "graph", "first failing point", "error"], failed)))
     tests = data["tests"]
     shown = [c for c in tests["cases"] if c["outcome"] != "passed"]
     body = "counts: " + (", ".join(f"{k} {v}" for k, v in sorted(tests["counts"].items())) or "no junit XML found")

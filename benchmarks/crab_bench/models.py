@@ -45,7 +45,7 @@ __all__ = ["CONFIG", "ModelsBenchConfig", "add_arguments", "run", "sweep", "BACK
            "combined_p50"]
 
 BACKENDS = ("torch-cpu", "torch-cpu-compile", "onnxruntime-cpu", "torch-cuda", "torch-cuda-compile",
-            "torch-cuda-graphs", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+            "torch-cuda-graphs", "torch-cuda-capture", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 # fp32: every graph fp32 (onnxruntime-cpu runs the bundle's int8 encoders when it has them, as the runtime does)
 ORT_VARIANTS = ("fused", "int8", "fp32")
 # bf16: the torch backends only (crab_rt.backends.torch); ONNX Runtime and TensorRT run fp32 or fp16 graphs.
@@ -54,6 +54,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 TORCH_BACKENDS = {
     "torch-cpu": ("cpu", "none"), "torch-cpu-compile": ("cpu", "inductor"), "torch-cuda": ("cuda:0", "none"),
     "torch-cuda-compile": ("cuda:0", "inductor"), "torch-cuda-graphs": ("cuda:0", "cuda-graphs"),
+    "torch-cuda-capture": ("cuda:0", "capture"),
 }
 _MAIN_OUTPUT = {"speech_encoder": "hidden_states", "text_encoder": "hidden_states", "head": "probabilities"}
 
@@ -356,7 +357,9 @@ def sweep(config: ModelsBenchConfig, loaded: dict[str, dict], dims: dict, frames
         on_result: called with each result row as soon as it is measured (a long run keeps what it did).
 
     Returns:
-        {"speech_frames", "results", "agreement_max_abs_diff", "ratios"}.
+        {"speech_frames", "results", "agreement_max_abs_diff", "ratios", "failures"}; a graph whose call
+        fails (a CUDA graph that cannot be captured, say) is listed in "failures" with its first failing
+        point and error, and its later points are skipped: the other graphs and backends go on.
     """
     from crab_bench.stats import summarize_ms, time_calls
 
@@ -368,9 +371,10 @@ def sweep(config: ModelsBenchConfig, loaded: dict[str, dict], dims: dict, frames
     agreement: dict[str, dict] = {name: {} for name in loaded}
     # Backends alternate point by point (all loaded at once), so drift in the machine's load
     # over the run affects them alike.
+    failures: list[dict] = []
     for key, feed in inputs.items():
         for name, sessions in loaded.items():
-            if key[0] not in sessions:
+            if key[0] not in sessions or any(f["backend"] == name and f["graph"] == key[0] for f in failures):
                 continue
             session = sessions[key[0]]
             last = {}
@@ -378,7 +382,12 @@ def sweep(config: ModelsBenchConfig, loaded: dict[str, dict], dims: dict, frames
             def call(session=session, feed=feed, last=last):
                 last["out"] = session.run(feed)
 
-            samples = time_calls(call, config.warmup, config.repeat, config.max_seconds)
+            try:
+                samples = time_calls(call, config.warmup, config.repeat, config.max_seconds)
+            except CrabError as e:
+                failures.append({"backend": name, "graph": key[0], "point": _label(key), "error": str(e)})
+                say(f"  {name:<30} {_label(key):<24} FAILED: {e}; its later points are skipped")
+                continue
             stats = summarize_ms(samples, (50, 90, 95, 99))
             out = last["out"][_MAIN_OUTPUT[key[0]]]
             if key not in reference:
@@ -398,11 +407,11 @@ def sweep(config: ModelsBenchConfig, loaded: dict[str, dict], dims: dict, frames
             results.append(row)
             if on_result is not None:
                 on_result(row)
-            say(f"  {name:<22} {_label(key):<34} p50 {stats['p50']:9.2f} ms  p90 {stats['p90']:9.2f}  n {stats['n']}")
+            say(f"  {name:<30} {_label(key):<24} p50 {stats['p50']:9.2f} ms  p90 {stats['p90']:9.2f}  n {stats['n']}")
     names = list(loaded)
     return {"speech_frames": {f"{a:g}": f for a, f in frames.items()}, "results": results,
             "agreement_max_abs_diff": {"reference": names[0] if names else None, **agreement},
-            "ratios": _ratios(results, spec, names)}
+            "ratios": _ratios(results, spec, names), "failures": failures}
 
 
 def _p50(results: list, backend: str, graph: str, batch: int, audio_s, tokens) -> float | None:
@@ -487,6 +496,8 @@ def _markdown(payload: dict) -> tuple[str, list[tuple[str, str]], list[str]]:
         "loaded and alternate point by point; ONNX Runtime idle spinning "
         + ("on" if settings["ort_spinning"] else "off (the runtime's default)"),
         "backends skipped: " + (", ".join(f"{s['backend']} ({s['reason']})" for s in payload["skipped"]) or "none"),
+        "graphs that failed (their later points skipped): " + (", ".join(
+            f"{f['backend']} {f['point']} ({f['error']})" for f in payload.get("failures", [])) or "none"),
         "graph precision per backend: " + "; ".join(
             f"{b['backend']}: " + ", ".join(f"{g} {p}" for g, p in b["precision"].items())
             for b in payload["backends"] if b.get("precision")),
