@@ -17,7 +17,8 @@
 #
 # Parts, in order: env, tests, models-graphs-bf16 (the goal point, shapes compiled one by one), models-capture
 # (CUDA graphs captured by hand, fp32 and bf16, the whole sweep), models-eager, train,
-# models-{graphs,compile}-{bf16,fp32}-dynamic (torch.compile for symbolic shapes, the whole sweep), head-gru.
+# models-{graphs,compile}-{bf16,fp32}-dynamic (torch.compile for symbolic shapes, the whole sweep), chain (the
+# whole chain as one call at the goal point: eager, two streams, captured), head-gru.
 #
 # Each part is its own process under its own `timeout`, writes its results as they come and is recorded in
 # DIR/parts.tsv (name, exit code, seconds, limit); a part that fails or runs out of time does not stop the
@@ -157,7 +158,11 @@ if (( ! TINY )) || [[ -n "$ONLY" ]]; then  # (torch.compile on a small CPU takes
         done
     done
 fi
-if (( ! TINY )); then
+if (( TINY )); then
+    part chain 60 "$PY" -m crab_bench.chain_probe --out "$OUT" --preset tiny --device cpu --warmup 1 --repeat 3
+else
+    # the whole chain as one call at the goal point: eager, two streams, one captured CUDA graph
+    part chain 90 "$PY" -m crab_bench.chain_probe --out "$OUT" --preset large --precision bf16
     # the head's bi-GRU: two sequential GRUs (the model) against one fused bidirectional call
     part head-gru 60 "$PY" -m crab_bench.gru_probe --out "$OUT"
 fi

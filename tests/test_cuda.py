@@ -159,3 +159,17 @@ def test_large_encoders_bf16_training_step_micro_batch_8_of_12_s():
     assert row["amp_dtype"] == "bfloat16" and row["losses_finite"], row
     assert row["parameters"]["speech_encoder"] > 300e6 and row["parameters"]["text_encoder"] > 300e6
     torch.cuda.empty_cache()
+
+
+def test_whole_chain_captured_on_two_streams_matches_eager(tmp_path):
+    """benchmarks' chain probe on the tiny preset: the chain captured in one CUDA graph, on one and on two streams,
+    gives eager's probabilities."""
+    import json
+
+    from crab_bench.chain_probe import WAYS, main
+
+    assert main(["--out", str(tmp_path), "--preset", "tiny", "--precision", "fp32", "--warmup", "1",
+                 "--repeat", "3"]) == 0
+    ways = json.loads((tmp_path / "chain_probe.json").read_text())["ways"]
+    assert [w["way"] for w in ways] == list(WAYS)
+    assert all(w["n"] == 3 and w["max_abs_diff_vs_eager"] <= 1e-4 for w in ways), ways

@@ -54,7 +54,7 @@ def test_tiny_run_completes_and_records_every_part(tiny_run):
     parts = {row.split("\t")[0]: row.split("\t")[1] for row in (out / "parts.tsv").read_text().splitlines()}
     # the CUDA-graph parts fail at once on a CPU, and the parts after them still run
     assert parts == {"env": "0", "tests": "0", "models-eager": "0", "train": "0", "models-graphs-bf16": "2",
-                     "models-capture": "2", "report": "0"}, parts
+                     "models-capture": "2", "chain": "0", "report": "0"}, parts
     for name in ("models-graphs-bf16", "models-capture"):
         assert "needs a CUDA device" in (out / f"{name}.log").read_text()
 
@@ -84,11 +84,19 @@ def test_tiny_run_results_parse(tiny_run):
     assert row["losses_finite"] and row["step_ms"]["n"] == 1 and row["samples_per_s"] > 0
     assert [e["set"].split(",")[0].split(" ")[0] for e in row["estimates"]] == ["IEMOCAP", "MELD", "MSP-Podcast"]
 
+    chain = json.loads((out / "chain_probe.json").read_text())
+    (eager,) = chain["ways"]  # the CPU rehearsal runs the eager way only and says why not the others
+    assert eager["way"] == "eager" and eager["n"] == 3 and eager["p50_ms"] > 0 and eager["max_abs_diff_vs_eager"] == 0
+    assert chain["skipped"] == {w: "needs a CUDA device" for w in ("eager_two_streams", "captured",
+                                                                 "captured_two_streams")}
+
     report = json.loads((out / "gpu_check.json").read_text())
     assert {r["backend"] for r in report["goal"]} == {"torch-cpu-fp32", "torch-cpu-bf16"}
-    assert [p["status"] for p in report["parts"]] == ["ok", "ok", "failed", "failed", "ok", "ok"]  # report: after
+    assert [p["status"] for p in report["parts"]] == ["ok", "ok", "failed", "failed", "ok", "ok", "ok"]  # no report
+    assert [w["way"] for w in report["chain"]["ways"]] == ["eager"]
     md = (out / "gpu_check.md").read_text()
-    for heading in ("## The goal", "## Parts of the run", "## Tests", "## Reduced precision", "## Training"):
+    for heading in ("## The goal", "## The whole chain as one call", "## Parts of the run", "## Tests",
+                    "## Reduced precision", "## Training"):
         assert heading in md
     assert (out / "gpu_check_latency_batch1.png").stat().st_size > 1000
 

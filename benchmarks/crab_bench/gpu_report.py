@@ -103,7 +103,8 @@ def _parts(folder: Path) -> list[dict]:
 def load_parts(folder: Path) -> dict:
     """Everything the parts wrote in `folder`."""
     return {"env": _read_json(folder / "env.json"), "parts": _parts(folder), "tests": _tests(folder),
-            "models": _load_kind(folder, "models"), "train": _load_kind(folder, "train")}
+            "models": _load_kind(folder, "models"), "train": _load_kind(folder, "train"),
+            "chain": _read_json(folder / "chain_probe.json")}
 
 
 def _p50(results: list[dict], backend: str, graph: str, batch: int, audio_s, tokens) -> float | None:
@@ -167,6 +168,15 @@ def _markdown(data: dict, goal: list[dict]) -> tuple[str, list[tuple[str, str]],
                          ["part", "backend", "speech", "text", "head", "total", f"<= {GOAL_MS:g} ms"],
                          [[g["part"], g["backend"], g["speech_ms"], g["text_ms"], g["head_ms"], g["total_ms"],
                            {True: "yes", False: "no", None: "-"}[g["meets_goal"]]] for g in at_goal])))
+    chain = data.get("chain")
+    if chain:
+        rows = [[w["way"], w.get("p50_ms"), w.get("p95_ms"), w.get("n"), w.get("max_abs_diff_vs_eager"),
+                 w.get("error", "")] for w in chain.get("ways", [])]
+        rows += [[way, None, None, None, None, f"not run: {why}"] for way, why in (chain.get("skipped") or {}).items()]
+        sections.append((f"The whole chain as one call (chain_probe.json): preset {chain.get('preset')}, batch "
+                         f"{chain.get('batch')}, {chain.get('audio_s'):g} s, {chain.get('text_tokens')} tokens, "
+                         f"encoders {chain.get('precision')}, host copies included, ms",
+                         markdown_table(["way", "p50", "p95", "n", "max abs diff vs eager", "note"], rows)))
     sections.append(("speech + text + head p50 at every batch and length (tokens: the head sweep's), ms",
                      markdown_table(["part", "backend", "batch", "audio s", "tokens", "speech", "text", "head",
                                      "total"],
