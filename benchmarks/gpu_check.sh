@@ -16,9 +16,9 @@
 #   PYTHON=...        the interpreter (default python3)
 #
 # Parts, in order: env, tests, models-graphs-bf16 (the goal point, shapes compiled one by one), models-capture
-# (CUDA graphs captured by hand, fp32 and bf16, the whole sweep), models-eager, train,
-# models-{graphs,compile}-{bf16,fp32}-dynamic (torch.compile for symbolic shapes, the whole sweep), chain (the
-# whole chain as one call at the goal point: eager, two streams, captured), head-gru.
+# (CUDA graphs captured by hand, fp32 and bf16, the whole sweep), chain (the whole chain as one call at the goal
+# point: eager, two streams, captured), models-eager, train, models-{graphs,compile}-{bf16,fp32}-dynamic
+# (torch.compile for symbolic shapes, the whole sweep), head-gru.
 #
 # Each part is its own process under its own `timeout`, writes its results as they come and is recorded in
 # DIR/parts.tsv (name, exit code, seconds, limit); a part that fails or runs out of time does not stop the
@@ -144,25 +144,28 @@ part models-graphs-bf16 200 "$PY" "${G[@]}" models --out "$OUT" --name graphs_bf
 # CUDA graphs captured by hand: no compiler, so the whole sweep at both precisions (the head's GRU captured too)
 part models-capture 200 "$PY" "${G[@]}" models --out "$OUT" --name capture "${PRESET[@]}" --backend "$CAPTURE" \
     --precisions bf16,fp32 "${SWEEP[@]}"
+# the whole chain as one call at the goal point: eager, two streams, one captured CUDA graph
+if (( TINY )); then
+    part chain 60 "$PY" -m crab_bench.chain_probe --out "$OUT" --preset tiny --device cpu --warmup 1 --repeat 3
+else
+    part chain 90 "$PY" -m crab_bench.chain_probe --out "$OUT" --preset large --precision bf16
+fi
 part models-eager 150 "$PY" "${G[@]}" models --out "$OUT" --name eager "${PRESET[@]}" --backend "$EAGER" \
     --precisions fp32,bf16 --parity fp16 "${SWEEP[@]}"
 part train 150 "$PY" "${G[@]}" train --out "$OUT" --name "${PRESET[1]}" "${TRAIN[@]}"
 if (( ! TINY )) || [[ -n "$ONLY" ]]; then  # (torch.compile on a small CPU takes minutes: named parts only there)
     # torch.compile for symbolic shapes: a few compiles per part (batch 1 is its own) serve the whole sweep
-    for mode in graphs compile; do
-        backend=$GRAPHS; [[ $mode == compile ]] && backend=$COMPILE
-        for precision in bf16 fp32; do
+    # (bf16 first; the compile parts after the graphs parts reuse the kernels they left in Triton's cache)
+    for precision in bf16 fp32; do
+        for mode in graphs compile; do
+            backend=$GRAPHS; [[ $mode == compile ]] && backend=$COMPILE
             part "models-$mode-$precision-dynamic" 240 "$PY" "${G[@]}" models --out "$OUT" \
                 --name "${mode}_${precision}_dynamic" "${PRESET[@]}" --backend "$backend" --dynamic-shapes \
                 --precisions "$precision" "${SWEEP[@]}"
         done
     done
 fi
-if (( TINY )); then
-    part chain 60 "$PY" -m crab_bench.chain_probe --out "$OUT" --preset tiny --device cpu --warmup 1 --repeat 3
-else
-    # the whole chain as one call at the goal point: eager, two streams, one captured CUDA graph
-    part chain 90 "$PY" -m crab_bench.chain_probe --out "$OUT" --preset large --precision bf16
+if (( ! TINY )); then
     # the head's bi-GRU: two sequential GRUs (the model) against one fused bidirectional call
     part head-gru 60 "$PY" -m crab_bench.gru_probe --out "$OUT"
 fi
