@@ -152,15 +152,15 @@ def run_models(args: argparse.Namespace) -> int:
     loaded, backends, skipped = {}, [], []
     for name, compile_mode, precision in wanted:
         model = base if precision == "fp32" else copy.deepcopy(base)
+        symbolic = dynamic and compile_mode != "none"  # (the eager reference has nothing to compile)
         try:
-            loaded[name] = torch_sessions(model, device, compile_mode, precision, dynamic and compile_mode != "none")
+            loaded[name] = torch_sessions(model, device, compile_mode, precision, symbolic)
         except (CrabError, RuntimeError) as e:
             skipped.append({"backend": name, "reason": str(e).splitlines()[0]})
             stamp(f"models {args.name}: skip {name}: {e}")
             continue
         backends.append({"backend": name, "provider": loaded[name]["head"].provider, "device": device,
-                         "precision": precision, "compile": compile_mode,
-                         "dynamic_shapes": dynamic and compile_mode != "none"})
+                         "precision": precision, "compile": compile_mode, "dynamic_shapes": symbolic})
     parity = {}
     eager = {b["precision"]: loaded[b["backend"]] for b in backends if b["compile"] == "none"}
     if "fp32" in eager:  # each reduced precision of the sweep, and those asked for, against fp32 (eager)
