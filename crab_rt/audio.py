@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crab_rt.checks import is_int
 from crab_rt.errors import AudioError
 
 __all__ = ["PCM_FORMATS", "SAMPLE_RATE", "AudioReader", "PcmDecoder", "as_mono_float32", "load_audio", "to_mono_16k",
@@ -107,11 +108,11 @@ class PcmDecoder:
         if sample_format not in PCM_FORMATS:
             raise AudioError(f"{name}: sample format {sample_format!r} is not supported: "
                              f"one of {', '.join(PCM_FORMATS)}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384_000:
+        if not is_int(sample_rate) or not 1000 <= sample_rate <= 384_000:
             raise AudioError(
                 f"{name}: sample rate {sample_rate!r} Hz is out of range: must be an integer in [1000, 384000]"
             )
-        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 32:
+        if not is_int(channels) or not 1 <= channels <= 32:
             raise AudioError(f"{name}: channels = {channels!r} is out of range: must be in [1, 32]")
         self.name = name
         self.sample_rate = sample_rate

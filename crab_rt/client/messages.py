@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from crab_rt.audio import PCM_FORMATS
+from crab_rt.checks import is_int
 from crab_rt.errors import CrabError
 from crab_rt.runtime.events import EmotionEvent
 
@@ -120,7 +121,7 @@ Message = Ready | SpeechStart | SpeechEnd | EmotionEvent | ServerError | Done
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise ValueError("expected an integer")
     return value
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import math
 import os
 import re
 import threading
@@ -40,6 +39,7 @@ import numpy as np
 
 from crab_rt.audio import SAMPLE_RATE, as_mono_float32
 from crab_rt.bundle import sha256_file
+from crab_rt.checks import is_int, is_number
 from crab_rt.errors import BackendError, ConfigError, DependencyError
 
 __all__ = ["AsrConfig", "PACKAGED_MODELS", "PackagedModel", "Transcript", "Transcriber", "WINDOWS", "apply_guard",
@@ -156,7 +156,7 @@ class AsrConfig:
             raise ConfigError(f"asr.model: {self.model!r} must be a model size name, hub id or folder")
         if self.device not in DEVICES:
             raise ConfigError(f"asr.device: {self.device!r} is not one of {', '.join(DEVICES)}")
-        if not _is_int(self.device_index) or self.device_index < 0:
+        if not is_int(self.device_index) or self.device_index < 0:
             raise ConfigError(f"asr.device_index: {self.device_index!r} must be an integer >= 0")
         if self.compute_type not in COMPUTE_TYPES:
             raise ConfigError(
@@ -168,36 +168,24 @@ class AsrConfig:
             raise ConfigError(
                 f"asr.language: {self.language!r} must be a 2-3 letter lower-case language code or None"
             )
-        if not _is_int(self.beam_size) or not 1 <= self.beam_size <= 16:
+        if not is_int(self.beam_size) or not 1 <= self.beam_size <= 16:
             raise ConfigError(f"asr.beam_size: {self.beam_size!r} must be an integer in [1, 16]")
-        if not _is_number(self.no_speech_threshold) or not 0.0 <= self.no_speech_threshold <= 1.0:
+        if not is_number(self.no_speech_threshold) or not 0.0 <= self.no_speech_threshold <= 1.0:
             raise ConfigError(
                 f"asr.no_speech_threshold: {self.no_speech_threshold!r} must be a number in [0, 1]"
             )
-        if not _is_number(self.log_prob_threshold) or not self.log_prob_threshold <= 0.0:
+        if not is_number(self.log_prob_threshold) or not self.log_prob_threshold <= 0.0:
             raise ConfigError(
                 f"asr.log_prob_threshold: {self.log_prob_threshold!r} must be a finite number <= 0"
             )
         if self.guard not in GUARDS:
             raise ConfigError(f"asr.guard: {self.guard!r} is not one of {', '.join(GUARDS)}")
-        if not _is_int(self.cpu_threads) or self.cpu_threads < 0:
+        if not is_int(self.cpu_threads) or self.cpu_threads < 0:
             raise ConfigError(f"asr.cpu_threads: {self.cpu_threads!r} must be an integer >= 0 (0 = default)")
         if self.window not in WINDOWS:
             raise ConfigError(f"asr.window: {self.window!r} is not one of {', '.join(WINDOWS)}")
         if not isinstance(self.local_files_only, bool):
             raise ConfigError(f"asr.local_files_only: {self.local_files_only!r} must be true or false")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 @dataclass

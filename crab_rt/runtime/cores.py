@@ -36,6 +36,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from crab_rt.checks import is_int
 from crab_rt.errors import ConfigError
 
 __all__ = ["CoreBudget", "available_cores", "max_stage_threads", "plan_cores", "threads_for", "SPEECH_GRAPHS"]
@@ -86,12 +87,12 @@ class CoreBudget:
         Raises:
             ConfigError: naming the field, the value and the allowed range.
         """
-        if not _is_int(self.cores) or self.cores < 1:
+        if not is_int(self.cores) or self.cores < 1:
             raise ConfigError(f"cores: {self.cores!r} must be an integer >= 1")
         top = max_stage_threads(self.cores)
         for name in ("asr_threads", "speech_threads", "text_threads", "head_threads", "vad_threads"):
             value = getattr(self, name)
-            if not _is_int(value) or not 1 <= value <= top:
+            if not is_int(value) or not 1 <= value <= top:
                 raise ConfigError(f"{name}: {value!r} must be an integer in [1, {top}] (4 per core of {self.cores})")
         return self
 
@@ -129,7 +130,7 @@ def plan_cores(cores: int = 0, *, asr_threads: int = 0, speech_threads: int = 0,
     """
     for name, value in (("cores", cores), ("asr_threads", asr_threads), ("speech_threads", speech_threads),
                         ("text_threads", text_threads)):
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise ConfigError(f"{name}: {value!r} must be an integer >= 0 (0: planned from the cores)")
     n = cores or available_cores()
     asr = max(1, n // 2)
@@ -150,7 +151,3 @@ def threads_for(threads: int | Mapping[str, int], graph: str) -> int:
     if isinstance(threads, Mapping):
         return int(threads.get(graph, 0))
     return int(threads)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

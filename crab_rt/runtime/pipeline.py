@@ -74,6 +74,7 @@ import numpy as np
 from crab_rt.backends.base import BACKEND_NAMES
 from crab_rt.backends.select import check_gpu_index
 from crab_rt.bundle import PRECISIONS, Bundle, load_bundle
+from crab_rt.checks import is_int
 from crab_rt.errors import BackendError, ConfigError, CrabError
 from crab_rt.runtime.asr import AsrConfig, Transcriber
 from crab_rt.runtime.cores import max_stage_threads, plan_cores
@@ -154,7 +155,7 @@ class PipelineConfig:
         if not isinstance(self.threads, int) or not (self.threads == 0 or 1 <= self.threads <= max_threads()):
             raise ConfigError(f"threads = {self.threads!r} is out of range: must be 0 (ONNX Runtime's default) "
                               f"or in [1, {max_threads()}] (4 per CPU core)")
-        if not isinstance(self.cores, int) or isinstance(self.cores, bool) or not 0 <= self.cores <= 1024:
+        if not is_int(self.cores) or not 0 <= self.cores <= 1024:
             raise ConfigError(f"cores = {self.cores!r} is out of range: must be 0 (the CPUs this process may run "
                               "on) or in [1, 1024]")
         if not 1 <= self.max_batch <= 64:

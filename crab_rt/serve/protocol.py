@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crab_rt.audio import PCM_FORMATS
+from crab_rt.checks import is_int
 from crab_rt.errors import CrabError
 
 __all__ = [
@@ -114,12 +115,12 @@ class StartRequest:
             if name not in msg:
                 raise ProtocolError("bad_start", f"start: missing field {name}")
         rate, channels = msg["sample_rate"], msg.get("channels", 1)
-        if not _is_int(rate) or not 8000 <= rate <= 192_000:
+        if not is_int(rate) or not 8000 <= rate <= 192_000:
             raise ProtocolError("bad_start", f"start.sample_rate = {rate!r}: must be an integer in [8000, 192000]")
         if msg["format"] not in PCM_FORMATS:
             raise ProtocolError("bad_start", f"start.format = {msg['format']!r}: must be one of "
                                 f"{', '.join(PCM_FORMATS)}")
-        if not _is_int(channels) or not 1 <= channels <= 8:
+        if not is_int(channels) or not 1 <= channels <= 8:
             raise ProtocolError("bad_start", f"start.channels = {channels!r}: must be an integer in [1, 8]")
         language = msg.get("language")
         if language is not None and (not isinstance(language, str) or not _LANGUAGE_RE.match(language)):
@@ -143,10 +144,6 @@ class StartRequest:
         if self.stream_id is not None:
             msg["stream_id"] = self.stream_id
         return msg
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def ready_message(stream_id: str, server: str, labels: list[str], request: StartRequest, language: str | None,

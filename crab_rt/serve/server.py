@@ -49,6 +49,7 @@ from typing import Any
 from crab_rt import __version__
 from crab_rt.audio import SAMPLE_RATE, PcmDecoder
 from crab_rt.bundle import Bundle
+from crab_rt.checks import is_int
 from crab_rt.errors import AudioError, ConfigError, CrabError, missing_dependency
 from crab_rt.runtime.events import EmotionEvent
 from crab_rt.runtime.pipeline import Pipeline, PipelineConfig, Stream
@@ -100,17 +101,17 @@ class ServerConfig:
 
         if not isinstance(self.host, str) or not self.host.strip():
             raise bad("host", "must be a host name or address")
-        if not _is_int(self.port) or not 0 <= self.port <= 65535:
+        if not is_int(self.port) or not 0 <= self.port <= 65535:
             raise bad("port", "must be in [0, 65535] (0: any free port)")
-        if not _is_int(self.max_streams) or not 1 <= self.max_streams <= 1024:
+        if not is_int(self.max_streams) or not 1 <= self.max_streams <= 1024:
             raise bad("max_streams", "must be in [1, 1024]")
-        if not _is_int(self.max_message_bytes) or not 1024 <= self.max_message_bytes <= 64 << 20:
+        if not is_int(self.max_message_bytes) or not 1024 <= self.max_message_bytes <= 64 << 20:
             raise bad("max_message_bytes", "must be in [1024, 67108864]")
         if not 0 < self.idle_timeout_s <= 3600:
             raise bad("idle_timeout_s", "must be in (0, 3600]")
         if not 0.1 <= self.realtime_slack_s <= 60:
             raise bad("realtime_slack_s", "must be in [0.1, 60]")
-        if not _is_int(self.max_pending_messages) or not 8 <= self.max_pending_messages <= 65536:
+        if not is_int(self.max_pending_messages) or not 8 <= self.max_pending_messages <= 65536:
             raise bad("max_pending_messages", "must be in [8, 65536]")
         if not 0 < self.drain_timeout_s <= 3600:
             raise bad("drain_timeout_s", "must be in (0, 3600]")
@@ -123,10 +124,6 @@ class ServerConfig:
     @property
     def scheme(self) -> str:
         return "wss" if self.tls_cert else "ws"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from crab_rt import __version__
 from crab_rt.bundle import load_bundle
+from crab_rt.checks import is_int
 from crab_rt.errors import ConfigError, missing_dependency
 from crab_rt.runtime.asr import AsrConfig
 from crab_rt.runtime.pipeline import PipelineConfig
@@ -113,7 +114,7 @@ def bundle_batch_max(bundle: str | Path) -> int | None:
         BundleError: not a readable bundle (its manifest is read; the files are not hashed).
     """
     value = (load_bundle(bundle, verify=False).shape_ranges.get("batch") or {}).get("max")
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+    return int(value) if is_int(value) and value >= 1 else None
 
 
 def serve_config(bundle: str | Path, pipeline: PipelineConfig, server: ServerConfig, ray_config: RayConfig,

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crab_rt.checks import is_int, is_number
 from crab_rt.errors import ConfigError
 
 APP_NAME = "crab-rt"
 INGRESS, MODEL, ASR = "CrabIngress", "CrabModel", "CrabAsr"
 BUILDER = "crab_rt.serve.ray.app:build_app"  # the Serve config's import_path
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def _integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -41,14 +33,14 @@ class Autoscaling:
     downscale_delay_s: float = 600.0
 
     def validate(self, where: str) -> Autoscaling:
-        if not _integer(self.min_replicas) or not 0 <= self.min_replicas <= 1000:
+        if not is_int(self.min_replicas) or not 0 <= self.min_replicas <= 1000:
             raise ConfigError(f"{where}.autoscaling.min_replicas = {self.min_replicas!r}: must be in [0, 1000]")
-        if not _integer(self.max_replicas) or not max(1, self.min_replicas) <= self.max_replicas <= 1000:
+        if not is_int(self.max_replicas) or not max(1, self.min_replicas) <= self.max_replicas <= 1000:
             raise ConfigError(f"{where}.autoscaling.max_replicas = {self.max_replicas!r}: must be in "
                               f"[max(1, min_replicas), 1000]")
         for name in ("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s"):
             value = getattr(self, name)
-            if not _number(value) or value <= 0:
+            if not is_number(value) or value <= 0:
                 raise ConfigError(f"{where}.autoscaling.{name} = {value!r}: must be a number > 0")
         return self
 
@@ -90,24 +82,24 @@ class DeploymentSettings:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"{where}.{name} = {getattr(self, name)!r}: must be {allowed}")
 
-        if not _integer(self.replicas) or not 1 <= self.replicas <= 1000:
+        if not is_int(self.replicas) or not 1 <= self.replicas <= 1000:
             raise bad("replicas", "an integer in [1, 1000]")
         if self.autoscaling is not None:
             self.autoscaling.validate(where)
-        if not _number(self.num_cpus) or not 0 <= self.num_cpus <= 1024:
+        if not is_number(self.num_cpus) or not 0 <= self.num_cpus <= 1024:
             raise bad("num_cpus", "a number in [0, 1024] (fractions allowed)")
-        if not _number(self.num_gpus) or not 0 <= self.num_gpus <= 64:
+        if not is_number(self.num_gpus) or not 0 <= self.num_gpus <= 64:
             raise bad("num_gpus", "a number in [0, 64] (fractions allowed)")
-        if not _integer(self.max_ongoing_requests) or not 0 <= self.max_ongoing_requests <= 100_000:
+        if not is_int(self.max_ongoing_requests) or not 0 <= self.max_ongoing_requests <= 100_000:
             raise bad("max_ongoing_requests", "an integer in [0, 100000] (0: auto)")
-        if not _integer(self.max_batch_size) or not 0 <= self.max_batch_size <= 64:
+        if not is_int(self.max_batch_size) or not 0 <= self.max_batch_size <= 64:
             raise bad("max_batch_size", "an integer in [0, 64] (0: auto)")
-        if not _number(self.batch_wait_timeout_s) or not 0 <= self.batch_wait_timeout_s <= 10:
+        if not is_number(self.batch_wait_timeout_s) or not 0 <= self.batch_wait_timeout_s <= 10:
             raise bad("batch_wait_timeout_s", "a number of seconds in [0, 10]")
         for name in ("health_check_period_s", "health_check_timeout_s"):
-            if not _number(getattr(self, name)) or not 0.1 <= getattr(self, name) <= 3600:
+            if not is_number(getattr(self, name)) or not 0.1 <= getattr(self, name) <= 3600:
                 raise bad(name, "a number of seconds in [0.1, 3600]")
-        if not _number(self.graceful_shutdown_timeout_s) or not 0 <= self.graceful_shutdown_timeout_s <= 3600:
+        if not is_number(self.graceful_shutdown_timeout_s) or not 0 <= self.graceful_shutdown_timeout_s <= 3600:
             raise bad("graceful_shutdown_timeout_s", "a number of seconds in [0, 3600] (0: auto)")
         return self
 
@@ -142,15 +134,15 @@ class RayConfig:
             raise ConfigError(f"app_name = {self.app_name!r}: must be a non-empty name without '#'")
         if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
             raise ConfigError(f"address = {self.address!r}: must be null (a local Ray), 'auto' or an address")
-        if self.num_cpus is not None and (not _number(self.num_cpus) or not 0 < self.num_cpus <= 4096):
+        if self.num_cpus is not None and (not is_number(self.num_cpus) or not 0 < self.num_cpus <= 4096):
             raise ConfigError(f"num_cpus = {self.num_cpus!r}: must be null or a number in (0, 4096]")
-        if self.object_store_memory_mb is not None and (not _integer(self.object_store_memory_mb)
+        if self.object_store_memory_mb is not None and (not is_int(self.object_store_memory_mb)
                                                         or not 75 <= self.object_store_memory_mb <= 1 << 24):
             raise ConfigError(f"object_store_memory_mb = {self.object_store_memory_mb!r}: must be null or an "
                               "integer >= 75 (Ray's minimum)")
-        if not _number(self.request_timeout_s) or not 1 <= self.request_timeout_s <= 3600:
+        if not is_number(self.request_timeout_s) or not 1 <= self.request_timeout_s <= 3600:
             raise ConfigError(f"request_timeout_s = {self.request_timeout_s!r}: must be in [1, 3600]")
-        if not _integer(self.retries) or not 0 <= self.retries <= 10:
+        if not is_int(self.retries) or not 0 <= self.retries <= 10:
             raise ConfigError(f"retries = {self.retries!r}: must be an integer in [0, 10]")
         for name in ("ingress", "model", "asr"):
             getattr(self, name).validate(name)
