@@ -1,6 +1,6 @@
 """The CUDA paths: torch backend on the GPU against the CPU, torch.compile (static and dynamic shapes), CUDA
-graphs (torch.compile's and captured by hand), bf16 and fp16 inference, and bf16 training steps (the tiny preset, and the paper's large encoders at micro-batch 8 with 12 s
-audio).
+graphs (torch.compile's and captured by hand), bf16 and fp16 inference, and bf16 training steps (the tiny
+preset, and the paper's large encoders at micro-batch 8 with 12 s audio).
 
 Every test here needs a CUDA device and skips without one (CI has none); `benchmarks/gpu_check.sh` runs them on
 a GPU machine and keeps the JUnit XML with its results.

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 __all__ = ["main", "WAYS"]
@@ -47,11 +45,6 @@ def _chain(model, side_stream):
     return chain
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -59,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from crab_bench.bundles import PRESETS, build_bench_model
+    from crab_bench.stats import summarize_ms, time_calls
     from crab_rt.audio import SAMPLE_RATE
+    from crab_rt.backends.torch import TORCH_PRECISIONS, place_model
     from crab_rt.backends.torch_capture import CapturedPart
     from crab_rt.errors import CrabError
 
@@ -67,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="results folder (made if absent)")
     p.add_argument("--preset", default="large", choices=sorted(PRESETS))
     p.add_argument("--device", default="cuda:0", help="cuda:N, or cpu for the rehearsal (eager only)")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default="bf16", choices=TORCH_PRECISIONS,
                    help="the encoders' type (the head stays fp32, as in the torch backend)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--audio-s", type=float, default=4.0)
@@ -83,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chain_probe: error: --device {args.device} but torch sees no CUDA device")
         return 2
     model = build_bench_model(args.preset, args.seed, args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    model.speech_encoder.to(dtype)
-    model.text_encoder.to(dtype)
+    dtype = place_model(model, args.device, args.precision)  # as the torch backend: encoders cast, head fp32
     rng = np.random.default_rng(args.seed)
     n = int(round(args.audio_s * SAMPLE_RATE))
     host = {"values": (0.1 * rng.standard_normal((args.batch, n))).astype(np.float32),
@@ -112,21 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, reference = [], None
     with torch.inference_mode():
         for way, fn in fns.items():
-            row = {"way": way}
+            row, last = {"way": way}, {}
             try:
-                for _ in range(args.warmup):
-                    out = call(fn)
-                samples = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    out = call(fn)
-                    samples.append((time.perf_counter() - t0) * 1000)
+                samples = time_calls(lambda fn=fn, last=last: last.update(out=call(fn)), args.warmup, args.repeat)
             except (CrabError, RuntimeError) as e:
                 row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
             else:
-                reference = out if reference is None else reference
-                row.update(p50_ms=round(statistics.median(samples), 3), p95_ms=round(_percentile(samples, 95), 3),
-                           n=len(samples), max_abs_diff_vs_eager=float(np.max(np.abs(out - reference))))
+                reference = last["out"] if reference is None else reference
+                ms = summarize_ms(samples, (50, 95))
+                row.update(p50_ms=ms["p50"], p95_ms=ms["p95"], n=ms["n"],
+                           max_abs_diff_vs_eager=float(np.max(np.abs(last["out"] - reference))))
             print(json.dumps(row), flush=True)
             rows.append(row)
     payload = {"kind": "chain_probe", "preset": args.preset, "device": args.device,

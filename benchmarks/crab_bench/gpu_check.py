@@ -120,7 +120,7 @@ def run_models(args: argparse.Namespace) -> int:
     from crab_bench.bundles import PRESETS, build_bench_model
     from crab_bench.models import TORCH_BACKENDS, ModelsBenchConfig, settings_record, sweep
     from crab_rt.audio import SAMPLE_RATE
-    from crab_rt.backends.torch import precision_parity, torch_sessions
+    from crab_rt.backends.torch import TORCH_COMPILE_MODES, precision_parity, torch_sessions
     from crab_rt.errors import BackendError
 
     warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
@@ -145,7 +145,7 @@ def run_models(args: argparse.Namespace) -> int:
     frames = {a: int(base.speech_encoder.frame_lengths(torch.tensor([int(round(a * SAMPLE_RATE))]))[0])
               for a in sorted(set(config.audio_s) | {config.ref_audio_s})}
     dims = {"speech_hidden": base.speech_encoder.hidden_size, "text_hidden": base.text_encoder.hidden_size}
-    dynamic = args.dynamic_shapes and mode in ("inductor", "cuda-graphs")
+    dynamic = args.dynamic_shapes and mode in TORCH_COMPILE_MODES
     wanted = [(f"{args.backend}{'-dynamic' if dynamic else ''}-{p}", mode, p) for p in precisions]
     if args.reference and mode != "none":  # eager fp32 first: the others' outputs are compared with it
         wanted.insert(0, (f"torch-{'cpu' if device == 'cpu' else 'cuda'}-fp32", "none", "fp32"))

@@ -10,23 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
-
-
-def _time(fn, repeat: int, sync) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from crab_bench.stats import time_calls
     from crab_rt.model.head import MaskedBiGRU
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -50,11 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                      "fused_bidirectional": lambda f=fused, x=x: f(x)}
             with torch.inference_mode():
                 for name, fn in calls.items():
-                    for _ in range(3):
-                        fn()
-                    sync()
                     row = {"dtype": str(dtype).split(".")[-1], "frames": frames, "call": name}
-                    row["eager_p50_ms"] = round(statistics.median(_time(fn, args.repeat, sync)), 4)
+                    eager = time_calls(lambda fn=fn: (fn(), sync()), 3, args.repeat)
+                    row["eager_p50_ms"] = round(statistics.median(eager), 4)
                     if dev.type == "cuda":
                         try:
                             graph = torch.cuda.CUDAGraph()
@@ -65,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                             torch.cuda.current_stream(dev).wait_stream(stream)
                             with torch.cuda.graph(graph):
                                 fn()
-                            row["graph_p50_ms"] = round(statistics.median(_time(graph.replay, args.repeat, sync)), 4)
+                            replays = time_calls(lambda g=graph: (g.replay(), sync()), 0, args.repeat)
+                            row["graph_p50_ms"] = round(statistics.median(replays), 4)
                         except Exception as e:  # noqa: BLE001 - cuDNN RNNs may refuse capture: say so
                             row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
                     print(json.dumps(row), flush=True)

@@ -35,10 +35,11 @@ from crab_rt.backends.base import GraphSession, check_inputs
 from crab_rt.bundle import Bundle
 from crab_rt.errors import BackendError, requires_extra
 
-__all__ = ["TorchSession", "load_torch_sessions", "torch_sessions", "precision_parity", "torch_cuda_available",
-           "COMPILE_MODES", "TORCH_PRECISIONS"]
+__all__ = ["TorchSession", "load_torch_sessions", "torch_sessions", "place_model", "precision_parity",
+           "torch_cuda_available", "COMPILE_MODES", "TORCH_COMPILE_MODES", "TORCH_PRECISIONS"]
 
 COMPILE_MODES = ("none", "inductor", "cuda-graphs", "capture")
+TORCH_COMPILE_MODES = ("inductor", "cuda-graphs")  # the modes that run torch.compile (and take dynamic_shapes)
 _GPU_ONLY_MODES = ("cuda-graphs", "capture")
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -90,7 +91,7 @@ class TorchSession(GraphSession):
         self.device = device
         self.precision = precision
         self.provider = (f"torch {device}" + ("" if compile == "none" else f" compile={compile}")
-                         + (" dynamic" if dynamic_shapes and compile in ("inductor", "cuda-graphs") else "")
+                         + (" dynamic" if dynamic_shapes and compile in TORCH_COMPILE_MODES else "")
                          + ("" if precision == "fp32" else f" {precision}"))
         part = getattr(model, name)  # CrabModel's parts carry the graph names
         self.part = part  # the module itself (the split speech graphs run its frontend and backend)
@@ -177,17 +178,28 @@ def torch_sessions(model, device: str, compile: str = "none", precision: str = "
     Raises:
         BackendError: CUDA asked for but absent, an unknown compile mode or precision.
     """
+    _check_options(device, compile, precision)
+    place_model(model, device, precision)
+    names = [n for n in _ENCODERS if getattr(model, n) is not None] + ["head"]
+    return {n: TorchSession(model, n, device, *(_IO.get(n) or _HEAD_IO[model.head.config.modality]), compile,
+                            precision, dynamic_shapes) for n in names}
+
+
+def place_model(model, device: str, precision: str = "fp32"):
+    """Move a `CrabModel` to `device` in eval mode and cast its encoders to `precision` (the head stays fp32).
+
+    Returns:
+        The encoders' torch dtype (what their float inputs must be cast to).
+    """
     import torch
 
-    _check_options(device, compile, precision)
+    dtype = getattr(torch, _DTYPES[precision])
     model.to(device).eval()
     for name in _ENCODERS:
         part = getattr(model, name)
         if part is not None:
-            part.to(getattr(torch, _DTYPES[precision]))
-    names = [n for n in _ENCODERS if getattr(model, n) is not None] + ["head"]
-    return {n: TorchSession(model, n, device, *(_IO.get(n) or _HEAD_IO[model.head.config.modality]), compile,
-                            precision, dynamic_shapes) for n in names}
+            part.to(dtype)
+    return dtype
 
 
 def load_torch_sessions(bundle: Bundle, device: str, compile: str = "none", precision: str = "fp32",
