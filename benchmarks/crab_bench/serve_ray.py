@@ -158,6 +158,7 @@ def run(config: serve_load.ServeBenchConfig) -> int:
         runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
         fast: dict[str, list[dict]] = {e: [] for e in ENGINES}
         fast_config = dataclasses.replace(config, realtime=False, probe=False)
+
         def pair(cfg, n: int, r: int, into: dict, label: str) -> None:
             """One run of each engine, again while another process disturbed either (ATTEMPTS at most)."""
             for attempt in range(ATTEMPTS):
@@ -180,6 +181,7 @@ def run(config: serve_load.ServeBenchConfig) -> int:
                 pair(config, n, r, runs, "")
             pair(fast_config, top, r, fast, ", as fast as possible")
         ray_config_text = ray_config.read_text(encoding="utf-8")
+
     def counted(rows: list[dict], n: int | None = None) -> list[dict]:
         """The clean runs (of level n), or every run of it when none was clean."""
         rows = [x for x in rows if n is None or x["clients"] == n]

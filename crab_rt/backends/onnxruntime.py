@@ -49,7 +49,6 @@ PROVIDERS = ("cpu", "cuda", "tensorrt")
 # nodes), and the CPU memory arena with memory patterns (buffers reused between calls of the same shape).
 SESSION_DEFAULTS = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                     "enable_cpu_mem_arena": True, "enable_mem_pattern": True}
-# Intra-op threads of a graph on the CPU, whatever the session's `threads` (see the module docstring).
 
 ORT_MISSING = (
     "ONNX Runtime is not installed (crab-rt leaves the build to you): pip install 'crab-rt[cpu]' for the CPU, "
@@ -114,8 +113,6 @@ def ort_providers(provider: str, gpu: int, trt_cache_dir: Path | None, fp16: boo
         return [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", {"device_id": gpu}),
                 "CPUExecutionProvider"]
     raise BackendError(f"unknown onnxruntime provider {provider!r} (choose from {', '.join(PROVIDERS)})")
-
-
 
 
 def cpu_int8_graphs(bundle: Any) -> tuple[str, ...]:

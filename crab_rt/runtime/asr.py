@@ -98,7 +98,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 
-
 @dataclass(frozen=True)
 class AsrConfig:
     """Settings of the ASR stage.
