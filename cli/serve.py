@@ -67,19 +67,43 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
     import sys
-    import threading
 
     from crab_rt.bundle import load_bundle
-    from crab_rt.serve.server import Server
+    from crab_rt.errors import ConfigError
 
     config = server_config_from_args(args)
-    if args.ray or args.ray_config or args.write_config:
-        return _run_ray(args, config)
+    if (args.ray_config or args.write_config) and not args.ray:
+        raise ConfigError("--ray-config and --write-config go with --ray")
     bundle = load_bundle(args.bundle)
     pipeline_config = pipeline_config_from_args(args, bundle.asr_model, live=False)
+    if args.ray:  # the Ray Serve application (crab_rt.serve.ray), or with --write-config only its Serve config
+        from crab_rt.serve import ray as ray_app
+
+        ray_config = ray_app.load_ray_config(args.ray_config) if args.ray_config else ray_app.RayConfig()
+        if args.write_config:
+            ray_app.write_serve_config(args.write_config, bundle.root, pipeline_config, config, ray_config,
+                                       token_file=args.token_file)
+            if args.verbosity >= 0:
+                print(f"crab-rt: wrote the Serve config {args.write_config}; on a Ray cluster: serve deploy "
+                      f"{args.write_config} (docs/ray.md)", file=sys.stderr)
+            return 0
+        ray_app.run(bundle.root, pipeline_config, config, ray_config, handle_signals=True)
+    else:
+        _run_local(bundle, pipeline_config, config)
+    if args.verbosity >= 0:
+        print("crab-rt: server stopped", file=sys.stderr)
+    return 0
+
+
+def _run_local(bundle, pipeline_config, config: ServerConfig) -> None:
+    """The WebSocket server in this process, until SIGTERM/SIGINT have drained it."""
+    import asyncio
+    import signal
+    import threading
+
+    from crab_rt.serve.server import Server
+
     server = Server(bundle, pipeline_config, config)
 
     async def main() -> None:
@@ -90,32 +114,3 @@ def run(args: argparse.Namespace) -> int:
         await server.serve()
 
     asyncio.run(main())
-    if args.verbosity >= 0:
-        print("crab-rt: server stopped", file=sys.stderr)
-    return 0
-
-
-def _run_ray(args: argparse.Namespace, config: ServerConfig) -> int:
-    """`--ray`: the Ray Serve application (crab_rt.serve.ray), or with `--write-config` its Serve config."""
-    import sys
-
-    from crab_rt.bundle import load_bundle
-    from crab_rt.errors import ConfigError
-    from crab_rt.serve import ray as ray_app
-
-    if not args.ray:
-        raise ConfigError("--ray-config and --write-config go with --ray")
-    bundle = load_bundle(args.bundle)
-    pipeline_config = pipeline_config_from_args(args, bundle.asr_model, live=False)
-    ray_config = ray_app.load_ray_config(args.ray_config) if args.ray_config else ray_app.RayConfig()
-    if args.write_config:
-        ray_app.write_serve_config(args.write_config, bundle.root, pipeline_config, config, ray_config,
-                                   token_file=args.token_file)
-        if args.verbosity >= 0:
-            print(f"crab-rt: wrote the Serve config {args.write_config}; on a Ray cluster: serve deploy "
-                  f"{args.write_config} (docs/ray.md)", file=sys.stderr)
-        return 0
-    ray_app.run(bundle.root, pipeline_config, config, ray_config, handle_signals=True)
-    if args.verbosity >= 0:
-        print("crab-rt: server stopped", file=sys.stderr)
-    return 0
