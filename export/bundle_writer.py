@@ -258,14 +258,15 @@ def export_bundle(
         else:
             log.info("parity check skipped (--no-parity)")
 
+        # the token ids the ONNX-vs-ONNX parity cases draw from (int8 and fp16): the text encoder's vocabulary
+        vocab, pad_id = 2, 0
+        if model.text_encoder is not None:
+            cfg = model.text_encoder.model.config
+            vocab, pad_id = int(cfg.vocab_size), int(getattr(cfg, "pad_token_id", 0) or 0)
         cpu_int8 = None  # the manifest's cpu_int8 entry (crab_rt.export.int8); checked against fp32 ONNX, always
         if options.cpu_int8:
             from crab_rt.export.int8 import int8_entry
 
-            vocab, pad_id = 2, 0
-            if model.text_encoder is not None:
-                cfg = model.text_encoder.model.config
-                vocab, pad_id = int(cfg.vocab_size), int(getattr(cfg, "pad_token_id", 0) or 0)
             cpu_int8, int8_graphs = int8_entry(graphs, tmp, modality, vocab, pad_id, max_text_tokens,
                                                model.normalize_waveform, options.int8_tolerance,
                                                options.int8_min_weights)
@@ -281,10 +282,6 @@ def export_bundle(
                 entries[name]["fp16"] = _graph_entry(fp16_graphs[name])
             if options.parity:
                 log.info("fp16 parity (probabilities vs fp32, tolerance %g)...", options.fp16_tolerance)
-                vocab, pad_id = 2, 0
-                if model.text_encoder is not None:
-                    cfg = model.text_encoder.model.config
-                    vocab, pad_id = int(cfg.vocab_size), int(getattr(cfg, "pad_token_id", 0) or 0)
                 fp16_parity = check_fp16_parity(
                     graphs, fp16_graphs, modality, vocab, pad_id, max_text_tokens,
                     model.normalize_waveform, options.fp16_tolerance,
