@@ -78,11 +78,11 @@ def quantize_encoder_graph(src: Path, dst: Path, log=print) -> Path:
     reports the difference. Meant to measure what int8 would buy, not to ship
     without an accuracy check on real weights.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from crab_rt.export.int8 import quantize_graph  # what `crab-rt export` writes as the bundle's int8 encoders
 
     src, dst = Path(src), Path(dst)
     if not (dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime):
         dst.parent.mkdir(parents=True, exist_ok=True)
         log(f"quantizing {src.name} (dynamic int8, MatMul/Gemm) -> {dst}")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_graph(src, dst)
     return dst
