@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from crab_rt.audio import SAMPLE_RATE
+from crab_rt.runtime.speech_frontend import SPLIT_GRAPHS, FrontendGeometry, UtteranceFrames, encode_split, run_chunks
 
 __all__ = ["SPLIT_GRAPHS", "DEFAULT_CHUNK_FRAMES", "DEFAULT_ENCODER_BOUND", "DEFAULT_PROBABILITY_BOUND",
            "SpeechFrontendGraph", "SpeechBackendGraph", "geometry", "locality_issues", "export_split_graphs",
@@ -40,7 +41,6 @@ __all__ = ["SPLIT_GRAPHS", "DEFAULT_CHUNK_FRAMES", "DEFAULT_ENCODER_BOUND", "DEF
 
 log = logging.getLogger(__name__)
 
-SPLIT_GRAPHS = ("speech_frontend", "speech_backend")
 DEFAULT_CHUNK_FRAMES = 16  # 320 ms of new audio per chunk
 DEFAULT_ENCODER_BOUND = 1e-3
 DEFAULT_PROBABILITY_BOUND = 1e-4
@@ -145,8 +145,6 @@ def parity_utterances(seed: int = 0, max_utterance_s: float = 2.0) -> list[dict]
 
 def _incremental_states(frontend, geometry_, cases: list[dict], rng: np.random.Generator) -> list:
     """Feed each case's stream to an `UtteranceFrames` in random pieces, running chunks at random times."""
-    from crab_rt.runtime.speech_frontend import UtteranceFrames, run_chunks
-
     states = []
     for case in cases:
         state = UtteranceFrames(0, geometry_)
@@ -179,7 +177,6 @@ def check_incremental_parity(model, graphs: dict[str, Path], chunk_frames: int =
     """
     from crab_rt.backends.onnxruntime import OrtSession
     from crab_rt.features import pad_waveforms
-    from crab_rt.runtime.speech_frontend import FrontendGeometry, encode_split
 
     sessions = {name: OrtSession(path, name) for name, path in graphs.items()}
     max_samples = max_audio_samples or 12 * SAMPLE_RATE

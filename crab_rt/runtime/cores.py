@@ -38,11 +38,12 @@ from dataclasses import dataclass
 
 from crab_rt.checks import is_int
 from crab_rt.errors import ConfigError
+from crab_rt.runtime.speech_frontend import SPLIT_GRAPHS
 
 __all__ = ["CoreBudget", "available_cores", "max_stage_threads", "plan_cores", "threads_for", "SPEECH_GRAPHS"]
 
 # Graph names of a bundle by the stage that runs them (bundle graphs and the split speech graphs).
-SPEECH_GRAPHS = ("speech_encoder", "speech_frontend", "speech_backend")
+SPEECH_GRAPHS = ("speech_encoder", *SPLIT_GRAPHS)
 
 
 def available_cores() -> int:
