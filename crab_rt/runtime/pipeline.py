@@ -262,6 +262,10 @@ class _Outbox:
             self.put(_STOP)
 
 
+# The stage times every event's latency_ms carries, in ms (the incremental ones are added where measured).
+_STAGE_TIMES = ("asr", "speech_encoder", "text_encoder", "head", "queue_wait")
+
+
 class _Job:
     """One utterance moving through the workers, with its stage timings."""
 
@@ -275,8 +279,7 @@ class _Job:
         self.speech: Features | None = None
         self.text, self.flagged = "", False
         # speech_frontend and speech_tail join these where the stream encodes incrementally (_speech_step)
-        self.ms: dict[str, float] = {"asr": 0.0, "speech_encoder": 0.0, "text_encoder": 0.0, "head": 0.0,
-                                     "queue_wait": 0.0}
+        self.ms: dict[str, float] = dict.fromkeys(_STAGE_TIMES, 0.0)
         self.parts_left = parts
         self.ready_at = 0.0
         self.lock = threading.Lock()
@@ -434,6 +437,23 @@ def _make_event(stream_id: str, utt: Utterance, labels: Sequence[str], probs: np
     )
 
 
+def _admit(admission: threading.BoundedSemaphore, config: PipelineConfig, outbox: _Outbox, utt: Utterance,
+           closed: Callable[[], bool]) -> bool:
+    """Take one of the `max_in_flight` slots for `utt` under `config.overflow`: "block" waits for one (and
+    raises once `closed()` says the engine closed meanwhile), "drop" returns False at once with a warning.
+    Shared with the Ray Serve engine (crab_rt.serve.ray)."""
+    if config.overflow == "block":
+        while not admission.acquire(timeout=0.1):  # wakes up to see a close()
+            if closed():
+                raise _closed_error(outbox)
+        return True
+    if admission.acquire(blocking=False):
+        return True
+    logger.warning("stream %s: dropped utterance at %.1f-%.1f s (%d in flight, overflow=drop)",
+                   outbox.stream_id, utt.start_s, utt.end_s, config.max_in_flight)
+    return False
+
+
 def _closed_error(outbox: _Outbox) -> RuntimeError:
     """What submitting to a closed pipeline raises (made only when it happens, not on every submit)."""
     return RuntimeError(f"stream {outbox.stream_id}: pipeline closed")
@@ -574,13 +594,7 @@ class Pipeline:
         """Queue one utterance of a stream; False when the overflow policy dropped it."""
         if self._closed:
             raise _closed_error(outbox)
-        if self.config.overflow == "block":
-            while not self._admission.acquire(timeout=0.1):  # wakes up to see a close()
-                if self._closed:
-                    raise _closed_error(outbox)
-        elif not self._admission.acquire(blocking=False):
-            logger.warning("stream %s: dropped utterance at %.1f-%.1f s (%d in flight, overflow=drop)",
-                           outbox.stream_id, utt.start_s, utt.end_s, self.config.max_in_flight)
+        if not _admit(self._admission, self.config, outbox, utt, lambda: self._closed):
             return False
         parts = int(self.model.uses_speech) + 1  # speech encoder (if any) and ASR (or its stand-in)
         job = _Job(outbox, utt, parts, frames)

@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 
 from crab_rt.errors import BackendError
-from crab_rt.runtime.pipeline import PipelineConfig, Stream, _closed_error, _make_event, _Outbox, _stage_error
+from crab_rt.runtime.pipeline import (
+    _STAGE_TIMES,
+    PipelineConfig,
+    Stream,
+    _admit,
+    _closed_error,
+    _make_event,
+    _Outbox,
+    _stage_error,
+)
 from crab_rt.runtime.segmenter import StreamFrontEnd, Utterance
 from crab_rt.serve.ray.settings import ASR, MODEL
 
@@ -102,13 +111,7 @@ class RayEngine:
         # `frames`: incremental speech encoding's state, which streams without it (these) never pass
         if self._closed or self.loop is None:
             raise _closed_error(outbox)
-        if self.config.overflow == "block":
-            while not self._admission.acquire(timeout=0.1):
-                if self._closed:
-                    raise _closed_error(outbox)
-        elif not self._admission.acquire(blocking=False):
-            log.warning("stream %s: dropped utterance at %.1f-%.1f s (%d in flight, overflow=drop)",
-                        outbox.stream_id, utt.start_s, utt.end_s, self.config.max_in_flight)
+        if not _admit(self._admission, self.config, outbox, utt, lambda: self._closed):
             return False
         seq = next(self._outboxes[outbox].next_seq)
         outbox.add()
@@ -150,7 +153,7 @@ class RayEngine:
                 outbox.done()
 
     async def _run(self, utt: Utterance) -> tuple[np.ndarray, str, bool, dict[str, float]]:
-        ms = {"asr": 0.0, "speech_encoder": 0.0, "text_encoder": 0.0, "head": 0.0, "queue_wait": 0.0}
+        ms = dict.fromkeys(_STAGE_TIMES, 0.0)
         model, asr = self._model_handle, self._asr_handle
         speech = (asyncio.ensure_future(self._call("speech", "speech encoder", model.speech, utt.audio))
                   if self.model.uses_speech else None)
