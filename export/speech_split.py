@@ -81,6 +81,8 @@ def geometry(speech_encoder) -> dict:
 def locality_issues(model) -> list[str]:
     """What makes a front-end frame depend on more than its own samples (empty: frames are local)."""
     issues = []
+    if not model.speech_encoder.splittable:
+        issues.append("Whisper's log-mel floor is set by the utterance's loudest bin (whisper: speech encoder)")
     if model.normalize_waveform:
         issues.append("the waveform is normalised over the whole utterance (normalize_waveform)")
     if getattr(model.speech_encoder.model.config, "feat_extract_norm", "layer") == "group":
@@ -236,6 +238,12 @@ def incremental_entry(model, graphs: dict[str, Path], out_dir: str | Path, opset
     """
     from crab_rt.export.onnx_export import export_model_copy
 
+    if not model.speech_encoder.splittable:
+        issues = locality_issues(model)
+        log.info("no split graphs: the speech encoder cannot be split (%s); the runtime runs the whole speech "
+                 "encoder", "; ".join(issues))
+        return {"graphs": [], "chunk_frames": chunk_frames, "locality": issues, "parity": {},
+                "bound": {"encoder": encoder_bound, "probabilities": probability_bound}, "within_bound": False}, {}
     copy = export_model_copy(model)
     split = export_split_graphs(copy, out_dir, opset)
     log.info("incremental speech parity (split graphs vs the whole speech encoder, bound %g / %g)...",

@@ -97,7 +97,12 @@ class ModelConfig:
     """Where the encoders come from and how inputs are prepared.
 
     `speech_encoder` / `text_encoder` are a Hugging Face hub id, a local folder,
-    or `random:<preset>` (see `crab_rt.model.presets`) for random weights.
+    or `random:<preset>` (see `crab_rt.model.presets`) for random weights; the
+    speech encoder may also be `whisper:<model>`, Whisper's pretrained encoder
+    read from a CTranslate2 model offline (`crab_rt.model.whisper_encoder`).
+    `freeze_feature_encoder` freezes the speech encoder's CNN (the paper's
+    setting); `freeze_speech_encoder` freezes all of it (a pretrained encoder
+    used as a fixed feature extractor, as the demo uses Whisper tiny.en's).
     """
 
     speech_encoder: str = "microsoft/wavlm-large"
@@ -106,6 +111,7 @@ class ModelConfig:
     max_audio_s: float = 12.0
     max_text_tokens: int = 128
     freeze_feature_encoder: bool = True
+    freeze_speech_encoder: bool = False
 
     def validate(self) -> ModelConfig:
         if not 0.5 <= self.max_audio_s <= 60.0:

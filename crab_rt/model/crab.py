@@ -60,6 +60,8 @@ class CrabModel(nn.Module):
         text = TextEncoder(load_hf_model(config.text_encoder, "text")) if modality != "speech" else None
         if speech is not None and config.freeze_feature_encoder:
             speech.freeze_feature_encoder()
+        if speech is not None and config.freeze_speech_encoder:
+            speech.requires_grad_(False)
         head_cfg = replace(
             config.head,
             speech_dim=speech.hidden_size if speech else config.head.speech_dim,
@@ -105,10 +107,17 @@ class CrabModel(nn.Module):
         input_ids: torch.Tensor | None,
         text_mask: torch.Tensor | None,
         return_taps: bool = False,
+        speech_states: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
-        """Logits [B, C]; with `return_taps`, also a dict of the leg taps."""
+        """Logits [B, C]; with `return_taps`, also a dict of the leg taps.
+
+        `speech_states` (hidden states [B, F, D], bool frame mask [B, F]) stand in for the speech
+        encoder's output when it is known already (a frozen encoder's, computed once per clip).
+        """
         speech = speech_mask = text = text_bool_mask = None
-        if self.speech_encoder is not None:
+        if speech_states is not None:
+            speech, speech_mask = speech_states
+        elif self.speech_encoder is not None:
             speech, speech_mask = self.speech_encoder(input_values, audio_mask)
         if self.text_encoder is not None:
             text = self.text_encoder(input_ids, text_mask)
@@ -128,12 +137,14 @@ def _wants_normalized_input(spec: str, speech: SpeechEncoder | None) -> bool:
 
     Pretrained models say so in their feature extractor config; layer-norm
     feature encoders (WavLM Large, and our tiny presets) are trained with it.
+    Whisper's log-mel sees the waveform as recorded (its level is a cue).
     """
-    if speech is None:
+    if speech is None or speech.log_mel is not None:
         return False
     from crab_rt.model.presets import RANDOM_PREFIX
+    from crab_rt.model.whisper_encoder import WHISPER_PREFIX
 
-    if not spec.startswith(RANDOM_PREFIX):
+    if not spec.startswith((RANDOM_PREFIX, WHISPER_PREFIX)):
         try:
             from transformers import AutoFeatureExtractor
 

@@ -5,7 +5,9 @@ WavLM it runs its own masked encoder loop that exports cleanly to ONNX and
 TensorRT (DESIGN.md section 4): padded frames are zeroed by a multiply instead
 of an in-place boolean index, the frame mask is `arange(F) < lengths`, and the
 positional convolution's weight_norm can be folded before export. Other SSL
-backbones (HuBERT, wav2vec 2.0) run their stock Hugging Face encoder.
+backbones (HuBERT, wav2vec 2.0) run their stock Hugging Face encoder. Whisper's
+encoder (`whisper:<model>`, `crab_rt.model.whisper_encoder`) takes its log-mel
+front end from that module and runs its layers with a key padding mask.
 """
 
 from __future__ import annotations
@@ -16,20 +18,31 @@ import torch
 from torch import nn
 
 from crab_rt.model.presets import RANDOM_PREFIX, preset_config
+from crab_rt.model.whisper_encoder import (
+    WHISPER_PREFIX,
+    LogMel,
+    load_whisper_encoder,
+    whisper_encoder_from_config,
+    whisper_frame_lengths,
+)
 
 __all__ = ["SpeechEncoder", "TextEncoder", "load_hf_model", "hf_model_from_config"]
 
 
 def hf_model_from_config(model_type: str, config: dict) -> nn.Module:
-    """Build a randomly initialised Hugging Face model; downloads nothing."""
+    """Build a randomly initialised Hugging Face model (for Whisper, its encoder alone); downloads nothing."""
     from transformers import AutoConfig, AutoModel
+
+    if model_type == "whisper":
+        return whisper_encoder_from_config(config)
 
     cfg = AutoConfig.for_model(model_type, **config)
     return AutoModel.from_config(cfg)
 
 
 def load_hf_model(spec: str, kind: str) -> nn.Module:
-    """Load `spec`: `random:<preset>`, a local folder, or a hub id (pretrained).
+    """Load `spec`: `random:<preset>`, `whisper:<model>` (Whisper's encoder from a CTranslate2
+    model, offline), a local folder, or a hub id (pretrained; a Whisper model gives its encoder).
 
     Raises:
         ConfigError: unknown preset.
@@ -40,10 +53,15 @@ def load_hf_model(spec: str, kind: str) -> nn.Module:
     if spec.startswith(RANDOM_PREFIX):
         model_type, cfg = preset_config(spec[len(RANDOM_PREFIX):], kind)
         return hf_model_from_config(model_type, cfg)
+    if spec.startswith(WHISPER_PREFIX):
+        if kind != "speech":
+            raise BackendError(f"{kind}_encoder: {spec!r}: Whisper's encoder is a speech encoder")
+        return load_whisper_encoder(spec)
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(spec)
+        model = AutoModel.from_pretrained(spec)
+        return model.get_encoder() if model.config.model_type == "whisper" else model
     except (OSError, ValueError) as e:
         where = "folder" if Path(spec).exists() else "hub id"
         raise BackendError(f"cannot load {kind} encoder {where} {spec!r}: {str(e).splitlines()[0]}") from e
@@ -57,17 +75,29 @@ class SpeechEncoder(nn.Module):
         self.model = model
         self.model_type = model.config.model_type
         self.hidden_size = int(model.config.hidden_size)
+        self.log_mel = LogMel(int(model.config.num_mel_bins)) if self.model_type == "whisper" else None
+
+    @property
+    def splittable(self) -> bool:
+        """Whether `frontend` / `backend` split the encoder for incremental encoding (not Whisper's: its log-mel
+        floor is set by the utterance's loudest bin, so no front-end frame is final before the utterance ends)."""
+        return self.log_mel is None
 
     def freeze_feature_encoder(self) -> None:
-        """Freeze the CNN feature encoder (the paper fine-tunes everything else)."""
-        for p in self.model.feature_extractor.parameters():
+        """Freeze the CNN feature encoder (Whisper: its two convolutions); the paper fine-tunes everything else."""
+        convs = (self.model.conv1, self.model.conv2) if self.log_mel is not None else (self.model.feature_extractor,)
+        for p in (p for m in convs for p in m.parameters()):
             p.requires_grad = False
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Number of encoder frames for each waveform length."""
+        if self.log_mel is not None:
+            return whisper_frame_lengths(sample_lengths)
         return self.model._get_feat_extract_output_lengths(sample_lengths).to(torch.long)
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.log_mel is not None:
+            return self._whisper(input_values, attention_mask.to(torch.long).sum(-1))
         features = self.frontend(input_values)
         lengths = self.frame_lengths(attention_mask.to(torch.long).sum(-1))
         frame_mask = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]
@@ -115,8 +145,32 @@ class SpeechEncoder(nn.Module):
             hidden = encoder.layer_norm(hidden)
         return hidden
 
+    def _whisper(self, input_values: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Whisper's encoder (OpenAI's AudioEncoder) on the clip's own frames: log-mel, two GELU convs,
+        # sinusoidal positions, pre-norm layers with padded keys masked out, final LayerNorm.
+        model = self.model
+        mel_frames = torch.div(lengths, 160, rounding_mode="floor")
+        mel_mask = torch.arange(input_values.shape[1] // 160, device=lengths.device)[None, :] < mel_frames[:, None]
+        hidden = nn.functional.gelu(model.conv1(self.log_mel(input_values, mel_mask)))
+        hidden = hidden * mel_mask[:, None, :].to(hidden.dtype)
+        hidden = nn.functional.gelu(model.conv2(hidden)).transpose(1, 2)
+        frames = hidden.shape[1]
+        frame_mask = torch.arange(frames, device=lengths.device)[None, :] < whisper_frame_lengths(lengths)[:, None]
+        hidden = hidden + model.embed_positions.weight[:frames].to(hidden.dtype)
+        hidden = nn.functional.dropout(hidden, p=model.dropout, training=self.training)
+        blocked = torch.finfo(hidden.dtype).min
+        attention = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
+        attention = attention.masked_fill(~frame_mask, blocked)[:, None, None, :]
+        for layer in model.layers:
+            out = layer(hidden, attention)
+            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = model.layer_norm(hidden)
+        return hidden * frame_mask.unsqueeze(-1).to(hidden.dtype), frame_mask
+
     def fold_weight_norm(self) -> None:
         """Replace the positional conv's weight_norm by its plain weight (for export)."""
+        if self.log_mel is not None:
+            return  # Whisper's positions are a fixed table
         conv = self.model.encoder.pos_conv_embed.conv
         if hasattr(conv, "parametrizations") and "weight" in conv.parametrizations:
             torch.nn.utils.parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)

@@ -339,6 +339,9 @@ def split_status(bundle) -> tuple[bool, str]:
     if not entry:
         return False, "the bundle has no split speech graphs (exported before incremental encoding)"
     parity, bound = entry.get("parity") or {}, entry.get("bound") or {}
+    if not parity and not entry.get("graphs"):
+        why = "; ".join(entry.get("locality") or ()) or "no split graphs"
+        return False, f"{bundle.root}: its speech encoder is not split ({why})"
     if not entry.get("within_bound"):
         why = "; ".join(entry.get("locality") or ())
         return False, (f"{bundle.root}: its incremental parity (encoder output "
