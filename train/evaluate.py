@@ -27,8 +27,12 @@ def predict(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     dataset: EmotionDataset | None = None,
+    speech_states=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for `rows`.
+
+    `speech_states` (a `crab_rt.train.speech_states.FrozenSpeechStates` of `dataset`) supplies a frozen
+    speech encoder's output instead of running it.
 
     Returns:
         (label ids [N] with -1 where unknown, probabilities [N, C]).
@@ -44,7 +48,8 @@ def predict(
     labels, probs = [], []
     for batch in loader:
         batch = batch.to(torch.device(device))
-        logits = model(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask)
+        states = None if speech_states is None else speech_states.batch(batch.indices)
+        logits = model(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask, speech_states=states)
         probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         labels.append(batch.labels.cpu().numpy())
     model.train(was_training)

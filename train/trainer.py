@@ -30,6 +30,7 @@ from crab_rt.train.data import Collator, EmotionDataset
 from crab_rt.train.evaluate import predict
 from crab_rt.train.legs import ContrastiveLegs
 from crab_rt.train.losses import class_weights, mpcl_loss, scl_loss, weighted_cross_entropy
+from crab_rt.train.speech_states import FrozenSpeechStates, speech_encoder_frozen
 
 __all__ = ["Trainer", "load_tokenizer", "resolve_device"]
 
@@ -111,6 +112,13 @@ class Trainer:
         self.train_set = EmotionDataset(self.train_rows, labels, max_audio_s, load_speech, cache_audio)
         self.dev_set = EmotionDataset(self.dev_rows, labels, max_audio_s, load_speech, cache_audio)
         self.collate = Collator(self.tokenizer, self.model.normalize_waveform, config.model.max_audio_s)
+        self.train_states = self.dev_states = None  # a frozen speech encoder's output, computed once per clip
+        if speech_encoder_frozen(self.model):
+            log.info("speech encoder frozen: encoding the %d train and dev clips once", len(self.train_set)
+                     + len(self.dev_set))
+            size = config.optim.micro_batch_size
+            self.train_states = FrozenSpeechStates(self.model, self.train_set, self.collate, size, self.device)
+            self.dev_states = FrozenSpeechStates(self.model, self.dev_set, self.collate, size, self.device)
 
         loss = config.loss
         self.weights = None
@@ -218,8 +226,9 @@ class Trainer:
         use_legs = bool(self.legs.names) and self.config.loss.alpha > 0
         amp_dtype = self.amp_dtype or torch.float32
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp_dtype is not None):
+            states = None if self.train_states is None else self.train_states.batch(batch.indices)
             out = self.model(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask,
-                             return_taps=use_legs)
+                             return_taps=use_legs, speech_states=states)
             logits, taps = out if use_legs else (out, None)
             ce = weighted_cross_entropy(logits, batch.labels, self.weights)
             leg = self._leg_loss(self.legs(taps), batch.labels) if use_legs else torch.zeros((), device=self.device)
@@ -268,6 +277,7 @@ class Trainer:
         y_true, probs = predict(
             self.model, self.tokenizer, self.dev_rows, self.config.model.max_audio_s,
             batch_size=self.config.optim.micro_batch_size, device=self.device, dataset=self.dev_set,
+            speech_states=self.dev_states,
         )
         report = classification_report(y_true.tolist(), probs.argmax(1).tolist(), self.model.labels)
         return {"war": report["war"], "uar": report["uar"], "macro_f1": report["macro_f1"]}
