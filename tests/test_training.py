@@ -116,7 +116,7 @@ def test_single_lr_trainer_param_groups(synthetic_corpus, tmp_path):
     overrides = [f"data.manifest='{synthetic_corpus}'", f"run.out_dir='{tmp_path / 'run'}'", "run.progress=false"]
     trainer = Trainer(load_recipe("synthetic", overrides, ablation="single_lr"))
     lrs = {group["lr"] for group in trainer.optimizer.param_groups}
-    assert lrs == {3e-3} and len(trainer.optimizer.param_groups) == 2
+    assert lrs == {1e-3} and len(trainer.optimizer.param_groups) == 2
     # The cosine floor is shared too, so the groups stay equal in every epoch.
     assert all(len({f(e) for f in trainer.scheduler.lr_lambdas}) == 1 for e in range(trainer.config.optim.epochs))
 
