@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from crab_rt.cli._options import add_config_option, config_from_args
-from crab_rt.runtime.asr import DEVICES, AsrConfig
+from crab_rt.runtime.asr import DEVICES, WINDOWS, AsrConfig
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     add_config_option(p, "--asr", AsrConfig, "model", "faster-whisper model name or local folder")
     add_config_option(p, "--language", AsrConfig, "language", "spoken language code")
     add_config_option(p, "--device", AsrConfig, "device", "ASR device", choices=DEVICES)
+    add_config_option(p, "--asr-window", AsrConfig, "window",
+                      "Whisper's encoder window: 30 (faster-whisper's, every clip padded to 30 s) or auto (the clip "
+                      "plus 10 s of padding: several times faster on short clips, the text can differ slightly)",
+                      choices=WINDOWS)
     add_config_option(
         p, "--download", AsrConfig, "local_files_only",
         "let faster-whisper fetch a named model from the Hugging Face hub (default: local files only)",
