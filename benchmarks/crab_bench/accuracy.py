@@ -1,0 +1,217 @@
+"""Does the model hear emotion? Crab, its ablations and the classical baselines over corpus seeds.
+
+For each seed: a spoken synthetic corpus (`crab-rt synth --voice espeak`, speaker-disjoint splits), its
+Whisper tiny.en transcripts (`crab-rt transcribe-manifest --all`), the baselines (`crab_rt.train.baselines`:
+eGeMAPS, TF-IDF, late fusion) and the synthetic recipe's Crab with its speech_only, text_only and ce_only
+ablations (`crab-rt train`), all evaluated on the same dev and test splits. Reported: each row's median over
+seeds with its min and max, the corpus ceilings, and whether the issue's inequalities hold on the test
+medians (speech only >= eGeMAPS, text only >= TF-IDF, both >= late fusion and >= each ablation).
+
+Corpora and runs are kept (`--corpora`, `--runs`) and reused when present, so a rerun after an interruption
+goes on; `--fresh` retrains the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from crab_bench.machine import describe_machine, results_dir
+from crab_bench.stats import spread
+
+MODELS = {"both": None, "speech_only": "speech_only", "text_only": "text_only", "ce_only": "ce_only"}
+BASELINES = ("egemaps", "tfidf", "fusion")
+ROW_NAMES = {
+    "egemaps": "eGeMAPS + LR (speech)", "tfidf": "TF-IDF + LR (ASR text)", "fusion": "late fusion (eGeMAPS, TF-IDF)",
+    "both": "Crab (speech + text)", "speech_only": "Crab speech only", "text_only": "Crab text only",
+    "ce_only": "Crab, CE only (no MLCS)",
+}
+CHECKS = (("speech_only", "egemaps"), ("text_only", "tfidf"), ("both", "fusion"), ("both", "speech_only"),
+          ("both", "text_only"))
+METRICS = ("uar", "war", "macro_f1")
+
+
+def _run(cmd: list[str]) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _crab(*args: str) -> list[str]:
+    return [sys.executable, "-m", "crab_rt.cli", *args]
+
+
+def corpus(root: Path, seed: int, num: int) -> Path:
+    """The seed's transcribed corpus manifest, made unless present."""
+    folder = root / f"spoken-{num}-seed{seed}"
+    manifest = folder / "manifest_asr.csv"
+    if manifest.is_file():
+        print(f"corpus seed {seed}: reusing {manifest}")
+        return manifest
+    if not (folder / "manifest.csv").is_file():
+        _run(_crab("synth", "--out", str(folder), "--num", str(num), "--seed", str(seed), "--voice", "espeak",
+                   "--quiet"))
+    _run(_crab("transcribe-manifest", "--manifest", str(folder / "manifest.csv"), "--out", str(manifest),
+               "--asr", "tiny.en", "--all", "--quiet"))
+    return manifest
+
+
+def train(manifest: Path, out: Path, ablation: str | None, fresh: bool) -> tuple[Path, float | None]:
+    """best.pt of the synthetic recipe (with `ablation`), trained unless present; and the training seconds."""
+    best = out / "best.pt"
+    if best.is_file() and not fresh:
+        print(f"reusing {best}")
+        return best, None
+    cmd = _crab("train", "--recipe", "synthetic", "--manifest", str(manifest), "--out", str(out), "--quiet")
+    if ablation:
+        cmd += ["--ablation", ablation]
+    started = time.perf_counter()
+    _run(cmd)
+    return best, round(time.perf_counter() - started, 1)
+
+
+def evaluate(checkpoint: Path, manifest: Path, splits: tuple[str, ...]) -> dict[str, dict]:
+    from crab_rt.train.evaluate import evaluate_checkpoint
+
+    out = {}
+    for split in splits:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = evaluate_checkpoint(checkpoint, manifest, [split], tmp)
+        out[split] = {k: report[k] for k in (*METRICS, "confusion")}
+    return out
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict:
+    from crab_rt.train.baselines import BaselineConfig, run_baselines
+
+    manifest = corpus(Path(args.corpora), seed, args.num)
+    splits = ("dev", "test")
+    base = run_baselines(manifest, BaselineConfig(report_splits=splits))
+    rows: dict[str, dict] = {name: {s: {k: base["reports"][s][name][k] for k in (*METRICS, "confusion")}
+                                    for s in splits} for name in BASELINES}
+    seconds = {}
+    for name, ablation in MODELS.items():
+        best, secs = train(manifest, Path(args.runs) / f"seed{seed}" / name, ablation, args.fresh)
+        seconds[name] = secs
+        rows[name] = evaluate(best, manifest, splits)
+    return {"seed": seed, "manifest": str(manifest), "rows": rows, "selected": base["selected"],
+            "ceilings": base["ceilings"], "train_seconds": seconds}
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    summary: dict[str, dict] = {}
+    for name in (*BASELINES, *MODELS):
+        summary[name] = {s: {m: spread([r["rows"][name][s][m] for r in per_seed]) for m in METRICS}
+                         for s in ("dev", "test")}
+    ceilings = {}
+    for cue in ("prosody", "text", "both"):
+        ceilings[cue] = {s: {m: spread([r["ceilings"][s][cue][m] for r in per_seed if r["ceilings"]])
+                             for m in ("uar", "war")} for s in ("dev", "test")}
+    checks = []
+    for better, than in CHECKS:
+        a, b = summary[better]["test"]["uar"]["median"], summary[than]["test"]["uar"]["median"]
+        checks.append({"row": better, "against": than, "uar": a, "against_uar": b, "holds": a >= b})
+    return {"rows": summary, "ceilings": ceilings, "checks": checks}
+
+
+def _cell(s: dict) -> str:
+    return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+
+
+def markdown(result: dict) -> str:
+    seeds = ",".join(str(r["seed"]) for r in result["per_seed"])
+    summary = result["summary"]
+    lines = [
+        "# Accuracy: Crab against the classical SER baselines on the spoken synthetic corpus",
+        "",
+        f"`python benchmarks/accuracy.py --seeds {seeds} --num {result['num']}`, on {result['machine']['cpu']} "
+        f"({result['machine']['cores']} cores), torch {result['machine']['versions'].get('torch', '?')}. "
+        f"Corpus seeds {seeds.replace(',', ', ')}: {result['num']} clips each, espeak-ng speech, speaker-disjoint splits "
+        "(2 held-out speakers in test), transcripts by Whisper tiny.en. Each cell: the median over the seeds "
+        "(min-max). Crab: `crab-rt train --recipe synthetic` (Whisper tiny.en's encoder frozen, a random tiny "
+        "RoBERTa); baselines: `crab-rt baseline`. The ceilings are those of a classifier that knows each clip's "
+        "cue classes (naive Bayes with the train split's statistics): the best WAR in expectation, which one "
+        "47-clip split can miss (knowing both cues can score below knowing one).",
+        "",
+    ]
+    for split in ("test", "dev"):
+        lines += [f"## {split} split", "", "| model | UAR | WAR | macro-F1 |", "|---|---|---|---|"]
+        for name in (*BASELINES, *MODELS):
+            r = summary["rows"][name][split]
+            lines.append(f"| {ROW_NAMES[name]} | {_cell(r['uar'])} | {_cell(r['war'])} | {_cell(r['macro_f1'])} |")
+        for cue in ("prosody", "text", "both"):
+            c = summary["ceilings"][cue][split]
+            if c["uar"]["median"] is not None:
+                lines.append(f"| ceiling: {cue} cues known exactly | {_cell(c['uar'])} | {_cell(c['war'])} | |")
+        lines.append("")
+    lines += ["## The issue's inequalities (test UAR medians)", "", "| claim | medians | holds |", "|---|---|---|"]
+    for c in summary["checks"]:
+        lines.append(f"| {ROW_NAMES[c['row']]} >= {ROW_NAMES[c['against']]} | {c['uar']:.3f} vs "
+                     f"{c['against_uar']:.3f} | {'yes' if c['holds'] else '**no**'} |")
+    lines += ["", "Per seed (test UAR):", "", "| seed | " + " | ".join(ROW_NAMES[n] for n in (*BASELINES, *MODELS))
+              + " |", "|---" * (1 + len(BASELINES) + len(MODELS)) + "|"]
+    for r in result["per_seed"]:
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{r['rows'][n]['test']['uar']:.3f}"
+                                                    for n in (*BASELINES, *MODELS)) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = (*BASELINES, *MODELS)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, split in zip(axes, ("test", "dev")):
+        med = [result["summary"]["rows"][n][split]["uar"]["median"] for n in names]
+        low = [m - result["summary"]["rows"][n][split]["uar"]["min"] for m, n in zip(med, names)]
+        high = [result["summary"]["rows"][n][split]["uar"]["max"] - m for m, n in zip(med, names)]
+        colors = ["#9e9e9e"] * len(BASELINES) + ["#1f77b4", "#ff7f0e", "#2ca02c", "#8c564b"]
+        ax.bar(range(len(names)), med, yerr=[low, high], capsize=4, color=colors)
+        ax.axhline(0.25, color="k", lw=0.8, ls=":", label="chance (4 classes)")
+        ax.set_xticks(range(len(names)), [ROW_NAMES[n] for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{split} split: UAR, median over seeds (bars: min-max)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0].set_ylabel("UAR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/accuracy.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2", help="corpus seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--num", type=int, default=320, help="clips per corpus (default: 320)")
+    p.add_argument("--corpora", default="corpora", help="where the corpora are made and kept (default: corpora)")
+    p.add_argument("--runs", default="runs/accuracy", help="where the models are trained and kept")
+    p.add_argument("--fresh", action="store_true", help="retrain models that exist already")
+    p.add_argument("--out-dir", default=None, help="results folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--name", default="accuracy", help="stem of the result files (default: accuracy)")
+    args = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r} must be comma-separated integers")
+    if not seeds or args.num < 40:
+        p.error("--seeds needs at least one seed and --num at least 40")
+    started = time.perf_counter()
+    per_seed = [run_seed(s, args) for s in seeds]
+    machine = describe_machine()
+    result = {"num": args.num, "machine": machine, "per_seed": per_seed, "summary": summarize(per_seed),
+              "seconds": round(time.perf_counter() - started, 1)}
+    out = results_dir(args.out_dir, machine)
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (out / f"{args.name}.md").write_text(text)
+    plot(result, out / f"{args.name}.png")
+    print(text)
+    print(f"results: {out / args.name}.md, .json, .png ({result['seconds']:.0f} s)")
+    return 0
