@@ -42,7 +42,8 @@ class ExportOptions:
         precision: "fp32", or "fp16" to also write fp16 graphs (fp32 are always written).
         opset: ONNX opset (>= 17, for LayerNormalization).
         parity: run the torch vs ONNX Runtime parity check (strongly recommended).
-        tolerance: largest max abs error allowed on any output in the parity check.
+        tolerance: largest max abs error allowed on any output in the parity check (encoder hidden states:
+            relative to their largest magnitude where that is above 1).
         fp16_tolerance: largest max abs error allowed on probabilities, fp16 vs fp32.
         asr_model: the runtime's ASR model, or None: a faster-whisper name or hub id (recorded
             as a name) or a local CTranslate2 folder (copied into the bundle).

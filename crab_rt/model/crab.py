@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from crab_rt.errors import ConfigError
 from crab_rt.model.config import HeadConfig, ModelConfig
 from crab_rt.model.encoders import SpeechEncoder, TextEncoder, hf_model_from_config, load_hf_model
 from crab_rt.model.head import CrabHead
@@ -58,6 +59,8 @@ class CrabModel(nn.Module):
         modality = config.head.modality
         speech = SpeechEncoder(load_hf_model(config.speech_encoder, "speech")) if modality != "text" else None
         text = TextEncoder(load_hf_model(config.text_encoder, "text")) if modality != "speech" else None
+        if speech is not None and speech.log_mel is not None and config.max_audio_s > 30.0:
+            raise ConfigError(f"model.max_audio_s={config.max_audio_s}: Whisper's encoder takes at most 30 s")
         if speech is not None and config.freeze_feature_encoder:
             speech.freeze_feature_encoder()
         if speech is not None and config.freeze_speech_encoder:

@@ -19,6 +19,7 @@ from torch import nn
 
 from crab_rt.model.presets import RANDOM_PREFIX, preset_config
 from crab_rt.model.whisper_encoder import (
+    WHISPER_HOP,
     WHISPER_PREFIX,
     LogMel,
     load_whisper_encoder,
@@ -149,8 +150,9 @@ class SpeechEncoder(nn.Module):
         # Whisper's encoder (OpenAI's AudioEncoder) on the clip's own frames: log-mel, two GELU convs,
         # sinusoidal positions, pre-norm layers with padded keys masked out, final LayerNorm.
         model = self.model
-        mel_frames = torch.div(lengths, 160, rounding_mode="floor")
-        mel_mask = torch.arange(input_values.shape[1] // 160, device=lengths.device)[None, :] < mel_frames[:, None]
+        mel_frames = torch.div(lengths, WHISPER_HOP, rounding_mode="floor")
+        mel_index = torch.arange(input_values.shape[1] // WHISPER_HOP, device=lengths.device)
+        mel_mask = mel_index[None, :] < mel_frames[:, None]
         hidden = nn.functional.gelu(model.conv1(self.log_mel(input_values, mel_mask)))
         hidden = hidden * mel_mask[:, None, :].to(hidden.dtype)
         hidden = nn.functional.gelu(model.conv2(hidden)).transpose(1, 2)

@@ -187,7 +187,6 @@ def load_whisper_encoder(spec: str) -> nn.Module:
     config, state = read_ctranslate2_encoder(folder)
     encoder = whisper_encoder_from_config(config)
     missing, unexpected = encoder.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith("k_proj.bias")]
     if missing or unexpected:
         raise BackendError(f"speech_encoder: {folder}: weights do not fit WhisperEncoder "
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
