@@ -105,8 +105,8 @@ def test_speech_only_ablation_leaves_chance(synthetic_corpus, tmp_path):
     config = load_recipe("synthetic", [f"data.manifest='{synthetic_corpus}'", f"run.out_dir='{tmp_path}'",
                                        "run.progress=false"], ablation="speech_only")
     trainer = Trainer(config)
-    assert trainer.train_states is not None  # the frozen encoder ran once per clip
     best = trainer.fit()
+    assert trainer.train_states is not None  # the frozen encoder ran once per clip
     assert best["value"] >= 0.40, best
     test = evaluate_checkpoint(tmp_path / "best.pt", synthetic_corpus, ["test"], tmp_path / "eval")
     print(f"speech-only UAR: dev {best['value']:.3f}, test {test['uar']:.3f}")

@@ -75,7 +75,7 @@ def test_the_config_fields_have_flags():
     assert fields("build-engines") == {(BuildOptions, f) for f in build}
     synth = {"num_utterances", "seed", "imbalance_ratio", "noise_snr_db", "voice"}
     assert fields("synth") == {(SynthConfig, f) for f in synth}
-    transcribe = {"model", "language", "device", "local_files_only"}
+    transcribe = {"model", "language", "device", "local_files_only", "window"}
     assert fields("transcribe-manifest") == {(AsrConfig, f) for f in transcribe}
 
 

@@ -41,7 +41,10 @@ class FrozenSpeechStates:
         was_training = encoder.training
         encoder.eval()
         self.states: list[torch.Tensor] = [torch.empty(0)] * len(dataset)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        # Its own generator: a DataLoader draws a seed when iterated, and training's random stream (dropout, the
+        # sampler) must not depend on whether or when the states were computed (an exact resume).
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                            generator=torch.Generator())
         with torch.no_grad():
             for batch in loader:
                 batch = batch.to(device)

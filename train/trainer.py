@@ -112,13 +112,9 @@ class Trainer:
         self.train_set = EmotionDataset(self.train_rows, labels, max_audio_s, load_speech, cache_audio)
         self.dev_set = EmotionDataset(self.dev_rows, labels, max_audio_s, load_speech, cache_audio)
         self.collate = Collator(self.tokenizer, self.model.normalize_waveform, config.model.max_audio_s)
-        self.train_states = self.dev_states = None  # a frozen speech encoder's output, computed once per clip
-        if speech_encoder_frozen(self.model):
-            log.info("speech encoder frozen: encoding the %d train and dev clips once", len(self.train_set)
-                     + len(self.dev_set))
-            size = config.optim.micro_batch_size
-            self.train_states = FrozenSpeechStates(self.model, self.train_set, self.collate, size, self.device)
-            self.dev_states = FrozenSpeechStates(self.model, self.dev_set, self.collate, size, self.device)
+        # A frozen speech encoder's output, computed once per clip when `fit` starts (`encode_frozen_speech`);
+        # without it the steps run the encoder, with the same result.
+        self.train_states = self.dev_states = None
 
         loss = config.loss
         self.weights = None
@@ -282,8 +278,19 @@ class Trainer:
         report = classification_report(y_true.tolist(), probs.argmax(1).tolist(), self.model.labels)
         return {"war": report["war"], "uar": report["uar"], "macro_f1": report["macro_f1"]}
 
+    def encode_frozen_speech(self) -> None:
+        """Run a frozen speech encoder once over the train and dev clips (a no-op otherwise, or when done)."""
+        if self.train_states is not None or not speech_encoder_frozen(self.model):
+            return
+        log.info("speech encoder frozen: encoding the %d train and dev clips once",
+                 len(self.train_set) + len(self.dev_set))
+        size = self.config.optim.micro_batch_size
+        self.train_states = FrozenSpeechStates(self.model, self.train_set, self.collate, size, self.device)
+        self.dev_states = FrozenSpeechStates(self.model, self.dev_set, self.collate, size, self.device)
+
     def fit(self, stop_after_epoch: int | None = None) -> dict:
         """Train until `optim.epochs` (or until `stop_after_epoch`); returns the best dev result."""
+        self.encode_frozen_speech()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         metric = self.config.run.best_metric

@@ -130,8 +130,8 @@ def markdown(result: dict) -> str:
         "",
         f"`python benchmarks/accuracy.py --seeds {seeds} --num {result['num']}`, on {result['machine']['cpu']} "
         f"({result['machine']['cores']} cores), torch {result['machine']['versions'].get('torch', '?')}. "
-        f"Corpus seeds {seeds.replace(',', ', ')}: {result['num']} clips each, espeak-ng speech, speaker-disjoint splits "
-        "(2 held-out speakers in test), transcripts by Whisper tiny.en. Each cell: the median over the seeds "
+        f"Corpus seeds {seeds.replace(',', ', ')}: {result['num']} clips each, espeak-ng speech, speaker-disjoint "
+        "splits (2 held-out speakers in test), transcripts by Whisper tiny.en. Each cell: the median over the seeds "
         "(min-max). Crab: `crab-rt train --recipe synthetic` (Whisper tiny.en's encoder frozen, a random tiny "
         "RoBERTa); baselines: `crab-rt baseline`. The ceilings are those of a classifier that knows each clip's "
         "cue classes (naive Bayes with the train split's statistics): the best WAR in expectation, which one "

@@ -104,6 +104,7 @@ def _trainer(train_config, model, device):
 
     trainer = Trainer.__new__(Trainer)
     trainer.config, trainer.device, trainer.model = train_config, device, model
+    trainer.train_states = trainer.dev_states = None  # no corpus: the step runs the encoders
     labels = list(train_config.data.labels)
     loss, opt = train_config.loss, train_config.optim
     # inverse-frequency weights of a balanced label mix: the values do not change the step's cost

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crab_rt.audio import SAMPLE_RATE
 from crab_rt.errors import BackendError
 
 __all__ = ["WHISPER_PREFIX", "WHISPER_HOP", "LogMel", "read_ctranslate2_encoder", "load_whisper_encoder",
@@ -49,14 +50,14 @@ def whisper_frame_lengths(sample_lengths: torch.Tensor) -> torch.Tensor:
 
 
 class LogMel(nn.Module):
-    """Whisper's 80-bin log-mel spectrogram of 16 kHz waveforms, as convolutions (exports to any ONNX runtime).
+    """Whisper's 80-bin log-mel of `SAMPLE_RATE` (16 kHz) waveforms, as convolutions (exports to any ONNX runtime).
 
     The STFT is a strided Conv1d whose kernels are the Hann-windowed DFT basis; the mel filters are
     Whisper's (Slaney scale, 0-8 kHz). Output [B, n_mels, samples // 160], scaled as Whisper's
     `(log10 - 4) / 4` with the floor at the clip's loudest bin - 8 (over valid frames only).
     """
 
-    def __init__(self, n_mels: int = 80, sampling_rate: int = 16000) -> None:
+    def __init__(self, n_mels: int = 80) -> None:
         super().__init__()
         from transformers.audio_utils import mel_filter_bank
 
@@ -67,7 +68,7 @@ class LogMel(nn.Module):
         basis = np.concatenate([np.cos(2 * np.pi * k * n / _N_FFT), -np.sin(2 * np.pi * k * n / _N_FFT)]) * window
         self.register_buffer("dft", torch.tensor(basis[:, None, :], dtype=torch.float32), persistent=False)
         filters = mel_filter_bank(num_frequency_bins=bins, num_mel_filters=n_mels, min_frequency=0.0,
-                                  max_frequency=8000.0, sampling_rate=sampling_rate, norm="slaney", mel_scale="slaney")
+                                  max_frequency=8000.0, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
         self.register_buffer("filters", torch.tensor(filters.T, dtype=torch.float32), persistent=False)  # [mels, bins]
         self.bins = bins
 
