@@ -1,7 +1,7 @@
 """What a checkpoint's speech path carries: linear probes on its pooled speech features.
 
 For each checkpoint, on a manifest's train, dev and test splits: the speech encoder's output and the head's
-`speech_pooled` tap (after training; `--untrained` also probes the same architecture freshly built), each
+`speech_pooled` tap (after training; `--untrained` also probes the same architecture with random weights), each
 pooled over valid frames (mean and standard deviation), standardised, and fed to a class-balanced logistic
 regression fitted on train with C chosen by dev UAR. Also printed: how much the pooled encoder output varies
 across clips relative to its overall spread (near 0: every clip looks the same to the head). This is the
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/speech_probe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True, help="manifest with train, dev and test splits")
     p.add_argument("--checkpoint", action="append", required=True, help="a Crab checkpoint with speech (repeatable)")
-    p.add_argument("--untrained", action="store_true", help="also probe each architecture freshly built")
+    p.add_argument("--untrained", action="store_true", help="also probe each architecture with random weights")
     args = p.parse_args(argv)
     import torch
 
