@@ -227,7 +227,9 @@ def _run(args: argparse.Namespace) -> int:
     if printer.error is not None:
         raise printer.error
     done = printer.done
-    summary = run_summary(printer.latencies, done.audio_s, time.perf_counter() - started, done.dropped_utterances)
+    paced = args.device is not None or args.input in (None, "-") or bool(args.realtime)  # stdin and mics are live
+    summary = run_summary(printer.latencies, done.audio_s, time.perf_counter() - started, done.dropped_utterances,
+                          paced)
     print(("interrupted; " if interrupted else "") + format_summary(summary), file=sys.stderr)
     if done.dropped_messages:
         log.warning("the server dropped %d message(s) for this stream: they were not read fast enough",

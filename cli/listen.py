@@ -85,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     source_error: CrabError | None = None
     try:
         with Pipeline(bundle, config) as pipeline:
-            if args.verbosity >= 0:
-                print(f"crab-rt: {pipeline.model.choice.describe()}", file=sys.stderr)
+            if args.verbosity >= 0:  # the one status line; -v adds the reasons behind each choice
+                print(f"crab-rt: {pipeline.describe()}", file=sys.stderr)
             stream = pipeline.create_stream("file" if args.input not in (None, "-") else "live", on_event=on_event)
             try:
                 with source:
@@ -105,8 +105,9 @@ def _run(args: argparse.Namespace) -> int:
             # in flight, then main() prints the error as one line and exits 2.
             stream.flush()
             stream.wait()
+            paced = True if live else (None if args.input == "-" else bool(args.realtime))
             summary = run_summary(pipeline.latencies, stream.samples_accepted / SAMPLE_RATE,
-                                  time.perf_counter() - started, stream.dropped_utterances)
+                                  time.perf_counter() - started, stream.dropped_utterances, paced)
     finally:
         if pretty and status.isatty():
             status.write("\r\033[K")  # the live status line ends here

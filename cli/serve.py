@@ -38,8 +38,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                       "open streams; one more is refused at once with HTTP 503")
     add_config_option(lim, "--max-message-bytes", ServerConfig, "max_message_bytes",
                       "largest WebSocket message; a larger one closes its connection (1009)")
+    add_config_option(lim, "--max-connections", ServerConfig, "max_connections",
+                      "open connections, streams and those not yet started; one more is closed at TCP accept")
+    add_config_option(lim, "--handshake-timeout-s", ServerConfig, "handshake_timeout_s",
+                      "a connection must finish its WebSocket (and TLS) handshake within this (not under --ray)")
+    add_config_option(lim, "--start-timeout-s", ServerConfig, "start_timeout_s",
+                      "a connection must send start within this; until then it holds no stream slot")
     add_config_option(lim, "--idle-timeout-s", ServerConfig, "idle_timeout_s",
-                      "a connection without a message for this long ends")
+                      "a stream without a message for this long ends")
     add_config_option(lim, "--realtime-slack-s", ServerConfig, "realtime_slack_s",
                       "how far a realtime client may run ahead of the clock before it is paced")
     add_config_option(lim, "--max-pending-messages", ServerConfig, "max_pending_messages",

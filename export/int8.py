@@ -61,8 +61,18 @@ def quantize_graph(src: str | Path, dst: str | Path) -> Path:
 
     import_onnxruntime()  # one line naming the extras when no ONNX Runtime build is installed
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    # ONNX Runtime's pre-processing first (shape inference, graph optimisation), as its quantizer asks: without
+    # it, quantize_dynamic logs its advice with `logging.warning` on the root logger, which prints a
+    # `WARNING:root:` line and configures logging for the whole process.
+    prepared = Path(dst).with_name(Path(dst).stem + ".preprocessed.onnx")
+    try:
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        prepared.unlink(missing_ok=True)
     return Path(dst)
 
 

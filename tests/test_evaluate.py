@@ -37,6 +37,7 @@ def msp_manifest(synthetic_corpus, tmp_path_factory):
     return path
 
 
+@pytest.mark.filterwarnings("error")  # no third-party warning reaches the user (issue: quiet, honest output)
 def test_evaluate_writes_report_and_compares_with_paper(msp_checkpoint, msp_manifest, tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(msp_checkpoint), "--manifest", str(msp_manifest),
                  "--split", "test1", "--out", str(tmp_path), "--paper", "msp-podcast"])

@@ -384,7 +384,7 @@ def test_moved_bundle_listens_from_any_directory(asr_export, tmp_path):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "crab_rt.cli", "listen", "--bundle", str(moved), "--input", str(speech),
-             "--backend", "onnxruntime"],
+             "--backend", "onnxruntime", "-v"],
             cwd="/", capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
     finally:

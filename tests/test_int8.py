@@ -152,3 +152,31 @@ def test_session_options_are_what_the_backend_claims(int8_bundle):
         assert real.enable_cpu_mem_arena and real.enable_mem_pattern
         assert real.intra_op_num_threads == threads
         assert real.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_quantizing_leaks_no_onnxruntime_log_line(int8_bundle, tmp_path):
+    """ONNX Runtime's quantizer warns on the root logger when a graph was not pre-processed (a `WARNING:root:`
+    line in `crab-rt export`); `quantize_graph` pre-processes it first, so nothing reaches stderr. (Its
+    `logging.info` calls still install basicConfig's handler on the root logger, at WARNING: not ours to undo.)"""
+    import subprocess
+    import sys
+
+    src = int8_bundle / load_bundle(int8_bundle).manifest["graphs"]["speech_encoder"]["fp32"]["file"]
+    script = ("import logging, sys\n"
+              "from onnxruntime.quantization import QuantType, quantize_dynamic\n"
+              "from crab_rt.export.int8 import quantize_graph\n"
+              "if sys.argv[1] == 'direct':\n"
+              "    quantize_dynamic(sys.argv[2], sys.argv[3], weight_type=QuantType.QInt8)\n"
+              "else:\n"
+              "    quantize_graph(sys.argv[2], sys.argv[3])\n"
+              "logging.getLogger('later').warning('a later root warning')\n")
+
+    def run(how: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, how, str(src), str(tmp_path / f"{how}.onnx")],
+                              capture_output=True, text=True, timeout=120)
+
+    direct, ours = run("direct"), run("ours")
+    assert direct.returncode == 0 and "WARNING:root:Please consider to run pre-processing" in direct.stderr
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stderr == "WARNING:later:a later root warning\n"  # only the script's own line
+    assert onnx.load(str(tmp_path / "ours.onnx")).graph.node  # and the int8 graph was written

@@ -161,6 +161,7 @@ def _export(checkpoint: Path, out: Path, *flags: str) -> None:
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--no-parity", *flags]) == 0
 
 
+@pytest.mark.filterwarnings("error")  # no third-party warning reaches the user (issue: quiet, honest output)
 def test_cli_shows_info_by_default_hides_it_with_quiet(tiny_checkpoint, tmp_path, capsys):
     _export(tiny_checkpoint, tmp_path / "default")
     out, err = capsys.readouterr()

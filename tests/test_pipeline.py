@@ -155,7 +155,21 @@ def test_listen_cli_jsonl_schema_and_summary(bundle, conversation, tiny_asr, tmp
     assert len(events) == len(conversation[1])
     for e in events:
         jsonschema.validate(e, EVENT_SCHEMA)
-    assert "backend onnxruntime" in err and f"utterances {len(events)}" in err and "end_to_event" in err
+    # one status line (what runs where), then the summary; nothing else at the default level
+    lines = err.splitlines()
+    assert lines[0].startswith("crab-rt: backend onnxruntime (CPUExecutionProvider, ") and ": " not in lines[0][9:]
+    assert lines[0].endswith(f"; ASR {tiny_asr} on cpu")
+    assert lines[1].startswith(f"utterances {len(events)} ") and "end_to_event" in err
+    assert all(line.startswith("  ") for line in lines[2:])
+    assert "input faster than real time" in lines[-1]  # a file without --realtime: the latencies include queueing
+
+    code = main(["listen", "--bundle", str(bundle), "--input", str(conversation[0]), "--asr", str(tiny_asr),
+                 "--backend", "onnxruntime", "--output", str(out), "-v"])
+    err = capsys.readouterr().err
+    assert code == 0
+    for reason in ("core budget: ", "incremental speech encoding ", f"asr model: folder {tiny_asr}",
+                   "backend onnxruntime (CPUExecutionProvider, fp32) on cpu: "):
+        assert reason in err  # -v: the reasons behind each choice
 
 
 def test_listen_quiet_keeps_events_and_summary_only(bundle, conversation, capsys):
@@ -515,6 +529,10 @@ def test_run_summary_from_stats_matches_the_raw_values():
         values = [lat[key] for lat in latencies]
         for q in (50, 95):
             assert summary["latency_ms"][key][f"p{q}"] == pytest.approx(np.percentile(values, q), rel=0.006)
-    text = format_summary(summary)
+    text = format_summary(run_summary(stats, 10.0, 2.0, dropped=1, paced=True))
     assert text.splitlines()[0] == "utterances 7  audio 10.0 s  wall 2.0 s  RTF 0.2  dropped 1"
     assert len(text.splitlines()) == 1 + len(LATENCY_KEYS)
+    # 10 s of audio in 2 s of unknown pace came faster than real time: the summary says its latencies queue
+    assert summary["paced"] is False and run_summary(stats, 10.0, 9.9)["paced"] is True
+    note = format_summary(summary).splitlines()
+    assert len(note) == 2 + len(LATENCY_KEYS) and "faster than real time" in note[-1] and "--realtime" in note[-1]

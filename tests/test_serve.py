@@ -133,6 +133,7 @@ def test_max_streams_refuses_the_next_connection_at_once_and_frees_the_slot(tiny
             await a.send(start())
             await b.send(start())
             assert received(await a.recv())["type"] == "ready"
+            assert received(await b.recv())["type"] == "ready"  # both slots are taken (by their start)
             t0 = time.perf_counter()
             with pytest.raises(InvalidStatus) as refused:
                 await connect(server.url)
@@ -152,6 +153,103 @@ def test_max_streams_refuses_the_next_connection_at_once_and_frees_the_slot(tiny
 
         run(scenario())
         assert metric(server.port, 'crab_rt_connections_refused_total{reason="full"}') == 1
+
+
+def test_silent_connections_hold_no_slot_and_end_after_the_start_timeout(tiny_bundle):
+    """Ten connections that never send start cannot lock out a real stream on a 2-stream server."""
+    config = ServerConfig(port=0, max_streams=2, start_timeout_s=1.5)
+    with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"), config) as server:
+        async def scenario():
+            silent = [await connect(server.url) for _ in range(10)]
+            t0 = time.perf_counter()
+            messages, code, _ = await talk(server.url, start(stream_id="real"), jfk_chunks())
+            served_in = time.perf_counter() - t0
+            ends = []
+            for ws in silent:
+                got = [received(m) async for m in ws]
+                ends.append((got, ws.close_code, time.perf_counter() - t0))
+            return messages, code, served_in, ends
+
+        messages, code, served_in, ends = run(scenario())
+        assert code == 1000 and messages[-1]["events"] == 4 and served_in < 1.5  # served while the 10 waited
+        for got, close, _ in ends:
+            assert [m["type"] for m in got] == ["error"] and close == 1000
+            assert got[0]["code"] == "idle_timeout" and got[0]["message"] == "no start message within 1.5 s"
+        assert max(t for _, _, t in ends) < 10
+        body = json.loads(http_get(server.port, "/healthz")[1])
+        assert body["streams"] == 0 and body["connections"] == 0
+
+
+def test_a_start_that_finds_every_slot_taken_is_server_full(tiny_bundle):
+    config = ServerConfig(port=0, max_streams=1)
+    with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"), config) as server:
+        async def scenario():
+            a, b = await connect(server.url), await connect(server.url)  # both admitted: no slot is taken yet
+            await a.send(start())
+            assert received(await a.recv())["type"] == "ready"
+            await b.send(start())
+            refused = []
+            try:
+                async for m in b:
+                    refused.append(received(m))
+            except ConnectionClosed:  # 1013 is not a normal close
+                pass
+            await a.send(STOP)
+            done = [received(m) async for m in a]
+            return refused, b.close_code, b.close_reason, done
+
+        refused, code, reason, done = run(scenario())
+        assert [m["type"] for m in refused] == ["error"] and refused[0]["code"] == "server_full"
+        assert refused[0]["message"] == "server full: 1 of 1 streams active; retry later"
+        assert code == 1013 and reason == "server_full"
+        assert done[-1]["type"] == "done" and done[-1]["reason"] == "stop"
+        assert metric(server.port, "crab_rt_streams_total") == 1
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts file descriptors in /proc/self/fd")
+def test_connection_floods_are_closed_at_accept_and_after_the_handshake_timeout(tiny_bundle):
+    """200 TCP connections that never finish the handshake (slowloris) against max_connections 16: the server
+    closes the 184 beyond at accept, the 16 after the handshake timeout, and keeps at most 16 sockets."""
+    import socket
+
+    config = ServerConfig(port=0, max_streams=2, max_connections=16, handshake_timeout_s=3.0)
+    with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"), config) as server:
+        baseline = _open_fds()
+        flood = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a handshake that never ends
+            flood.append(s)
+        time.sleep(0.3)
+        server_side = _open_fds() - baseline - len(flood)  # this process holds both ends
+        assert server_side <= 16, server_side
+        closed_at_once = 0
+        for s in flood:
+            s.settimeout(0.05)
+            try:
+                closed_at_once += s.recv(1) == b""
+            except (TimeoutError, socket.timeout):
+                pass
+            except ConnectionResetError:
+                closed_at_once += 1
+        # at most 16 held (fewer when the server's own start-up connections had not yet been counted out)
+        assert 200 - 16 <= closed_at_once < 200, closed_at_once
+        time.sleep(3.0)  # past the handshake timeout: the 16 are closed too
+        for s in flood:
+            s.settimeout(2)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        assert metric(server.port, 'crab_rt_connections_refused_total{reason="connections"}') == closed_at_once
+        messages, code, _ = run(talk(server.url, start(), jfk_chunks()))  # and a real client is served
+        assert code == 1000 and messages[-1]["events"] == 4
+        assert _open_fds() <= baseline + 2
 
 
 def test_realtime_client_is_paced_to_the_clock(plain_server, jfk):
@@ -430,12 +528,15 @@ def test_sigterm_drains_the_cli_server(tiny_bundle, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "crab_rt.cli", "serve", "--bundle", str(tiny_bundle), "--port", "0",
                              "--no-asr", "--backend", "onnxruntime"], stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
+        url, before = None, []
         for line in proc.stderr:
             if "ready on " in line:
                 url = line.split("ready on ", 1)[1].split()[0]
                 break
-        assert url, "the server did not start"
+            before.append(line)
+        assert url, "the server did not start: " + "".join(before)
+        assert before == []  # one status line at the default level: what runs where, without the reasons
+        assert "(backend onnxruntime (CPUExecutionProvider, fp32) on cpu; no ASR)" in line
         chunks = jfk_chunks()
 
         async def scenario():

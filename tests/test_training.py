@@ -122,6 +122,7 @@ def test_single_lr_trainer_param_groups(synthetic_corpus, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error")  # no third-party warning reaches the user (issue: quiet, honest output)
 def test_short_mlcs_run_beats_chance(synthetic_corpus, tmp_path):
     """Ten epochs of the full MLCS objective on 140 synthetic clips.
 

@@ -75,8 +75,13 @@ class BackendChoice:
     precision: str
     reason: str
 
+    def summary(self) -> str:
+        """What runs where, without the reasons: the CLI's status line."""
+        return f"backend {self.backend} ({self.provider}, {self.precision}) on {self.device}"
+
     def describe(self) -> str:
-        return f"backend {self.backend} ({self.provider}, {self.precision}) on {self.device}: {self.reason}"
+        """What runs where and why (`-v`, `crab-rt doctor`, /healthz)."""
+        return f"{self.summary()}: {self.reason}"
 
 
 def _ort(bundle: Bundle, provider: str, gpu: int, precision: str, threads: int | Mapping[str, int],

@@ -26,7 +26,6 @@ export does (`crab_rt.export.parity.check_fp16_parity`).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -113,11 +112,7 @@ class TorchSession(GraphSession):
         for k, v in inputs.items():
             tensor = torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
             t[k] = tensor.to(self._float) if tensor.is_floating_point() else tensor
-        with torch.inference_mode(), warnings.catch_warnings():
-            # torch's MultiheadAttention warns "Support for mismatched key_padding_mask and attn_mask is deprecated"
-            # on every call with our bool padding masks; it is harmless here and would flood `crab-rt listen`'s
-            # stderr, so that one warning is silenced for this call only (not process-wide).
-            warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*", category=UserWarning)
+        with torch.inference_mode():  # (WavLM's mask warning is silenced in SpeechEncoder, for training too)
             forward = self._forward
             if self.name == "speech_encoder":
                 hidden, mask = forward(t["input_values"], t["attention_mask"])

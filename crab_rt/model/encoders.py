@@ -12,6 +12,7 @@ front end from that module and runs its layers with a key padding mask.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -137,11 +138,18 @@ class SpeechEncoder(nn.Module):
         hidden = encoder.dropout(hidden)
         layerdrop = float(self.model.config.layerdrop) if self.training else 0.0
         position_bias = None
-        for i, layer in enumerate(encoder.layers):
-            if i > 0 and layerdrop > 0.0 and torch.rand([]) < layerdrop:
-                continue
-            kwargs = {} if stable else {"index": i}
-            hidden, position_bias = layer(hidden, attention_mask=frame_mask, position_bias=position_bias, **kwargs)
+        with warnings.catch_warnings():
+            # transformers' WavLM attention hands torch a bool key_padding_mask (from our frame mask) beside its
+            # float position bias, and torch warns "Support for mismatched key_padding_mask and attn_mask is
+            # deprecated" (once per process in `crab-rt train`, on every call where warnings repeat). Harmless:
+            # torch converts the bool mask itself. Silenced for this call only, not process-wide.
+            warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*", category=UserWarning)
+            for i, layer in enumerate(encoder.layers):
+                if i > 0 and layerdrop > 0.0 and torch.rand([]) < layerdrop:
+                    continue
+                kwargs = {} if stable else {"index": i}
+                hidden, position_bias = layer(hidden, attention_mask=frame_mask, position_bias=position_bias,
+                                              **kwargs)
         if stable:
             hidden = encoder.layer_norm(hidden)
         return hidden

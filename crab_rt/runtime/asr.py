@@ -324,7 +324,7 @@ def resolve_model(model: str | os.PathLike, local_files_only: bool = True) -> Pa
                 f"asr.model: {path} has no tokenizer.json and downloads are off; convert with "
                 "--copy_files tokenizer.json preprocessor_config.json or copy it in"
             )
-        log.info("asr model: folder %s", path)
+        log.debug("asr model: folder %s", path)
         return path
     if path.exists():
         raise BackendError(f"asr.model: {path} is a file, not a CTranslate2 model folder")
@@ -339,13 +339,13 @@ def resolve_model(model: str | os.PathLike, local_files_only: bool = True) -> Pa
         )
     try:
         folder = Path(download_model(name, local_files_only=True))
-        log.info("asr model: %s from the Hugging Face cache, %s", name, folder)
+        log.debug("asr model: %s from the Hugging Face cache, %s", name, folder)
         return folder
     except Exception as e:
         cache_error: Exception = e
     folder = _packaged_folder(name)
     if folder is not None:
-        log.info("asr model: %s from the %s package (sha256 checked), %s", name, PACKAGED_MODELS[name].module, folder)
+        log.debug("asr model: %s from the %s package (sha256 checked), %s", name, PACKAGED_MODELS[name].module, folder)
         return folder
     if local_files_only:
         extra = f", or {PACKAGED_MODELS[name].install}" if name in PACKAGED_MODELS else ""
@@ -358,7 +358,7 @@ def resolve_model(model: str | os.PathLike, local_files_only: bool = True) -> Pa
         folder = Path(download_model(name, local_files_only=False))
     except Exception as e:
         raise BackendError(f"asr.model: cannot download {name}: {type(e).__name__}: {e}") from e
-    log.info("asr model: %s downloaded to %s", name, folder)
+    log.debug("asr model: %s downloaded to %s", name, folder)
     return folder
 
 

@@ -517,7 +517,7 @@ class Pipeline:
             import torch  # already imported by the torch backend; its intra-op pool is process-wide
 
             torch.set_num_threads(self.cores.speech_threads)
-        logger.info("core budget: %s", self.cores.describe())
+        logger.debug("core budget: %s", self.cores.describe())
         self._incremental = self._incremental_on()
         self.transcriber = transcriber or (Transcriber(self.config.asr) if self.config.asr is not None else None)
         self.vad = SileroVad(num_threads=self.cores.vad_threads)
@@ -548,16 +548,30 @@ class Pipeline:
         if not model.uses_speech:
             return False
         if not self.config.incremental_speech:
-            logger.info("incremental speech encoding off (turned off): the whole speech encoder runs at end of speech")
+            logger.debug("incremental speech encoding off (turned off): the whole speech encoder runs at end of speech")
             return False
-        if model.split is None:  # INFO, not WARNING: most bundles' encoders are not frame-local (speech_split.py)
-            logger.info("incremental speech encoding off: %s; the whole speech encoder runs at end of speech",
+        if model.split is None:  # DEBUG, not WARNING: most bundles' encoders are not frame-local (speech_split.py)
+            logger.debug("incremental speech encoding off: %s; the whole speech encoder runs at end of speech",
                         model.split_note)
             return False
         g = model.frontend_geometry
-        logger.info("incremental speech encoding on: the speech front end runs every %d ms of speech (%s)",
+        logger.debug("incremental speech encoding on: the speech front end runs every %d ms of speech (%s)",
                     g.chunk_frames * g.stride * 1000 // self.config.segmenter.sample_rate_hz, model.split_note)
         return True
+
+    def describe(self) -> str:
+        """What runs where, in one line (the CLI status line): backend and device, ASR model and device.
+
+        The reasons behind each choice are logged at DEBUG (`-v`) and reported by `crab-rt doctor`.
+        """
+        if self.transcriber is None:
+            asr = "no ASR"
+        else:
+            asr = f"ASR {self.transcriber.config.model} on {self.transcriber.device}"
+            if self.transcriber.fallback_reason:
+                logger.debug("asr: %s", self.transcriber.fallback_reason)
+        logger.debug("%s", self.model.choice.describe())
+        return f"{self.model.choice.summary()}; {asr}"
 
     def create_stream(self, stream_id: str | None = None,
                       on_event: Callable[[EmotionEvent], None] | None = None,

@@ -145,8 +145,12 @@ class LatencyStats:
             return self._stages[key].percentile(q)
 
 
+# Below this wall/audio ratio, input of unknown pace (stdin) is taken to have come faster than real time.
+PACED_MIN_RTF = 0.95
+
+
 def run_summary(latencies: LatencyStats | Iterable[Mapping[str, float]], audio_s: float, wall_s: float,
-                dropped: int = 0) -> dict:
+                dropped: int = 0, paced: bool | None = None) -> dict:
     """Summary numbers of a run.
 
     Args:
@@ -154,9 +158,12 @@ def run_summary(latencies: LatencyStats | Iterable[Mapping[str, float]], audio_s
         audio_s: seconds of audio consumed.
         wall_s: wall-clock seconds of the run.
         dropped: utterances dropped by the overflow policy.
+        paced: whether the audio arrived at real time (a microphone, a file with --realtime: True; a file fed as
+            fast as possible: False; None: unknown, e.g. stdin, judged from the run's wall/audio ratio).
+            Latencies of input faster than real time include the time utterances queued behind earlier ones.
 
     Returns:
-        {"utterances", "audio_s", "wall_s", "real_time_factor" (wall / audio), "dropped",
+        {"utterances", "audio_s", "wall_s", "real_time_factor" (wall / audio), "dropped", "paced",
          "latency_ms": {stage: {"p50", "p95"}}}.
     """
     stats = latencies
@@ -170,6 +177,7 @@ def run_summary(latencies: LatencyStats | Iterable[Mapping[str, float]], audio_s
         "wall_s": round(wall_s, 3),
         "real_time_factor": round(wall_s / audio_s, 4) if audio_s > 0 else None,
         "dropped": dropped,
+        "paced": paced if paced is not None else (audio_s <= 0 or wall_s >= PACED_MIN_RTF * audio_s),
         "latency_ms": {},
     }
     for key in LATENCY_KEYS:
@@ -190,4 +198,7 @@ def format_summary(summary: dict) -> str:
     ]
     for key, p in summary["latency_ms"].items():
         lines.append(f"  {key:<15} p50 {p['p50']:8.1f} ms   p95 {p['p95']:8.1f} ms")
+    if not summary.get("paced", True) and summary["latency_ms"]:
+        lines.append("  (input faster than real time: utterances queued behind each other, so these latencies "
+                     "include that wait; --realtime gives the live figures)")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ __all__ = ["ServerMetrics", "LATENCY_BUCKETS_S"]
 
 # Seconds: fine below 100 ms (GPU), coarse up to the 10 s a stalled CPU can reach.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-REFUSAL_REASONS = ("full", "draining", "loading", "unauthorized")
+REFUSAL_REASONS = ("full", "draining", "loading", "unauthorized", "connections")
 
 
 class ServerMetrics:

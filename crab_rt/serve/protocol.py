@@ -35,6 +35,7 @@ CLOSE = {
     "policy": 1008,  # bad_start, protocol, unsupported_language
     "too_big": 1009,  # a message over --max-message-bytes (closed by the WebSocket layer)
     "internal": 1011,  # a worker failed on this stream's audio
+    "try_again_later": 1013,  # server_full: every stream slot was taken when this start arrived
 }
 
 # error.code -> whether the stream ends with it (fatal) or goes on.
@@ -44,6 +45,7 @@ ERROR_CODES: dict[str, bool] = {
     "unsupported_language": True,
     "bad_audio": True,
     "idle_timeout": True,
+    "server_full": True,
     "internal": True,
     "utterance_dropped": False,
     "messages_dropped": False,

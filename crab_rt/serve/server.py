@@ -9,8 +9,15 @@ Contract
   embedding).
 - Admission happens in the HTTP handshake (`_process_request`): `/healthz` and
   `/metrics` are answered there; a bad token gets 401, a full, loading or
-  draining server 503, each with a one-line body. Slots are reserved there, so
-  `max_streams` is exact.
+  draining server 503, each with a one-line body. A stream slot is taken only
+  by a valid `start` (`_take_slot`), so connections that never send one hold
+  none; a `start` that finds every slot taken (another connection's `start`
+  came first) is answered `server_full`. `max_streams` is exact.
+- Floods: at most `max_connections` connections are open (streams and those
+  before `start`); one more is closed at TCP accept, before anything is read
+  (`_BoundedConnection`), so the server's own file descriptors stay bounded.
+  The WebSocket handshake must finish within `handshake_timeout_s` and `start`
+  arrive within `start_timeout_s`; the listen backlog is `ACCEPT_BACKLOG`.
 - Each connection runs a `_Session` on the event loop: it parses `start`, feeds
   decoded audio to its `Stream` in a thread of the server's executor (VAD and
   segmentation, and the wait of `overflow="block"`, never block the loop), and
@@ -64,6 +71,7 @@ log = logging.getLogger(__name__)
 
 _END = object()  # the sender task's stop marker
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ACCEPT_BACKLOG = 128  # TCP connections the kernel queues before the server accepts them (listen(2) backlog)
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,13 @@ class ServerConfig:
         host: address to bind; loopback by default.
         port: TCP port; 0 picks a free one (`Server.port` tells which).
         max_streams: open streams; one more is refused with HTTP 503.
+        max_connections: open connections, streams and those not yet started; one more is closed at TCP accept.
         max_message_bytes: largest WebSocket message; larger closes the connection (1009).
-        idle_timeout_s: a connection without a message for this long ends.
+        handshake_timeout_s: a connection that has not finished its WebSocket handshake (and TLS) by then is
+            closed (slowloris).
+        start_timeout_s: a connection that has not sent `start` by then ends (`idle_timeout`); until its
+            `start` it holds no stream slot.
+        idle_timeout_s: a started stream without a message for this long ends.
         realtime_slack_s: how far a `realtime` client may run ahead of the wall clock.
         max_pending_messages: per-connection outgoing queue; overflow is dropped and reported.
         drain_timeout_s: how long a drain waits for the streams to finish.
@@ -86,7 +99,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = protocol.DEFAULT_PORT
     max_streams: int = 16
+    max_connections: int = 256
     max_message_bytes: int = 1 << 20
+    handshake_timeout_s: float = 5.0
+    start_timeout_s: float = 5.0
     idle_timeout_s: float = 30.0
     realtime_slack_s: float = 2.0
     max_pending_messages: int = 256
@@ -105,6 +121,11 @@ class ServerConfig:
             raise bad("port", "must be in [0, 65535] (0: any free port)")
         if not is_int(self.max_streams) or not 1 <= self.max_streams <= 1024:
             raise bad("max_streams", "must be in [1, 1024]")
+        if not is_int(self.max_connections) or not self.max_streams <= self.max_connections <= 65536:
+            raise bad("max_connections", f"must be in [max_streams ({self.max_streams}), 65536]")
+        for name in ("handshake_timeout_s", "start_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise bad(name, "must be in (0, 3600]")
         if not is_int(self.max_message_bytes) or not 1024 <= self.max_message_bytes <= 64 << 20:
             raise bad("max_message_bytes", "must be in [1024, 67108864]")
         if not 0 < self.idle_timeout_s <= 3600:
@@ -162,7 +183,8 @@ class Server:
         self.metrics = ServerMetrics(self._queue_depths)
         self.state = "loading"  # then "ready", "draining", "stopped"
         self.port: int | None = None
-        self._slots = 0  # reserved in the handshake, released when the session ends
+        self._slots = 0  # taken by a valid start, released when its session ends
+        self._connections = 0  # open TCP connections of the listener (_BoundedConnection)
         self._sessions: set[_Session] = set()
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,7 +223,8 @@ class Server:
             try:
                 ws_server = await serve(
                     self._handle, cfg.host, cfg.port, ssl=self._tls, max_size=cfg.max_message_bytes,
-                    process_request=self._process_request, process_response=self._process_response,
+                    process_request=self._process_request, create_connection=_bounded_connection(self),
+                    open_timeout=cfg.handshake_timeout_s, backlog=ACCEPT_BACKLOG,
                     # No keepalive pings: while back-pressure holds a stream's reads, its client's pong waits
                     # behind unread audio and a ping timeout would cut a healthy client (seen with 16 clients on
                     # 2 cores). The idle timeout ends connections that really went quiet.
@@ -214,14 +237,15 @@ class Server:
                 if cfg.host not in _LOOPBACK and cfg.token is None:
                     log.warning("listening on %s without a token: anyone who can reach it can stream "
                                 "(--token-file)", cfg.host)
-                log.info("crab-rt serve: %s: loading %s", self.url,
+                log.debug("crab-rt serve: %s: loading %s", self.url,
                          self.bundle.root if isinstance(self.bundle, Bundle) else self.bundle)
                 self.pipeline = await self._loop.run_in_executor(self._executor, self._load_pipeline)
                 asr = self.pipeline.config.asr
                 self.language = None if asr is None else asr.language
                 self.state = "ready"
+                log.debug("crab-rt serve: %s", self.pipeline.model.choice.describe())
                 log.info("crab-rt serve: ready on %s (%s); /healthz and /metrics on the same port",
-                         self.url, self.pipeline.model.choice.describe())
+                         self.url, self.pipeline.describe())
                 if started is not None:
                     started.set_result(self)
                 await self._drain_requested.wait()
@@ -289,12 +313,11 @@ class Server:
         refusal = self._admit(request.headers.get("Authorization"), _peer(connection))
         if refusal is not None:
             return self._refuse(connection, *refusal)
-        connection.crab_slot = True
         return None
 
     def _admit(self, authorization: str | None, peer: str) -> tuple[int, str, str] | None:
-        """Admission of one stream: None when admitted (a slot is then reserved), else (HTTP status, reason,
-        message), counted and logged. Shared with the Ray Serve ingress (crab_rt.serve.ray)."""
+        """Admission of one connection: None when admitted, else (HTTP status, reason, message), counted and
+        logged. No slot is taken here (`_take_slot` at `start`). Shared with the Ray Serve ingress."""
         if self.config.token is not None and not _token_ok(authorization, self.config.token):
             refusal = (401, "unauthorized", "missing or wrong bearer token "
                        "(send the header Authorization: Bearer <token>)")
@@ -306,22 +329,24 @@ class Server:
             refusal = (503, "full", f"server full: {self._slots} of {self.config.max_streams} streams active; "
                        "retry later")
         else:
-            self._slots += 1
             return None
         status, reason, message = refusal
         self.metrics.refused.labels(reason).inc()
         log.log(logging.WARNING if status == 401 else logging.INFO, "refused %s: %s", peer, message)
         return refusal
 
-    def _process_response(self, connection, request, response):
-        if getattr(connection, "crab_slot", False) and response.status_code != 101:
-            self._release(connection)  # the handshake failed after the slot was reserved
-        return None
+    def _take_slot(self) -> bool:
+        """A stream slot for a valid `start` (loop thread); False when all `max_streams` are taken."""
+        if self._slots >= self.config.max_streams:
+            return False
+        self._slots += 1
+        self.metrics.streams_active.inc()
+        self.metrics.streams_total.inc()
+        return True
 
-    def _release(self, connection) -> None:
-        if getattr(connection, "crab_slot", False):
-            connection.crab_slot = False
-            self._slots -= 1
+    def _release_slot(self) -> None:
+        self._slots -= 1
+        self.metrics.streams_active.dec()
 
     def _refuse(self, connection, status: int, reason: str, message: str):
         """The handshake's answer to a refusal of `_admit` (already counted and logged there)."""
@@ -333,7 +358,7 @@ class Server:
     def _health_body(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) of GET /healthz."""
         body = {"status": self.state if self.state != "stopped" else "draining", "version": __version__,
-                "streams": len(self._sessions), "max_streams": self.config.max_streams}
+                "streams": self._slots, "max_streams": self.config.max_streams, "connections": len(self._sessions)}
         if self.pipeline is not None:
             body["backend"] = self.pipeline.model.choice.describe()
         return (200 if self.state == "ready" else 503), body
@@ -347,15 +372,39 @@ class Server:
     async def _handle(self, connection) -> None:
         session = _Session(self, connection, next(self._ids))
         self._sessions.add(session)
-        self.metrics.streams_active.inc()
-        self.metrics.streams_total.inc()
         try:
             await session.run()
         finally:
             self._sessions.discard(session)
-            self.metrics.streams_active.dec()
-            self._release(connection)
+            if session.holds_slot:
+                session.holds_slot = False
+                self._release_slot()
             session.finished.set()
+
+
+def _bounded_connection(server: Server) -> type:
+    """The listener's connection class: closes a TCP connection at accept when `max_connections` are open."""
+    from websockets.asyncio.server import ServerConnection
+
+    class _BoundedConnection(ServerConnection):
+        counted = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if server._connections >= server.config.max_connections:
+                server.metrics.refused.labels("connections").inc()  # no log line: a flood would flood the log
+                transport.abort()
+                return
+            server._connections += 1
+            self.counted = True
+
+        def connection_lost(self, exc) -> None:
+            if self.counted:
+                self.counted = False
+                server._connections -= 1
+            super().connection_lost(exc)
+
+    return _BoundedConnection
 
 
 def refusal_headers(status: int) -> dict[str, str]:
@@ -399,6 +448,7 @@ class _Session:
         self.metrics = server.metrics
         self.limit = server.config.max_pending_messages
         self.stream: Stream | None = None
+        self.holds_slot = False  # a stream slot taken by this connection's start (released by Server._handle)
         self.stream_id = f"stream-{number}"
         self.out: asyncio.Queue = asyncio.Queue()
         self.sender: asyncio.Task | None = None
@@ -487,14 +537,14 @@ class _Session:
         self.out.put_nowait(_END)
         asyncio.ensure_future(self.ws.close(CLOSE["going_away"], "server shut down"))
 
-    async def _next_message(self) -> tuple[str, Any]:
-        """("message", data), ("idle", None) or ("drain", None)."""
+    async def _next_message(self, timeout_s: float | None = None) -> tuple[str, Any]:
+        """("message", data), ("idle", None) after `timeout_s` (default: the idle timeout) or ("drain", None)."""
         if self.draining.is_set():
             return "drain", None
         recv = asyncio.ensure_future(self.ws.recv())
         drain = asyncio.ensure_future(self.draining.wait())
         try:
-            done, _ = await asyncio.wait({recv, drain}, timeout=self.server.config.idle_timeout_s,
+            done, _ = await asyncio.wait({recv, drain}, timeout=timeout_s or self.server.config.idle_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             drain.cancel()
@@ -504,11 +554,12 @@ class _Session:
         return ("drain", None) if self.draining.is_set() else ("idle", None)
 
     async def _run(self) -> None:
-        kind, first = await self._next_message()
+        start_timeout_s = self.server.config.start_timeout_s
+        kind, first = await self._next_message(start_timeout_s)
         if kind != "message":
             if kind == "idle":
                 await self._refuse_start(ProtocolError("idle_timeout", f"no start message within "
-                                                       f"{self.server.config.idle_timeout_s:g} s"), CLOSE["normal"])
+                                                       f"{start_timeout_s:g} s"), CLOSE["normal"])
             else:
                 await self._close(CLOSE["going_away"], "server is draining")
             return
@@ -518,6 +569,12 @@ class _Session:
         except ProtocolError as e:
             await self._refuse_start(e, CLOSE["policy"])
             return
+        if not self.server._take_slot():  # every slot went to other connections' start since the handshake
+            max_streams = self.server.config.max_streams
+            await self._refuse_start(ProtocolError("server_full", f"server full: {max_streams} of {max_streams} "
+                                                   "streams active; retry later"), CLOSE["try_again_later"])
+            return
+        self.holds_slot = True
         await self._stream(request)
 
     def _check_language(self, request: StartRequest) -> None:

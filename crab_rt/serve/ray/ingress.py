@@ -30,7 +30,6 @@ class _AsgiConnection:
     def __init__(self, websocket, max_size: int) -> None:
         self.ws = websocket
         self.max_size = max_size
-        self.crab_slot = False
         self._closed: BaseException | None = None
 
     @property
@@ -144,12 +143,7 @@ class IngressReplica:
                 await _deny(websocket, *refusal)
                 return
             connection = _AsgiConnection(websocket, host.config.max_message_bytes)
-            connection.crab_slot = True
-            try:
-                await websocket.accept()
-            except BaseException:
-                host._release(connection)
-                raise
+            await websocket.accept()  # the stream slot is taken by its start (Server._take_slot)
             await host._handle(connection)
 
         return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics),
