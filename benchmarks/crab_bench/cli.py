@@ -33,6 +33,8 @@ KINDS = {
     "soak": ("crab_bench.soak", "a long stream (an hour of audio by default), faster than real time: RSS and drops"),
     "serve": ("crab_bench.serve_load", "crab-rt serve under load: N real-time WebSocket clients of real speech on "
               "loopback; end-of-speech-to-event latency as the client sees it, CPU, refusals"),
+    "flood-serve": ("crab_bench.serve_flood", "crab-rt serve under connection floods (TCP, slowloris, silent "
+                    "WebSockets) beside one healthy real-time client: its latency, the server's file descriptors"),
 }
 
 
