@@ -35,6 +35,8 @@ KINDS = {
               "loopback; end-of-speech-to-event latency as the client sees it, CPU, refusals"),
     "flood-serve": ("crab_bench.serve_flood", "crab-rt serve under connection floods (TCP, slowloris, silent "
                     "WebSockets) beside one healthy real-time client: its latency, the server's file descriptors"),
+    "soak-serve": ("crab_bench.serve_soak", "crab-rt serve for an hour with N real-time clients: RSS, file "
+                   "descriptors, threads and latency per window, events lost"),
 }
 
 
