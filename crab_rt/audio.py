@@ -90,8 +90,11 @@ PCM_FORMATS: dict[str, str] = {"s16le": "<i2", "f32le": "<f4"}
 class PcmDecoder:
     """Raw interleaved PCM chunks to 16 kHz mono float32, with a streaming soxr resampler.
 
-    Channels are averaged; s16le is scaled by 1/32768; f32le is taken as is. Each
-    chunk must hold whole sample frames (the caller keeps any leftover bytes).
+    Channels are averaged; s16le is scaled by 1/32768; f32le is taken as is within
+    full scale and clipped to [-1, 1] beyond it (as a sound card would: finite
+    samples up to float32's limit would otherwise overflow the channel mean and the
+    resampler). Each chunk must hold whole sample frames (the caller keeps any
+    leftover bytes).
 
     Args:
         sample_rate: input rate in Hz, an integer in [1000, 384000].
@@ -142,6 +145,7 @@ class PcmDecoder:
             x = x.astype(np.float32)
             if not np.all(np.isfinite(x)):
                 raise AudioError(f"{self.name}: f32le audio holds NaN or infinite samples")
+            x = np.clip(x, -1.0, 1.0)
         if self.channels > 1:
             x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
         return self._resample(x, last=False)

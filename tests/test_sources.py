@@ -548,6 +548,11 @@ def test_pcm_decoder_formats_channels_and_partial_frames():
         PcmDecoder(16000, "f32le", 2, name="client").decode(b"\0" * 7)
     with pytest.raises(AudioError, match="NaN or infinite"):
         PcmDecoder(16000, "f32le").decode(np.array([0.0, np.nan], dtype="<f4").tobytes())
+    # finite samples beyond full scale are clipped (3.4e38 would overflow the channel mean and the resampler)
+    loud = np.array([[3.4e38, 3.4e38], [-2.0, 0.5], [0.25, 0.75]], dtype="<f4").tobytes()
+    assert PcmDecoder(16000, "f32le", channels=2).decode(loud).tolist() == [1.0, -0.25, 0.5]
+    resampled = PcmDecoder(48000, "f32le", channels=2).decode(np.full(9600, 3.4e38, "<f4").tobytes())
+    assert np.all(np.isfinite(resampled)) and np.abs(resampled).max() <= 1.2  # soxr's overshoot, not inf
     with pytest.raises(AudioError, match="sample format 'u8' is not supported: one of s16le, f32le"):
         PcmDecoder(16000, "u8")
     dec = PcmDecoder(48000, "s16le")  # streaming resampler: 1 s at 48 kHz -> 1 s at 16 kHz in all

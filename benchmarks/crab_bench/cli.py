@@ -35,6 +35,8 @@ KINDS = {
               "loopback; end-of-speech-to-event latency as the client sees it, CPU, refusals"),
     "flood-serve": ("crab_bench.serve_flood", "crab-rt serve under connection floods (TCP, slowloris, silent "
                     "WebSockets) beside one healthy real-time client: its latency, the server's file descriptors"),
+    "fuzz-serve": ("crab_bench.serve_fuzz", "protocol fuzzing of crab-rt serve: 20,000 generated connections against "
+                   "the documented errors and close codes, beside a healthy client; RSS, server exceptions"),
     "soak-serve": ("crab_bench.serve_soak", "crab-rt serve for an hour with N real-time clients: RSS, file "
                    "descriptors, threads and latency per window, events lost"),
 }

@@ -10,6 +10,7 @@ message; the tests validate each message the server sends against them.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +54,18 @@ ERROR_CODES: dict[str, bool] = {
 
 DONE_REASONS = ("stop", "drain", "idle_timeout", "error")
 
-_STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
-_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")
+_STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")  # matched whole (fullmatch: no final newline)
+_LANGUAGE_RE = re.compile(r"[a-z]{2,3}")
 _START_FIELDS = {"type", "protocol", "sample_rate", "format", "channels", "language", "stream_id", "realtime"}
+
+
+def _integer(value: object) -> int | None:
+    """A JSON integer as JSON Schema reads it (16000 and 16000.0, not true), as an int; None for anything else."""
+    if is_int(value):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
 
 
 class ProtocolError(CrabError):
@@ -99,6 +109,8 @@ class StartRequest:
             raise ProtocolError("protocol", "audio before start: the first message must be a JSON start message")
         try:
             msg = json.loads(text)
+        except RecursionError:
+            raise ProtocolError("bad_start", "start: not valid JSON: nested too deeply") from None
         except ValueError as e:
             raise ProtocolError("bad_start", f"start: not valid JSON: {e}") from None
         if not isinstance(msg, dict):
@@ -107,29 +119,31 @@ class StartRequest:
             raise ProtocolError("protocol", f"the first message must be a start message, got type {msg.get('type')!r}")
         unknown = sorted(set(msg) - _START_FIELDS)
         if unknown:
-            raise ProtocolError("bad_start", f"start: unknown field(s) {', '.join(unknown)}; "
+            raise ProtocolError("bad_start", f"start: unknown field(s) {', '.join(map(repr, unknown))}; "
                                 f"allowed: {', '.join(sorted(_START_FIELDS))}")
         version = msg.get("protocol", PROTOCOL_VERSION)
-        if version != PROTOCOL_VERSION:
+        if _integer(version) != PROTOCOL_VERSION:
             raise ProtocolError("bad_start", f"start.protocol = {version!r}: this server speaks version "
                                 f"{PROTOCOL_VERSION}")
         for name in ("sample_rate", "format"):
             if name not in msg:
                 raise ProtocolError("bad_start", f"start: missing field {name}")
-        rate, channels = msg["sample_rate"], msg.get("channels", 1)
-        if not is_int(rate) or not 8000 <= rate <= 192_000:
-            raise ProtocolError("bad_start", f"start.sample_rate = {rate!r}: must be an integer in [8000, 192000]")
-        if msg["format"] not in PCM_FORMATS:
+        rate, channels = _integer(msg["sample_rate"]), _integer(msg.get("channels", 1))
+        if rate is None or not 8000 <= rate <= 192_000:
+            raise ProtocolError("bad_start", f"start.sample_rate = {msg['sample_rate']!r}: must be an integer in "
+                                "[8000, 192000]")
+        if not isinstance(msg["format"], str) or msg["format"] not in PCM_FORMATS:
             raise ProtocolError("bad_start", f"start.format = {msg['format']!r}: must be one of "
                                 f"{', '.join(PCM_FORMATS)}")
-        if not is_int(channels) or not 1 <= channels <= 8:
-            raise ProtocolError("bad_start", f"start.channels = {channels!r}: must be an integer in [1, 8]")
+        if channels is None or not 1 <= channels <= 8:
+            raise ProtocolError("bad_start", f"start.channels = {msg.get('channels')!r}: must be an integer in "
+                                "[1, 8]")
         language = msg.get("language")
-        if language is not None and (not isinstance(language, str) or not _LANGUAGE_RE.match(language)):
+        if language is not None and (not isinstance(language, str) or not _LANGUAGE_RE.fullmatch(language)):
             raise ProtocolError("bad_start", f"start.language = {language!r}: must be a 2-3 letter lower-case "
                                 "code or null")
         stream_id = msg.get("stream_id")
-        if stream_id is not None and (not isinstance(stream_id, str) or not _STREAM_ID_RE.match(stream_id)):
+        if stream_id is not None and (not isinstance(stream_id, str) or not _STREAM_ID_RE.fullmatch(stream_id)):
             raise ProtocolError("bad_start", f"start.stream_id = {stream_id!r}: must be 1-64 characters of "
                                 "A-Z a-z 0-9 _ . : @ - (starting with a letter or digit)")
         realtime = msg.get("realtime", True)
@@ -170,8 +184,10 @@ def event_message(event_fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_message(code: str, message: str) -> dict[str, Any]:
+    """An `error`; a message quoting a client's text keeps only what UTF-8 can carry (lone surrogates escaped)."""
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}")
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"type": "error", "code": code, "message": message, "fatal": ERROR_CODES[code]}
 
 

@@ -640,7 +640,7 @@ class _Session:
         """A text message after `start`: None for `stop`, else the protocol error it is."""
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return ProtocolError("protocol", f"stream {self.stream_id}: a text message that is not JSON "
                                  "(audio goes in binary messages)")
         kind = msg.get("type") if isinstance(msg, dict) else None
