@@ -121,7 +121,7 @@ struct Event {
 };
 
 struct ServerError {
-    std::string code;  // bad_start, protocol, unsupported_language, bad_audio, idle_timeout, internal, ...
+    std::string code;  // bad_start, protocol, unsupported_language, bad_audio, idle_timeout, server_full, internal, ...
     std::string message;
     bool fatal = true;
 };
