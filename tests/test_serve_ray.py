@@ -442,11 +442,23 @@ def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_repor
     first_end = threading.Event()
     killed: list[str] = []
 
-    def kill_one() -> None:  # while the first utterances' speech encoder calls wait in the replicas' batches
+    def kill_one() -> None:
+        # Once the first utterance has ended, kill a model replica while it has calls in flight (Serve's own
+        # count of its ongoing requests, seen twice in a row: a call waiting in the replica's batch, not one
+        # finishing): the kill must hit work, or the test proves nothing (a fixed victim and delay missed every
+        # call in runs on a loaded machine).
         first_end.wait(60)
-        time.sleep(0.1)
-        victim = sorted(before)[0]
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        actors = {name: ray.get_actor(name, namespace="serve") for name in sorted(before)}
+        deadline = time.monotonic() + 60
+        victim, seen = sorted(before)[0], set()
+        while time.monotonic() < deadline:
+            busy = {name for name, actor in actors.items() if ray.get(actor.get_num_ongoing_requests.remote()) > 0}
+            if busy & seen:
+                victim = sorted(busy & seen)[0]
+                break
+            seen = busy
+            time.sleep(0.005)
+        ray.kill(actors[victim], no_restart=True)
         killed.append(victim)
 
     async def everyone():
