@@ -12,7 +12,7 @@ been recorded), after `k * period / N` seconds of leading silence for client k
 silence (so the last utterance also ends by the hangover, not by `stop`).
 
 Latency, per utterance:
-- client side: from the moment the client had SENT the audio up to the point
+- client side: from the moment the client sent (began to send) the audio up to the point
   where the server could decide that the speech ended (the end of the VAD frame
   in which the hangover ran out: `speech_end.time_s` + `--min-silence-ms`
   rounded up to whole 32 ms VAD frames, 512 ms for 500) to the arrival of that utterance's
@@ -389,8 +389,11 @@ async def _stream(url: str, name: str, audio: np.ndarray, chunk: int, realtime: 
             due = t0 + end / _SR  # when a microphone would have recorded the message's last sample
             if realtime and due > loop.time():
                 await asyncio.sleep(due - loop.time())
+            # The send time is read before the send: read after it, it can come later than the event the
+            # audio caused (the receiver runs while `send` waits), and the client-side latency would be short.
+            sent_at = loop.time()
             await ws.send(audio[k:end].astype("<f4").tobytes())
-            out["sent"].append((end, loop.time(), due))
+            out["sent"].append((end, sent_at, due))
             if receiver.done():  # the server ended the stream (an error message says why)
                 break
         await ws.send(json.dumps({"type": "stop"}))

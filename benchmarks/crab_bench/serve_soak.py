@@ -176,8 +176,8 @@ async def _client(url: str, name: str, loop_audio: np.ndarray, offset: int, dura
             due = t0 + position / _SR
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
+            sent[n_sent] = (position, loop.time())  # before the send, as crab_bench.serve_load reads it
             await ws.send(piece.astype("<f4").tobytes())
-            sent[n_sent] = (position, loop.time())
             n_sent += 1
         await ws.send(json.dumps({"type": "stop"}))
         await asyncio.wait_for(receiver, 600)
