@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given (`crab-rt train --nproc-per-node` passes it on)
     configure_logging(args.verbosity)
     try:
         return int(args.func(args) or 0)

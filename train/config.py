@@ -24,12 +24,17 @@ except ModuleNotFoundError:  # Python 3.10
 __all__ = [
     "DataConfig", "OptimConfig", "LossConfig", "RunConfig", "TrainConfig",
     "load_recipe", "recipe_path", "RECIPES_DIR", "LEG_LOSSES", "METRICS", "ABLATIONS", "NO_POSITIVE", "AMP_MODES",
+    "CONTRASTIVE_BATCHES",
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 LEG_LOSSES = ("mpcl", "scl", "ce")
 METRICS = ("uar", "war", "macro_f1")
 NO_POSITIVE = ("exclude", "zero")  # crab_rt.train.losses.NO_POSITIVE (kept here so config needs no torch)
+# Which samples a contrastive term sees when several processes train (crab_rt.train.distributed): "micro", one
+# rank's micro-batch (the official code's semantics, and a single process's), or "global", the micro-batches
+# all ranks hold at that moment, gathered with their gradients.
+CONTRASTIVE_BATCHES = ("micro", "global")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -116,6 +121,9 @@ class LossConfig:
     # MPCL/SCL anchors with no positive in the micro-batch: "exclude" (mean over anchors that have one) or
     # "zero" (mean over all anchors, lone ones counting 0: the official code). The paper does not say.
     no_positive: str = "exclude"
+    # Under torchrun: "micro" (each rank's micro-batch, as the official code and one process) or "global"
+    # (the micro-batches all ranks hold at that moment, gathered with their gradients). See CONTRASTIVE_BATCHES.
+    contrastive_batch: str = "micro"
 
     def validate(self) -> LossConfig:
         unknown = [t for t in self.legs if t not in TAP_NAMES]
@@ -126,6 +134,9 @@ class LossConfig:
         if self.no_positive not in NO_POSITIVE:
             raise ConfigError(
                 f"loss.no_positive must be one of {', '.join(NO_POSITIVE)}, got {self.no_positive!r}")
+        if self.contrastive_batch not in CONTRASTIVE_BATCHES:
+            raise ConfigError(f"loss.contrastive_batch must be one of {', '.join(CONTRASTIVE_BATCHES)}, "
+                              f"got {self.contrastive_batch!r}")
         if self.alpha < 0 or self.temperature <= 0 or self.leg_dim < 1:
             raise ConfigError("loss.alpha must be >= 0, loss.temperature > 0 and loss.leg_dim >= 1")
         return self

@@ -1,10 +1,13 @@
-"""The MLCS training loop (paper eq. 8) with exact resume.
+"""The MLCS training loop (paper eq. 8) with exact resume, in one process or data-parallel under torchrun.
 
 One optimizer step per `batch_size` samples, as `grad_accum_steps`
 micro-batches; contrastive losses are taken per micro-batch (as in the
-official code). AdamW with two parameter groups (head + legs, encoders),
-cosine annealing per epoch, dev evaluation after each epoch, `last.pt` every
-epoch, `best.pt` by the dev metric, and `metrics.jsonl` with one line per epoch.
+official code) or, under torchrun with `loss.contrastive_batch = "global"`,
+over the micro-batches all ranks hold at once. AdamW with two parameter
+groups (head + legs, encoders), cosine annealing per epoch, dev evaluation
+after each epoch, `last.pt` every epoch, `best.pt` by the dev metric, and
+`metrics.jsonl` with one line per epoch. Which rank sees which micro-batch,
+and why any world size trains the same model: `crab_rt.train.distributed`.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from crab_rt.data.manifest import ManifestRow, check_labels, read_manifest
 from crab_rt.errors import ConfigError, ManifestError
@@ -27,22 +33,47 @@ from crab_rt.text import TextTokenizer, train_bpe_tokenizer
 from crab_rt.train.checkpoint import save_checkpoint
 from crab_rt.train.config import TrainConfig
 from crab_rt.train.data import Collator, EmotionDataset
+from crab_rt.train.distributed import (
+    MicroBatch,
+    World,
+    broadcast_object,
+    epoch_plan,
+    gather_objects,
+    gather_rows,
+    join_world,
+    local_accumulation,
+    micro_seed,
+    sum_across,
+)
 from crab_rt.train.evaluate import predict
 from crab_rt.train.legs import ContrastiveLegs
 from crab_rt.train.losses import class_weights, mpcl_loss, scl_loss, weighted_cross_entropy
 from crab_rt.train.speech_states import FrozenSpeechStates, speech_encoder_frozen
 
-__all__ = ["Trainer", "load_tokenizer", "resolve_device"]
+__all__ = ["Trainer", "TrainingObjective", "load_tokenizer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without it is an error."""
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is an error.
+
+    Under torchrun (`world` of several processes) each rank takes GPU `LOCAL_RANK`, so `cuda:N` is refused.
+    """
+    world = world or World()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device={name!r} but torch sees no CUDA device (use cpu or auto)")
+    if name.startswith("cuda") and world.distributed:
+        if name != "cuda":
+            raise ConfigError(f"run.device={name!r} names one GPU, but under torchrun each rank takes "
+                              f"cuda:LOCAL_RANK; use auto or cuda")
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"{world.describe()} has LOCAL_RANK={world.local_rank} but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node <= that")
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -71,20 +102,42 @@ def _cosine_factor(epoch: int, total: int, base: float, eta_min: float) -> float
     return lr / base
 
 
+class TrainingObjective(nn.Module):
+    """The model and its contrastive legs as one module: what DistributedDataParallel wraps."""
+
+    def __init__(self, model: CrabModel, legs: ContrastiveLegs) -> None:
+        super().__init__()
+        self.model, self.legs = model, legs
+
+    def forward(self, input_values, audio_mask, input_ids, text_mask, speech_states, use_legs: bool):
+        out = self.model(input_values, audio_mask, input_ids, text_mask, return_taps=use_legs,
+                         speech_states=speech_states)
+        logits, taps = out if use_legs else (out, None)
+        return logits, (self.legs(taps) if use_legs else None)
+
+
 class Trainer:
     """Train a Crab model from a `TrainConfig`.
 
     Args:
         config: validated training config.
         resume: continue from `out_dir/last.pt` when it exists.
+        world: this process's rank among the training processes; default: read from torchrun's environment
+            (one process without it). Several processes join a process group here.
 
-    Progress (one line per epoch, resume) is logged at INFO to `crab_rt.train.trainer`.
+    Progress (one line per epoch, resume) is logged at INFO to `crab_rt.train.trainer`, by rank 0 only.
+
+    Raises:
+        ConfigError: a bad recipe, or `optim.grad_accum_steps` that the world size does not divide.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, world: World | None = None) -> None:
         self.config = config.validate()
+        self.world = World.from_environment() if world is None else world
+        self.local_accum_steps = local_accumulation(config.optim.grad_accum_steps, self.world.world_size)
         self.out_dir = Path(config.run.out_dir)
-        self.device = resolve_device(config.run.device)
+        self.device = resolve_device(config.run.device, self.world)
+        join_world(self.world, self.device)
         torch.manual_seed(config.run.seed)
         labels = list(config.data.labels)
 
@@ -107,6 +160,9 @@ class Trainer:
                 int(self.model.text_encoder.model.config.vocab_size),
                 config.model.max_text_tokens,
             )
+            if self.world.distributed:  # every rank encodes text with rank 0's tokenizer
+                self.tokenizer = TextTokenizer.from_json(broadcast_object(self.tokenizer.to_json()),
+                                                         config.model.max_text_tokens)
         load_speech = self.model.speech_encoder is not None
         max_audio_s, cache_audio = config.model.max_audio_s, config.data.cache_audio
         self.train_set = EmotionDataset(self.train_rows, labels, max_audio_s, load_speech, cache_audio)
@@ -125,6 +181,16 @@ class Trainer:
                 raise ConfigError(f"{config.data.manifest}: {e} (labels: {labels})") from e
         leg_out = len(labels) if loss.leg_loss == "ce" else loss.leg_dim
         self.legs = ContrastiveLegs(self.model.head.config.tap_dims(), loss.legs, loss.leg_dim, leg_out).to(self.device)
+        self.objective: nn.Module = TrainingObjective(self.model, self.legs)
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: trainable weights a step may not reach (WavLM's masking embedding, the
+            # legs of a CE-only run, a text-only head's speech side).
+            self.objective = DistributedDataParallel(
+                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
 
         opt = config.optim
         encoder_params = [p for m in (self.model.speech_encoder, self.model.text_encoder) if m is not None
@@ -145,8 +211,17 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"metric": config.run.best_metric, "value": -1.0, "epoch": None}
-        if resume and (self.out_dir / "last.pt").is_file():
+        if resume and self._sees_last_checkpoint():
             self._restore(self.out_dir / "last.pt")
+
+    def _sees_last_checkpoint(self) -> bool:
+        """Whether `out_dir/last.pt` exists; every rank must agree (several machines need a shared out_dir)."""
+        seen = gather_objects((self.out_dir / "last.pt").is_file())
+        if len(set(seen)) > 1:
+            blind = [rank for rank, s in enumerate(seen) if not s]
+            raise ConfigError(f"{self.out_dir / 'last.pt'} is missing on rank(s) {blind}; on several machines "
+                              f"run.out_dir must be storage they all see")
+        return seen[0]
 
     @staticmethod
     def _split(rows: list[ManifestRow], splits, field: str) -> list[ManifestRow]:
@@ -170,7 +245,8 @@ class Trainer:
         return {"max_audio_s": self.config.model.max_audio_s, "max_text_tokens": self.config.model.max_text_tokens}
 
     def _save(self, name: str, full: bool) -> Path:
-        state = {"epoch": self.epoch, "history": self.history, "best": self.best, "config": self.config.to_dict()}
+        state = {"epoch": self.epoch, "history": self.history, "best": self.best, "config": self.config.to_dict(),
+                 "world_size": self.world.world_size}
         if full:
             state.update(
                 legs_state=self.legs.state_dict(),
@@ -198,7 +274,10 @@ class Trainer:
             self.tokenizer = TextTokenizer.from_json(payload["tokenizer_json"], self.config.model.max_text_tokens)
             self.collate.tokenizer = self.tokenizer
         self.epoch, self.history, self.best = payload["epoch"], payload["history"], payload["best"]
-        log.info("resumed from %s after epoch %d", path, self.epoch)
+        if self.world.is_main:
+            written = payload.get("world_size", 1)
+            log.info("resumed from %s after epoch %d (written by %d process%s, continued by %d)", path, self.epoch,
+                     written, "" if written == 1 else "es", self.world.world_size)
 
     def _write_metrics(self) -> None:
         # Rewritten from the history each epoch, so a resumed run's log has no gap or duplicate.
@@ -206,10 +285,17 @@ class Trainer:
         (self.out_dir / "metrics.jsonl").write_text(lines, encoding="utf-8")
 
     # ---- training ----------------------------------------------------------------
-    def _leg_loss(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    def _leg_loss(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, rows: int) -> torch.Tensor:
+        """The mean leg loss over the legs; with `contrastive_batch = "global"` over all ranks' rows (this rank
+        gives its first `rows`: 0 for a placeholder micro-batch)."""
         loss_cfg = self.config.loss
+        gathered = loss_cfg.contrastive_batch == "global" and self.world.distributed
+        if gathered:
+            labels = gather_rows(labels, rows)
         losses = []
         for emb in outputs.values():
+            if gathered:
+                emb = gather_rows(emb, rows)
             if loss_cfg.leg_loss == "mpcl":
                 losses.append(mpcl_loss(emb, labels, loss_cfg.temperature, loss_cfg.no_positive))
             elif loss_cfg.leg_loss == "scl":
@@ -218,19 +304,31 @@ class Trainer:
                 losses.append(weighted_cross_entropy(emb, labels, self.weights))
         return torch.stack(losses).mean()
 
-    def _micro_step(self, batch) -> dict[str, float]:
+    def _micro_step(self, batch, micro: MicroBatch | None = None) -> dict[str, float]:
+        """Forward and backward of one micro-batch (`micro`: its place in the epoch; None: a full-weight pass
+        in the current random stream), scaled so that the gradients of a step, summed here and averaged over
+        ranks, are the mean over the step's `grad_accum_steps` micro-batches."""
         use_legs = bool(self.legs.names) and self.config.loss.alpha > 0
+        weight = 1.0 if micro is None else micro.weight
+        if micro is not None:
+            torch.manual_seed(micro_seed(self.config.run.seed, self.epoch, micro.number))
         amp_dtype = self.amp_dtype or torch.float32
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp_dtype is not None):
             states = None if self.train_states is None else self.train_states.batch(batch.indices)
-            out = self.model(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask,
-                             return_taps=use_legs, speech_states=states)
-            logits, taps = out if use_legs else (out, None)
+            logits, legs_out = self.objective(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask,
+                                              states, use_legs)
             ce = weighted_cross_entropy(logits, batch.labels, self.weights)
-            leg = self._leg_loss(self.legs(taps), batch.labels) if use_legs else torch.zeros((), device=self.device)
+            rows = batch.labels.shape[0] if weight else 0
+            leg = self._leg_loss(legs_out, batch.labels, rows) if use_legs else torch.zeros((), device=self.device)
+        scale = self.world.world_size / self.config.optim.grad_accum_steps
+        if self.config.loss.contrastive_batch == "global" and self.world.distributed:
+            # Every rank backpropagates the same gathered leg loss, a placeholder's included (see _GatherRows).
+            objective = weight * ce + self.config.loss.alpha * leg
+        else:
+            objective = weight * (ce + self.config.loss.alpha * leg)
+        self.scaler.scale(objective * scale).backward()
         total = ce + self.config.loss.alpha * leg
-        self.scaler.scale(total / self.config.optim.grad_accum_steps).backward()
-        return {"loss": total.item(), "ce": ce.item(), "legs": leg.item()}
+        return {"loss": total.item(), "ce": ce.item(), "legs": leg.item(), "weight": weight}
 
     def _optimizer_step(self) -> None:
         if self.config.optim.max_grad_norm > 0:
@@ -242,39 +340,48 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def train_epoch(self) -> dict[str, float]:
+        """One epoch of this rank's share (`epoch_plan`); returns the mean losses over all ranks' micro-batches."""
         from tqdm.auto import tqdm
 
         opt = self.config.optim
         generator = torch.Generator().manual_seed(self.config.run.seed * 1000 + self.epoch)
-        loader = DataLoader(
-            self.train_set, batch_size=opt.micro_batch_size, sampler=RandomSampler(self.train_set, generator=generator),
-            collate_fn=self.collate, num_workers=self.config.data.num_workers,
-        )
-        self.model.train()
-        self.legs.train()
+        order = torch.randperm(len(self.train_set), generator=generator).tolist()
+        plan = epoch_plan(order, opt.batch_size, opt.micro_batch_size, self.world)
+        loader = DataLoader(self.train_set, batch_sampler=[list(m.indices) for m in plan], collate_fn=self.collate,
+                            num_workers=self.config.data.num_workers)
+        self.objective.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "ce": 0.0, "legs": 0.0}
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{opt.epochs}", disable=not self.config.run.progress,
-                   leave=False)
-        steps = 0
-        for i, batch in enumerate(bar, start=1):
-            parts = self._micro_step(batch.to(self.device))
-            for k in sums:
-                sums[k] += parts[k]
-            steps += 1
-            if i % opt.grad_accum_steps == 0 or i == len(loader):
+        sums = {"loss": 0.0, "ce": 0.0, "legs": 0.0, "micro_batches": 0.0}
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{opt.epochs}", leave=False,
+                   disable=not (self.config.run.progress and self.world.is_main))
+        for micro, batch in zip(plan, bar):
+            defer_sync = self.world.distributed and not micro.last_in_step
+            with self.objective.no_sync() if defer_sync else nullcontext():
+                parts = self._micro_step(batch.to(self.device), micro)
+            if micro.weight:
+                for k in ("loss", "ce", "legs"):
+                    sums[k] += parts[k]
+                sums["micro_batches"] += 1
+            if micro.last_in_step:
                 self._optimizer_step()
             bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        loss, ce, legs, count = sum_across(list(sums.values()), self.device)
+        return {k: v / max(count, 1) for k, v in (("loss", loss), ("ce", ce), ("legs", legs))}
 
     def evaluate_dev(self) -> dict:
+        """WAR, UAR and macro-F1 on the whole dev split (each rank predicts every world_size-th clip)."""
         from crab_rt.train.metrics import classification_report
 
-        y_true, probs = predict(
+        mine = list(range(self.world.rank, len(self.dev_set), self.world.world_size))
+        y_part, probs_part = predict(
             self.model, self.tokenizer, self.dev_rows, self.config.model.max_audio_s,
-            batch_size=self.config.optim.micro_batch_size, device=self.device, dataset=self.dev_set,
+            batch_size=self.config.optim.micro_batch_size, device=self.device, dataset=Subset(self.dev_set, mine),
             speech_states=self.dev_states,
         )
+        y_true = np.zeros(len(self.dev_set), dtype=np.int64)
+        probs = np.zeros((len(self.dev_set), len(self.model.labels)), dtype=np.float32)
+        for indices, y, p in gather_objects((mine, y_part, probs_part)):
+            y_true[indices], probs[indices] = y, p
         report = classification_report(y_true.tolist(), probs.argmax(1).tolist(), self.model.labels)
         return {"war": report["war"], "uar": report["uar"], "macro_f1": report["macro_f1"]}
 
@@ -282,7 +389,7 @@ class Trainer:
         """Run a frozen speech encoder once over the train and dev clips (a no-op otherwise, or when done)."""
         if self.train_states is not None or not speech_encoder_frozen(self.model):
             return
-        log.info("speech encoder frozen: encoding the %d train and dev clips once",
+        (log.info if self.world.is_main else log.debug)("speech encoder frozen: encoding the %d train and dev clips once",
                  len(self.train_set) + len(self.dev_set))
         size = self.config.optim.micro_batch_size
         self.train_states = FrozenSpeechStates(self.model, self.train_set, self.collate, size, self.device)
@@ -291,26 +398,31 @@ class Trainer:
     def fit(self, stop_after_epoch: int | None = None) -> dict:
         """Train until `optim.epochs` (or until `stop_after_epoch`); returns the best dev result."""
         self.encode_frozen_speech()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        main = self.world.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         metric = self.config.run.best_metric
         last = self.config.optim.epochs if stop_after_epoch is None else min(stop_after_epoch, self.config.optim.epochs)
         while self.epoch < last:
             started = time.perf_counter()
             lrs = [g["lr"] for g in self.optimizer.param_groups]
             train = self.train_epoch()
+            train_seconds = time.perf_counter() - started
             dev = self.evaluate_dev()
             self.scheduler.step()
             self.epoch += 1
             record = {
                 "epoch": self.epoch, "lr_head": lrs[0], "lr_encoder": lrs[1],
                 **{f"train_{k}": v for k, v in train.items()}, **{f"dev_{k}": v for k, v in dev.items()},
-                "seconds": round(time.perf_counter() - started, 3),
+                "seconds": round(time.perf_counter() - started, 3), "train_seconds": round(train_seconds, 3),
             }
             self.history.append(record)
             improved = dev[metric] > self.best["value"]
             if improved:
                 self.best = {"metric": metric, "value": dev[metric], "epoch": self.epoch}
+            if not main:
+                continue
             if improved:
                 self._save("best.pt", full=False)
             self._save("last.pt", full=True)

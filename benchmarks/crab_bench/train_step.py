@@ -100,7 +100,8 @@ def _trainer(train_config, model, device):
 
     from crab_rt.train.legs import ContrastiveLegs
     from crab_rt.train.losses import class_weights
-    from crab_rt.train.trainer import Trainer
+    from crab_rt.train.distributed import World
+    from crab_rt.train.trainer import Trainer, TrainingObjective
 
     trainer = Trainer.__new__(Trainer)
     trainer.config, trainer.device, trainer.model = train_config, device, model
@@ -111,6 +112,7 @@ def _trainer(train_config, model, device):
     trainer.weights = class_weights(list(range(len(labels))), len(labels)).to(device) if loss.class_weighting else None
     leg_out = len(labels) if loss.leg_loss == "ce" else loss.leg_dim
     trainer.legs = ContrastiveLegs(model.head.config.tap_dims(), loss.legs, loss.leg_dim, leg_out).to(device)
+    trainer.world, trainer.objective = World(), TrainingObjective(model, trainer.legs)  # one process
     encoders = [p for m in (model.speech_encoder, model.text_encoder) if m is not None
                 for p in m.parameters() if p.requires_grad]
     head = list(model.head.parameters()) + list(trainer.legs.parameters())
