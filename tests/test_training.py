@@ -20,7 +20,7 @@ def _recipe(manifest, out, *extra):
 def test_recipe_overrides_and_unknown_keys(tmp_path):
     cfg = load_recipe("synthetic", ["optim.epochs=3", "loss.legs=['classifier']", "loss.leg_loss=scl"])
     assert cfg.optim.epochs == 3 and cfg.loss.legs == ("classifier",) and cfg.loss.leg_loss == "scl"
-    assert cfg.optim.micro_batch_size == 16 and cfg.optim.grad_accum_steps == 1
+    assert cfg.optim.micro_batch_size == 8 and cfg.optim.grad_accum_steps == 2
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[optim\]: epoch "):
         load_recipe("synthetic", ["optim.epoch=3"])
     with pytest.raises(ConfigError, match="optim.epochs must be an integer"):

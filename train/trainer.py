@@ -364,7 +364,8 @@ class Trainer:
                 sums["micro_batches"] += 1
             if micro.last_in_step:
                 self._optimizer_step()
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if micro.weight:
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         loss, ce, legs, count = sum_across(list(sums.values()), self.device)
         return {k: v / max(count, 1) for k, v in (("loss", loss), ("ce", ce), ("legs", legs))}
 
@@ -389,8 +390,9 @@ class Trainer:
         """Run a frozen speech encoder once over the train and dev clips (a no-op otherwise, or when done)."""
         if self.train_states is not None or not speech_encoder_frozen(self.model):
             return
-        (log.info if self.world.is_main else log.debug)("speech encoder frozen: encoding the %d train and dev clips once",
-                 len(self.train_set) + len(self.dev_set))
+        report = log.info if self.world.is_main else log.debug
+        report("speech encoder frozen: encoding the %d train and dev clips once",
+               len(self.train_set) + len(self.dev_set))
         size = self.config.optim.micro_batch_size
         self.train_states = FrozenSpeechStates(self.model, self.train_set, self.collate, size, self.device)
         self.dev_states = FrozenSpeechStates(self.model, self.dev_set, self.collate, size, self.device)

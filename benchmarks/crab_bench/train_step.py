@@ -98,9 +98,9 @@ def _trainer(train_config, model, device):
     """A `Trainer` around `model` without a corpus: what `Trainer.__init__` sets up, less the data."""
     import torch
 
+    from crab_rt.train.distributed import World
     from crab_rt.train.legs import ContrastiveLegs
     from crab_rt.train.losses import class_weights
-    from crab_rt.train.distributed import World
     from crab_rt.train.trainer import Trainer, TrainingObjective
 
     trainer = Trainer.__new__(Trainer)
