@@ -71,8 +71,10 @@ def pretty_line(event: EmotionEvent) -> str:
     """An event as `--format pretty` prints it (one line, newline included)."""
     text = f' "{event.text}"' if event.text else ""
     flag = " (text flagged)" if event.text_flagged else ""
+    stage = " (provisional: voice only)" if event.stage == "provisional" else ""
+    abstained = " (abstained)" if event.abstained else ""
     return (f"[{event.start_s:7.2f}-{event.end_s:7.2f}s] {event.label:<10} {event.confidence:5.2f}  "
-            f"{event.latency_ms.get('end_to_event', float('nan')):6.0f} ms{text}{flag}\n")
+            f"{event.latency_ms.get('end_to_event', float('nan')):6.0f} ms{stage}{text}{flag}{abstained}\n")
 
 
 def read_token_file(path: str | None, flag: str = "--token-file") -> str | None:

@@ -15,11 +15,12 @@ from crab_rt.runtime.segmenter import SegmenterConfig
 __all__ = ["add_pipeline_options", "pipeline_config_from_args"]
 
 
-def add_pipeline_options(p: argparse.ArgumentParser, overflow_default: str) -> None:
-    """Add the model, ASR and segmentation groups (with --bundle) to a command's parser.
+def add_pipeline_options(p: argparse.ArgumentParser, overflow_default: str, provisional_flag: bool = True) -> None:
+    """Add the model, ASR, events and segmentation groups (with --bundle) to a command's parser.
 
     Args:
         overflow_default: how --help describes the default of --overflow for this command.
+        provisional_flag: add --provisional (`crab-rt serve` leaves it out: each client asks in its start).
     """
     m = p.add_argument_group("model")
     m.add_argument("--bundle", required=True, help="model bundle folder from `crab-rt export`")
@@ -65,6 +66,14 @@ def add_pipeline_options(p: argparse.ArgumentParser, overflow_default: str) -> N
                       "most utterances per ASR call, across streams (0: auto = 8 on a GPU, 1 on a CPU, where "
                       "batching saves no work)")
     a.add_argument("--no-asr", action="store_true", help="run without ASR (empty text)")
+    e = p.add_argument_group("events")
+    if provisional_flag:
+        e.add_argument("--provisional", action="store_true",
+                       help="also print a provisional event per utterance from the voice alone, the moment the "
+                       "speech encoder has run (before ASR; no text), then the final one with the same "
+                       "utterance_id (needs a bundle with the voice-only classifier)")
+    add_config_option(e, "--min-confidence", PipelineConfig, "min_confidence",
+                      "mark an event whose (calibrated) confidence is below this as abstained; its label stays")
     s = p.add_argument_group("segmentation")
     add_config_option(s, "--start-threshold", SegmenterConfig, "start_threshold", "speech starts at this probability")
     add_config_option(s, "--end-threshold", SegmenterConfig, "end_threshold", "frames below this count as silence")
@@ -95,5 +104,6 @@ def pipeline_config_from_args(args: argparse.Namespace, bundle_asr_model: str | 
         segmenter = dataclasses.replace(segmenter, post_roll_ms=segmenter.min_silence_ms)
     config = PipelineConfig(segmenter=segmenter, asr=asr,
                             overflow="drop" if live else "block",
-                            incremental_speech=not getattr(args, "no_incremental_speech", False))
+                            incremental_speech=not getattr(args, "no_incremental_speech", False),
+                            provisional=bool(getattr(args, "provisional", False)))
     return config_from_args(config, args)

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     c.add_argument("--cafile", help="PEM file of the CA(s) to trust for a wss:// server (default: the system's)")
     c.add_argument("--stream-id", help="your name for the stream (1-64 of A-Za-z0-9_.:@-)")
     c.add_argument("--language", help="ASR language code the server must use (default: the server's)")
+    c.add_argument("--provisional", action="store_true",
+                   help="also receive a provisional event per utterance, from the voice alone before ASR (no "
+                   "text), then the final one (protocol 1.1; the server's bundle needs the voice-only classifier)")
     o = p.add_argument_group("output")
     o.add_argument("--format", default="jsonl", choices=("jsonl", "pretty"))
     o.add_argument("--output", help="write events to this file instead of stdout (the summary goes to stderr)")
@@ -177,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     # listen's stream names by default, so that the JSON lines are the same
     stream_id = args.stream_id or ("file" if args.input not in (None, "-") else "live")
     client = Client(args.url, token=token, ssl_context=ssl_context, stream_id=stream_id,
-                    language=args.language, **_stream_options(args))
+                    language=args.language, provisional=args.provisional, **_stream_options(args))
     chunks, source = _open_source(args)
     out = printer = None
     started = time.perf_counter()

@@ -51,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
         ablation = f", ablation {report['ablation']}" if report["ablation"] else ""
         print(f"{checkpoint} ({report['modality']}{ablation}) on {args.manifest} [{', '.join(args.split)}]{pooled}")
         print(format_report_table(report))
+        fitted_on = report["calibration"]["fitted_on"]
+        for name, entry in report["calibration"].items():
+            if isinstance(entry, dict):
+                what = "Crab" if name == "head" else "voice only"
+                source = f"fitted on {fitted_on}" if fitted_on else "none fitted"
+                print(f"calibration, {what}: temperature {entry['temperature']:.3f} ({source}): "
+                      f"ECE {entry['ece_before']:.4f} -> {entry['ece_after']:.4f} (15 bins)")
+        if "provisional" in report:
+            p = report["provisional"]
+            print(f"provisional (voice only): WAR {p['war']:.4f}  UAR {p['uar']:.4f}  macro-F1 {p['macro_f1']:.4f}")
         for kind, path in report["files"].items():
             print(f"{kind}: {path}")
         if args.paper:

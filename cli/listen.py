@@ -107,7 +107,8 @@ def _run(args: argparse.Namespace) -> int:
             stream.wait()
             paced = True if live else (None if args.input == "-" else bool(args.realtime))
             summary = run_summary(pipeline.latencies, stream.samples_accepted / SAMPLE_RATE,
-                                  time.perf_counter() - started, stream.dropped_utterances, paced)
+                                  time.perf_counter() - started, stream.dropped_utterances, paced,
+                                  pipeline.provisional_latencies)
     finally:
         if pretty and status.isatty():
             status.write("\r\033[K")  # the live status line ends here

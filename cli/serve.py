@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    "0.5 CPU each, on a local Ray instance")
     r.add_argument("--write-config", metavar="FILE", help="with --ray: write a Serve config for `serve deploy` "
                    "(or a KubeRay RayService) to FILE and exit")
-    add_pipeline_options(p, overflow_default="block: the client is paced, nothing is lost")
+    add_pipeline_options(p, overflow_default="block: the client is paced, nothing is lost", provisional_flag=False)
     p.set_defaults(func=run)
 
 

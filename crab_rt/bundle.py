@@ -117,9 +117,20 @@ class Bundle:
 
     @property
     def graph_names(self) -> tuple[str, ...]:
-        """Graphs in this bundle, in run order (encoders, then head)."""
-        order = ("speech_encoder", "text_encoder", "head")
+        """Graphs in this bundle, in run order (the speech encoder and its voice-only classifier, the text
+        encoder, the head)."""
+        order = ("speech_encoder", "speech_classifier", "text_encoder", "head")
         return tuple(n for n in order if n in self.manifest["graphs"])
+
+    def temperature(self, graph: str) -> float:
+        """The calibration temperature of a classifier graph ("head" or "speech_classifier"): its logits are
+        divided by it before the softmax. 1.0 for a bundle exported before calibration, or without one."""
+        entry = (self.manifest.get("calibration") or {}).get(graph) or {}
+        value = entry.get("temperature", 1.0) if isinstance(entry, dict) else 1.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1e6:
+            raise BundleError(f"{self.root / MANIFEST_NAME}: calibration temperature of {graph} must be a positive "
+                              f"number, got {value!r}")
+        return float(value)
 
     @property
     def incremental_speech(self) -> dict | None:
@@ -330,7 +341,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     Raises:
         BundleError: missing folder or manifest, invalid JSON, wrong format or
             a newer format_version, a sample rate other than SAMPLE_RATE, a label
-            count other than the head's class count, a listed file missing, or a sha256 mismatch.
+            count other than the head's class count, a listed file missing, a sha256 mismatch, or a
+            calibration temperature that is not a positive number.
     """
     root = Path(path)
     manifest = _read_manifest(root)
@@ -352,7 +364,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if verify and sha256_file(file) != expected:
             raise BundleError(f"{file}: sha256 mismatch with {MANIFEST_NAME} (file modified or corrupt); re-export")
     asr_model = _asr_model(root, manifest)
-    return Bundle(
+    bundle = Bundle(
         root=root,
         manifest=manifest,
         labels=tuple(manifest["labels"]),
@@ -364,3 +376,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         shape_ranges=manifest["shape_ranges"],
         asr_model=asr_model,
     )
+    if not isinstance(manifest.get("calibration") or {}, dict):
+        raise BundleError(f"{root / MANIFEST_NAME}: calibration must be an object, got {manifest['calibration']!r}")
+    for graph in ("head", "speech_classifier"):
+        bundle.temperature(graph)  # a bad temperature fails here, not at the first utterance
+    return bundle

@@ -175,6 +175,19 @@ def _copy_asr(source: Path, bundle: Path) -> dict:
     return {"folder": ASR_FOLDER, "files": files}
 
 
+def _calibration_entry(calibration: dict | None, graphs: dict) -> dict:
+    """The manifest's `calibration`: the temperature of each classifier graph (1.0 where training fitted none),
+    and the dev-split ECE before and after it, as the trainer measured (`crab_rt.train.calibration`)."""
+    calibration = calibration or {}
+    entry: dict = {"split": calibration.get("split")}
+    for name in ("head", "speech_classifier"):
+        if name in graphs:
+            fitted = calibration.get(name) or {}
+            entry[name] = {"temperature": float(fitted.get("temperature", 1.0)),
+                           **{k: fitted[k] for k in ("ece_before", "ece_after") if k in fitted}}
+    return entry
+
+
 def _place(tmp: Path, out: Path) -> None:
     """Move the finished temp folder to `out`, replacing an older bundle there."""
     if out.exists():
@@ -232,7 +245,7 @@ def export_bundle(
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         graphs = export_graphs(model, tmp, options.opset)
-        if set(graphs) != set(graph_names(modality)):
+        if set(graphs) != set(graph_names(modality, model.speech_classifier is not None)):
             raise BundleError(f"exported graphs {sorted(graphs)} do not match modality {modality}")
         entries: dict[str, dict] = {}
         for name, path in graphs.items():
@@ -255,7 +268,7 @@ def export_bundle(
             log.info("parity (ONNX Runtime CPU vs torch, tolerance %g)...", options.tolerance)
             parity = check_parity(model, graphs, max_text_tokens, options.tolerance)
             for name, err in parity.items():
-                log.info("  %-15s max err %.1e OK", name, err)
+                log.info("  %-17s max err %.1e OK", name, err)
         else:
             log.info("parity check skipped (--no-parity)")
 
@@ -322,6 +335,7 @@ def export_bundle(
             "tokenizer": tokenizer_entry,
             "torch": torch_entry,
             "asr": asr_entry,
+            "calibration": _calibration_entry(payload.get("calibration"), graphs),
             "provenance": {
                 "checkpoint": str(checkpoint.resolve()),
                 "checkpoint_sha256": sha256_file(checkpoint),

@@ -27,6 +27,8 @@ __all__ = [
     "SpeechEncoderGraph",
     "TextEncoderGraph",
     "HeadGraph",
+    "SpeechClassifierGraph",
+    "VOICE_GRAPH",
     "graph_names",
     "export_model_copy",
     "export_graphs",
@@ -38,6 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GRAPH_NAMES = ("speech_encoder", "text_encoder", "head")
+VOICE_GRAPH = "speech_classifier"  # the voice-only classifier of provisional events (a bundle may lack it)
 # Ops that come from in-place boolean indexing (`x[mask] = 0`) or data-dependent
 # shapes; TensorRT either rejects them or builds slow, shape-rigid engines.
 FORBIDDEN_OPS = ("NonZero", "ScatterND")
@@ -99,13 +102,28 @@ class HeadGraph(nn.Module):
         return logits, torch.softmax(logits, dim=-1)
 
 
-def graph_names(modality: str) -> tuple[str, ...]:
-    """The graphs a model of this modality exports, in run order."""
+class SpeechClassifierGraph(nn.Module):
+    """speech_hidden [B, F, D], speech_mask [B, F] int64 -> (logits, probabilities) of the voice-only classifier."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, speech_hidden: torch.Tensor, speech_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(speech_hidden, speech_mask > 0)
+        return logits, torch.softmax(logits, dim=-1)
+
+
+def graph_names(modality: str, speech_classifier: bool = False) -> tuple[str, ...]:
+    """The graphs a model of this modality exports, in run order (`speech_classifier`: it has the voice-only
+    classifier, whose graph runs after the speech encoder's)."""
     if modality == "speech":
-        return ("speech_encoder", "head")
-    if modality == "text":
+        names = ("speech_encoder", "head")
+    elif modality == "text":
         return ("text_encoder", "head")
-    return GRAPH_NAMES
+    else:
+        names = GRAPH_NAMES
+    return (names[0], VOICE_GRAPH, *names[1:]) if speech_classifier else names
 
 
 def export_model_copy(model: CrabModel) -> CrabModel:
@@ -179,6 +197,18 @@ def export_graphs(model: CrabModel, out_dir: str | Path, opset: int = 17) -> dic
             paths["speech_encoder"] = path
             speech_hidden, frame_mask = model.speech_encoder(values, mask)
             speech_mask = frame_mask.to(torch.int64)
+            if model.speech_classifier is not None:
+                log.info("exporting voice-only classifier...")
+                path = out_dir / f"{VOICE_GRAPH}.onnx"
+                _export(
+                    SpeechClassifierGraph(model.speech_classifier),
+                    (speech_hidden, speech_mask),
+                    path,
+                    {"speech_hidden": {0: "batch", 1: "frames"}, "speech_mask": {0: "batch", 1: "frames"}},
+                    {"logits": {0: "batch"}, "probabilities": {0: "batch"}},
+                    opset,
+                )
+                paths[VOICE_GRAPH] = path
         if model.text_encoder is not None:
             log.info("exporting text encoder...")
             text_mask = _padded_batch(_EXAMPLE_TOKENS)

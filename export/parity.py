@@ -123,6 +123,9 @@ def run_pipeline(sessions: Mapping[str, object], case: ParityCase) -> dict[str, 
         )
         out["speech_encoder.hidden_states"], out["speech_encoder.frame_mask"] = hidden, mask
         head_feed.update(speech_hidden=hidden, speech_mask=mask)
+        if "speech_classifier" in sessions:
+            out["speech_classifier.logits"], out["speech_classifier.probabilities"] = sessions["speech_classifier"].run(
+                None, {"speech_hidden": hidden, "speech_mask": mask})
     if "text_encoder" in sessions:
         (hidden,) = sessions["text_encoder"].run(None, {"input_ids": case.input_ids, "attention_mask": case.text_mask})
         out["text_encoder.hidden_states"] = hidden
@@ -172,7 +175,7 @@ def check_parity(
             largest magnitude where that is above 1).
 
     Returns:
-        {"speech_encoder": err, "text_encoder": err, "head": err, "end_to_end": err}
+        {"speech_encoder": err, "speech_classifier": err, "text_encoder": err, "head": err, "end_to_end": err}
         for the graphs present (each the max over all cases and outputs).
 
     Raises:
@@ -208,6 +211,13 @@ def check_parity(
                     err = float("inf")
                 errors["speech_encoder"] = max(errors["speech_encoder"], err)
                 head_feed.update(speech_hidden=hidden.numpy(), speech_mask=fmask.numpy().astype(np.int64))
+                if "speech_classifier" in sessions:
+                    voice_ref = model.speech_classifier(hidden, fmask)
+                    voice_logits, voice_probs = sessions["speech_classifier"].run(
+                        None, {"speech_hidden": head_feed["speech_hidden"], "speech_mask": head_feed["speech_mask"]})
+                    errors["speech_classifier"] = max(
+                        errors["speech_classifier"], _max_err(voice_logits, voice_ref.numpy()),
+                        _max_err(voice_probs, torch.softmax(voice_ref, -1).numpy()))
             if "text_encoder" in sessions:
                 hidden = model.text_encoder(t["input_ids"], t["text_mask"])
                 (got,) = sessions["text_encoder"].run(
@@ -253,8 +263,11 @@ def check_fp16_parity(
     s32 = {k: _session(v) for k, v in fp32_graphs.items()}
     s16 = {k: _session(v) for k, v in fp16_graphs.items()}
     compared = compare_pipelines(s32, s16, parity_cases(modality, vocab_size, pad_id, max_text_tokens, normalize))
-    errors = {"probabilities": compared["probabilities"], "logits": compared["logits"]}
-    _check({"fp16 probabilities": errors["probabilities"]}, tolerance, "fp16 parity")
+    errors = {k: compared[k] for k in ("probabilities", "logits", "voice_probabilities") if k in compared}
+    checked = {"fp16 probabilities": errors["probabilities"]}
+    if "voice_probabilities" in errors:
+        checked["fp16 voice-only probabilities"] = errors["voice_probabilities"]
+    _check(checked, tolerance, "fp16 parity")
     return errors
 
 
@@ -263,14 +276,20 @@ def compare_pipelines(reference: Mapping[str, Any], other: Mapping[str, Any], ca
 
     Returns:
         {"probabilities": max abs diff, "logits": max abs diff, "label_agreement": fraction of samples whose most
-        probable label is the same, "samples": how many samples were compared}.
+        probable label is the same, "samples": how many samples were compared}; with the voice-only classifier
+        in both, also "voice_probabilities" (its probabilities' max abs diff).
     """
     probs = logits = 0.0
+    voice: float | None = None
     agree = samples = 0
     for case in cases:
         a, b = run_pipeline(reference, case), run_pipeline(other, case)
+        if "speech_classifier.probabilities" in a and "speech_classifier.probabilities" in b:
+            voice = max(voice or 0.0, _max_err(a["speech_classifier.probabilities"],
+                                               b["speech_classifier.probabilities"]))
         probs = max(probs, _max_err(a["head.probabilities"], b["head.probabilities"]))
         logits = max(logits, _max_err(a["head.logits"], b["head.logits"]))
         agree += int((a["head.probabilities"].argmax(-1) == b["head.probabilities"].argmax(-1)).sum())
         samples += a["head.probabilities"].shape[0]
-    return {"probabilities": probs, "logits": logits, "label_agreement": agree / max(samples, 1), "samples": samples}
+    out = {"probabilities": probs, "logits": logits, "label_agreement": agree / max(samples, 1), "samples": samples}
+    return out if voice is None else {**out, "voice_probabilities": voice}

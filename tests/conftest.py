@@ -136,3 +136,53 @@ def crab_wheel(tmp_path_factory) -> Path:
     wheels = list(out.glob("crab_rt-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
+
+
+TINY_RECIPE = """\
+[model]
+speech_encoder = "random:wavlm-tiny"
+text_encoder = "random:roberta-tiny"
+max_audio_s = 2.0
+max_text_tokens = 16
+[model.head]
+hidden_dim = 16
+classifier_dim = 16
+attention_dropout = 0.1
+classifier_dropout = 0.1
+[data]
+manifest = "{manifest}"
+labels = ["neutral", "happy", "angry", "sad"]
+cache_audio = true
+[optim]
+epochs = 2
+batch_size = 6
+grad_accum_steps = 2
+head_lr = 1e-3
+encoder_lr = 1e-3
+head_eta_min = 1e-4
+encoder_eta_min = 1e-5
+[loss]
+leg_dim = 16
+[run]
+seed = 5
+progress = false
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tmp_path_factory) -> Path:
+    """A recipe file: a tiny Crab whose random encoders train (dropout on), on 39 train and 10 dev clips spoken by
+    espeak-ng; global batch 6 in micro-batches of 3 (the epoch's last step has one micro-batch)."""
+    from crab_rt.data.synth import SynthConfig, synthesize_corpus
+
+    root = tmp_path_factory.mktemp("tiny_recipe")
+    manifest = synthesize_corpus(SynthConfig(num_utterances=60, seed=3, voice="espeak"), root / "corpus",
+                                 progress=False)
+    lines = manifest.read_text().splitlines()
+    train = [line for line in lines[1:] if line.split(",")[4] == "train"][:39]
+    kept = [lines[0], *train, *(line for line in lines[1:] if line.split(",")[4] != "train")]
+    trimmed = root / "corpus" / "m39.csv"
+    trimmed.write_text("\n".join(kept) + "\n")
+    path = root / "tiny.toml"
+    path.write_text(TINY_RECIPE.format(manifest=trimmed))
+    return path

@@ -160,6 +160,7 @@ class FakeServer:
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()  # its self-pipe sockets too: left to the garbage collector, they warn in a later test
 
 
 @pytest.fixture
@@ -282,6 +283,22 @@ def test_messages_are_typed_in_order(fake_server):
     assert messages[2] == make_event(0) and messages[5] == make_event(1)
     assert messages[6] == ServerError("utterance_dropped", "server full: utterance 2 dropped", False)
     assert messages[7] == Done("s-1", "stop", 0.1, 2, 2, 0, 0)
+
+
+def test_a_provisional_stream_asks_for_protocol_1_1_and_parses_both_stages(fake_server):
+    server = fake_server()
+    with Client(server.url, provisional=True) as client:
+        client.stop()
+        list(client.messages())
+    assert server.texts[0] == {"type": "start", "protocol": 1.1, "sample_rate": 16000, "format": "f32le",
+                               "channels": 1, "realtime": True, "provisional": True}
+    provisional = dataclasses.replace(make_event(0), stage="provisional", text="")
+    assert parse_message(json.dumps(event_message(provisional.to_dict()))) == provisional
+    # An event of a version-1 server (no stage, no abstained) is a final one.
+    old = {k: v for k, v in event_message(make_event(0).to_dict()).items() if k not in ("stage", "abstained")}
+    assert parse_message(json.dumps(old)) == make_event(0)
+    with pytest.raises(ClientError, match="stage = 'early': expected one of provisional, final"):
+        parse_message(json.dumps({**event_message(make_event(0).to_dict()), "stage": "early"}))
 
 
 def test_parse_ignores_extra_fields_and_unknown_types():

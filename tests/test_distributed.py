@@ -1,8 +1,8 @@
 """Data-parallel training (torchrun, Gloo on the CPU): the plan, the contrastive semantics, resume, failures.
 
-The runs use a tiny random Crab (trainable WavLM and RoBERTa, dropout on) on 39 spoken training clips: with a
-global batch of 6 in micro-batches of 3, the epoch's last step has one micro-batch, so rank 1 runs a
-placeholder there.
+The runs use the `tiny_recipe` fixture (conftest.py): a tiny random Crab (trainable WavLM and RoBERTa, dropout
+on) on 39 spoken training clips; with a global batch of 6 in micro-batches of 3, the epoch's last step has one
+micro-batch, so rank 1 runs a placeholder there.
 """
 
 from __future__ import annotations
@@ -30,53 +30,9 @@ from crab_rt.train.trainer import Trainer  # noqa: E402
 TESTS = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
-RECIPE = """\
-[model]
-speech_encoder = "random:wavlm-tiny"
-text_encoder = "random:roberta-tiny"
-max_audio_s = 2.0
-max_text_tokens = 16
-[model.head]
-hidden_dim = 16
-classifier_dim = 16
-attention_dropout = 0.1
-classifier_dropout = 0.1
-[data]
-manifest = "{manifest}"
-labels = ["neutral", "happy", "angry", "sad"]
-cache_audio = true
-[optim]
-epochs = 2
-batch_size = 6
-grad_accum_steps = 2
-head_lr = 1e-3
-encoder_lr = 1e-3
-head_eta_min = 1e-4
-encoder_eta_min = 1e-5
-[loss]
-leg_dim = 16
-[run]
-seed = 5
-progress = false
-"""
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> Path:
-    """The tiny recipe on a 39-train / 10-dev clip corpus spoken by espeak-ng."""
-    from crab_rt.data.synth import SynthConfig, synthesize_corpus
-
-    root = tmp_path_factory.mktemp("ddp")
-    manifest = synthesize_corpus(SynthConfig(num_utterances=60, seed=3, voice="espeak"), root / "corpus",
-                                 progress=False)
-    lines = manifest.read_text().splitlines()
-    train = [line for line in lines[1:] if line.split(",")[4] == "train"][:39]
-    kept = [lines[0], *train, *(line for line in lines[1:] if line.split(",")[4] != "train")]
-    trimmed = root / "corpus" / "m39.csv"
-    trimmed.write_text("\n".join(kept) + "\n")
-    path = root / "tiny.toml"
-    path.write_text(RECIPE.format(manifest=trimmed))
-    return path
+@pytest.fixture
+def recipe(tiny_recipe) -> Path:
+    return tiny_recipe
 
 
 def _env() -> dict[str, str]:

@@ -295,7 +295,8 @@ def test_bundle_section_without_tensorrt(bundle_copy, capsys):
 
     r = diagnose(bundle_copy)
     assert r.ok and r.bundle["error"] is None and r.bundle["torch_weights"] is True
-    assert r.bundle["graphs"] == {"speech_encoder": ["fp32"], "text_encoder": ["fp32"], "head": ["fp32"]}
+    assert r.bundle["graphs"] == {"speech_encoder": ["fp32"], "speech_classifier": ["fp32"], "text_encoder": ["fp32"],
+                                  "head": ["fp32"]}
     assert r.bundle["engines"] == []
     if HAVE_TRT:
         pytest.skip("TensorRT is installed here")

@@ -46,7 +46,14 @@ def test_evaluate_writes_report_and_compares_with_paper(msp_checkpoint, msp_mani
     report = json.loads((tmp_path / "test1.json").read_text())
     assert report["num_samples"] == 4 and 0 <= report["uar"] <= 1
     assert (tmp_path / "test1_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "test1_reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "UAR" in out and "0.4390" in out  # the paper's Test1 UAR printed beside ours
+    # No temperature was fitted for this checkpoint: 1.0, so ECE before and after are the same.
+    head = report["calibration"]["head"]
+    assert report["calibration"]["fitted_on"] is None and head["temperature"] == 1.0
+    assert head["ece_before"] == head["ece_after"] and head["num_samples"] == 4
+    assert set(report["provisional"]) == {"war", "uar", "macro_f1"}  # the voice-only classifier's figures
+    assert "calibration, Crab: temperature 1.000 (none fitted): ECE" in out and "provisional (voice only): WAR" in out
 
 
 def test_submission_csv_for_unlabelled_test3(msp_checkpoint, msp_manifest, tmp_path, capsys):

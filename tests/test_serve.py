@@ -99,6 +99,47 @@ def test_jfk_round_trip_words_labels_and_listen_parity(asr_server, capsys):
         assert (served["start_s"], served["end_s"]) == (local["start_s"], local["end_s"])
 
 
+def test_provisional_events_for_a_1_1_client_and_none_for_a_v1_client(asr_server):
+    """Two clients at once on the Whisper server: a version-1.1 client that asks for provisional events gets one
+    per utterance, without text, before that utterance's final event; a raw version-1 client (its start has
+    only version-1 fields) gets its final events as before, each with the 1.1 fields it ignores."""
+
+    async def both():
+        return await asyncio.gather(
+            talk(asr_server.url, start(stream_id="new", protocol=1.1, provisional=True), jfk_chunks()),
+            talk(asr_server.url, json.dumps({"type": "start", "sample_rate": 16000, "format": "f32le",
+                                             "stream_id": "old", "realtime": False}), jfk_chunks()))
+
+    (new, new_code, _), (old, old_code, _) = run(both())
+    assert new_code == old_code == 1000
+    assert (new[0]["protocol"], new[0]["provisional"]) == (1.1, True)
+    assert old[0]["protocol"] == 1 and "provisional" not in old[0]
+    events = of_type(new, "event")
+    provisional = [e for e in events if e["stage"] == "provisional"]
+    final = [e for e in events if e["stage"] == "final"]
+    assert [e["utterance_id"] for e in provisional] == [e["utterance_id"] for e in final] == [0, 1, 2, 3]
+    for p in provisional:
+        f = final[p["utterance_id"]]
+        assert new.index(p) < new.index(f) and p["text"] == "" and f["text"]
+        assert p["latency_ms"]["end_to_event"] < f["latency_ms"]["end_to_event"]  # ASR is not waited for
+    assert new[-1]["events"] == 4  # done counts final events
+    old_events = of_type(old, "event")
+    assert [e["stage"] for e in old_events] == ["final"] * 4 and old[-1]["events"] == 4
+    assert [e["label"] for e in old_events] == [e["label"] for e in final]
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"provisional": True}, "start.provisional needs protocol 1.1"),
+    ({"protocol": 1, "provisional": True}, "start.provisional needs protocol 1.1"),
+    ({"protocol": 2}, "this server speaks versions 1 and 1.1"),
+    ({"protocol": 1.1, "provisional": "yes"}, "start.provisional = 'yes': must be true or false"),
+])
+def test_provisional_start_errors(plain_server, fields, why):
+    first = json.dumps({"type": "start", "sample_rate": 16000, "format": "f32le", **fields})
+    messages, code, _ = run(talk(plain_server.url, first, stop=False))
+    assert code == 1008 and messages[0]["code"] == "bad_start" and why in messages[0]["message"]
+
+
 def test_eight_concurrent_clients_each_get_only_their_own_events(plain_server, jfk):
     # Client k sends jfk after k * 12 VAD frames (0.384 s) of silence: its own marks are shifted by that much.
     chunks = jfk_chunks()

@@ -17,7 +17,7 @@ from crab_rt.model.checkpoint import CHECKPOINT_FORMAT
 from crab_rt.model.crab import CrabModel
 from crab_rt.text import TextTokenizer
 
-__all__ = ["save_checkpoint"]
+__all__ = ["save_checkpoint", "update_checkpoint"]
 
 
 def save_checkpoint(
@@ -44,6 +44,17 @@ def save_checkpoint(
         "model_state": model.state_dict(),
         **state,
     }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def update_checkpoint(path: str | Path, **entries: Any) -> Path:
+    """Add or replace top-level entries of a checkpoint, atomically (e.g. `calibration` after training)."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload.update(entries)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

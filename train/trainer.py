@@ -45,7 +45,7 @@ from crab_rt.train.distributed import (
     micro_seed,
     sum_across,
 )
-from crab_rt.train.evaluate import predict
+from crab_rt.train.evaluate import predict_logits
 from crab_rt.train.legs import ContrastiveLegs
 from crab_rt.train.losses import class_weights, mpcl_loss, scl_loss, weighted_cross_entropy
 from crab_rt.train.speech_states import FrozenSpeechStates, speech_encoder_frozen
@@ -103,17 +103,25 @@ def _cosine_factor(epoch: int, total: int, base: float, eta_min: float) -> float
 
 
 class TrainingObjective(nn.Module):
-    """The model and its contrastive legs as one module: what DistributedDataParallel wraps."""
+    """The model and its contrastive legs as one module: what DistributedDataParallel wraps.
+
+    Returns Crab's logits, the legs' embeddings (or None) and the voice-only classifier's logits (or None), the
+    latter from the speech encoder's states detached, so that nothing of its loss reaches the rest of the model.
+    """
 
     def __init__(self, model: CrabModel, legs: ContrastiveLegs) -> None:
         super().__init__()
         self.model, self.legs = model, legs
 
     def forward(self, input_values, audio_mask, input_ids, text_mask, speech_states, use_legs: bool):
+        voice = self.model.speech_classifier
+        if voice is not None and speech_states is None:
+            speech_states = self.model.speech_encoder(input_values, audio_mask)  # what model() would run first
         out = self.model(input_values, audio_mask, input_ids, text_mask, return_taps=use_legs,
                          speech_states=speech_states)
         logits, taps = out if use_legs else (out, None)
-        return logits, (self.legs(taps) if use_legs else None)
+        voice_logits = None if voice is None else voice(speech_states[0].detach(), speech_states[1])
+        return logits, (self.legs(taps) if use_legs else None), voice_logits
 
 
 class Trainer:
@@ -205,6 +213,14 @@ class Trainer:
             [lambda e: _cosine_factor(e, opt.epochs, opt.head_lr, opt.head_eta_min),
              lambda e: _cosine_factor(e, opt.epochs, opt.encoder_lr, opt.encoder_eta_min)],
         )
+        # The voice-only classifier has an optimizer of its own, so that Crab's (and its gradient clipping) is
+        # exactly what it is without the classifier; it follows the head's rate and schedule.
+        self.voice_optimizer = self.voice_scheduler = None
+        if self.model.speech_classifier is not None:
+            self.voice_optimizer = torch.optim.AdamW(self.model.speech_classifier.parameters(), lr=opt.head_lr,
+                                                     weight_decay=opt.weight_decay)
+            self.voice_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.voice_optimizer, lambda e: _cosine_factor(e, opt.epochs, opt.head_lr, opt.head_eta_min))
         self.amp_dtype = self._amp_dtype(config.run.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
@@ -252,6 +268,8 @@ class Trainer:
                 legs_state=self.legs.state_dict(),
                 optimizer_state=self.optimizer.state_dict(),
                 scheduler_state=self.scheduler.state_dict(),
+                voice_optimizer_state=None if self.voice_optimizer is None else self.voice_optimizer.state_dict(),
+                voice_scheduler_state=None if self.voice_scheduler is None else self.voice_scheduler.state_dict(),
                 scaler_state=self.scaler.state_dict(),
                 torch_rng=torch.get_rng_state(),
                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -266,6 +284,9 @@ class Trainer:
         self.legs.load_state_dict(payload["legs_state"])
         self.optimizer.load_state_dict(payload["optimizer_state"])
         self.scheduler.load_state_dict(payload["scheduler_state"])
+        if self.voice_optimizer is not None:
+            self.voice_optimizer.load_state_dict(payload["voice_optimizer_state"])
+            self.voice_scheduler.load_state_dict(payload["voice_scheduler_state"])
         self.scaler.load_state_dict(payload["scaler_state"])
         torch.set_rng_state(payload["torch_rng"].cpu())
         if payload["cuda_rng"]:
@@ -315,8 +336,8 @@ class Trainer:
         amp_dtype = self.amp_dtype or torch.float32
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp_dtype is not None):
             states = None if self.train_states is None else self.train_states.batch(batch.indices)
-            logits, legs_out = self.objective(batch.input_values, batch.audio_mask, batch.input_ids, batch.text_mask,
-                                              states, use_legs)
+            logits, legs_out, voice_logits = self.objective(batch.input_values, batch.audio_mask, batch.input_ids,
+                                                            batch.text_mask, states, use_legs)
             ce = weighted_cross_entropy(logits, batch.labels, self.weights)
             rows = batch.labels.shape[0] if weight else 0
             leg = self._leg_loss(legs_out, batch.labels, rows) if use_legs else torch.zeros((), device=self.device)
@@ -326,9 +347,14 @@ class Trainer:
             objective = weight * ce + self.config.loss.alpha * leg
         else:
             objective = weight * (ce + self.config.loss.alpha * leg)
+        parts = {}
+        if voice_logits is not None:  # its input is detached: this term trains the voice classifier only
+            voice_ce = weighted_cross_entropy(voice_logits, batch.labels, self.weights)
+            objective = objective + weight * voice_ce
+            parts["voice_ce"] = voice_ce.item()
         self.scaler.scale(objective * scale).backward()
         total = ce + self.config.loss.alpha * leg
-        return {"loss": total.item(), "ce": ce.item(), "legs": leg.item(), "weight": weight}
+        return {"loss": total.item(), "ce": ce.item(), "legs": leg.item(), **parts, "weight": weight}
 
     def _optimizer_step(self) -> None:
         if self.config.optim.max_grad_norm > 0:
@@ -336,6 +362,9 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
         self.scaler.step(self.optimizer)
+        if self.voice_optimizer is not None:
+            self.scaler.step(self.voice_optimizer)
+            self.voice_optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -351,7 +380,10 @@ class Trainer:
                             num_workers=self.config.data.num_workers)
         self.objective.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "ce": 0.0, "legs": 0.0, "micro_batches": 0.0}
+        if self.voice_optimizer is not None:
+            self.voice_optimizer.zero_grad(set_to_none=True)
+        keys = ("loss", "ce", "legs") + (("voice_ce",) if self.voice_optimizer is not None else ())
+        sums = {**{k: 0.0 for k in keys}, "micro_batches": 0.0}
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{opt.epochs}", leave=False,
                    disable=not (self.config.run.progress and self.world.is_main))
         for micro, batch in zip(plan, bar):
@@ -359,32 +391,46 @@ class Trainer:
             with self.objective.no_sync() if defer_sync else nullcontext():
                 parts = self._micro_step(batch.to(self.device), micro)
             if micro.weight:
-                for k in ("loss", "ce", "legs"):
+                for k in keys:
                     sums[k] += parts[k]
                 sums["micro_batches"] += 1
             if micro.last_in_step:
                 self._optimizer_step()
             if micro.weight:
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        loss, ce, legs, count = sum_across(list(sums.values()), self.device)
-        return {k: v / max(count, 1) for k, v in (("loss", loss), ("ce", ce), ("legs", legs))}
+        *totals, count = sum_across(list(sums.values()), self.device)
+        return {k: v / max(count, 1) for k, v in zip(keys, totals)}
 
-    def evaluate_dev(self) -> dict:
-        """WAR, UAR and macro-F1 on the whole dev split (each rank predicts every world_size-th clip)."""
-        from crab_rt.train.metrics import classification_report
-
+    def dev_logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(labels, Crab's logits, the voice classifier's logits or None) on the whole dev split; each rank
+        predicts every world_size-th clip and the ranks gather them."""
         mine = list(range(self.world.rank, len(self.dev_set), self.world.world_size))
-        y_part, probs_part = predict(
+        part = predict_logits(
             self.model, self.tokenizer, self.dev_rows, self.config.model.max_audio_s,
             batch_size=self.config.optim.micro_batch_size, device=self.device, dataset=Subset(self.dev_set, mine),
             speech_states=self.dev_states,
         )
-        y_true = np.zeros(len(self.dev_set), dtype=np.int64)
-        probs = np.zeros((len(self.dev_set), len(self.model.labels)), dtype=np.float32)
-        for indices, y, p in gather_objects((mine, y_part, probs_part)):
-            y_true[indices], probs[indices] = y, p
-        report = classification_report(y_true.tolist(), probs.argmax(1).tolist(), self.model.labels)
-        return {"war": report["war"], "uar": report["uar"], "macro_f1": report["macro_f1"]}
+        n, classes = len(self.dev_set), len(self.model.labels)
+        y_true = np.zeros(n, dtype=np.int64)
+        logits = np.zeros((n, classes), dtype=np.float32)
+        voice = None if part[2] is None else np.zeros((n, classes), dtype=np.float32)
+        for indices, y, z, v in gather_objects((mine, *part)):
+            y_true[indices], logits[indices] = y, z
+            if voice is not None:
+                voice[indices] = v
+        return y_true, logits, voice
+
+    def evaluate_dev(self) -> dict:
+        """WAR, UAR and macro-F1 of Crab on the whole dev split, and the voice classifier's UAR."""
+        from crab_rt.train.metrics import classification_report
+
+        y_true, logits, voice = self.dev_logits()
+        report = classification_report(y_true.tolist(), logits.argmax(1).tolist(), self.model.labels)
+        out = {"war": report["war"], "uar": report["uar"], "macro_f1": report["macro_f1"]}
+        if voice is not None:
+            voice_report = classification_report(y_true.tolist(), voice.argmax(1).tolist(), self.model.labels)
+            out["voice_uar"] = voice_report["uar"]
+        return out
 
     def encode_frozen_speech(self) -> None:
         """Run a frozen speech encoder once over the train and dev clips (a no-op otherwise, or when done)."""
@@ -413,6 +459,8 @@ class Trainer:
             train_seconds = time.perf_counter() - started
             dev = self.evaluate_dev()
             self.scheduler.step()
+            if self.voice_scheduler is not None:
+                self.voice_scheduler.step()
             self.epoch += 1
             record = {
                 "epoch": self.epoch, "lr_head": lrs[0], "lr_encoder": lrs[1],
@@ -429,9 +477,41 @@ class Trainer:
                 self._save("best.pt", full=False)
             self._save("last.pt", full=True)
             self._write_metrics()
+            voice = f"  voice UAR {dev['voice_uar']:.4f}" if "voice_uar" in dev else ""
             log.info(
                 f"epoch {self.epoch}/{self.config.optim.epochs}  loss {train['loss']:.4f}  "
-                f"dev WAR {dev['war']:.4f} UAR {dev['uar']:.4f} F1 {dev['macro_f1']:.4f}"
+                f"dev WAR {dev['war']:.4f} UAR {dev['uar']:.4f} F1 {dev['macro_f1']:.4f}{voice}"
                 f"{'  *best' if improved else ''}  ({record['seconds']:.1f}s)"
             )
+        if main and self.epoch == self.config.optim.epochs and (self.out_dir / "best.pt").is_file():
+            self.calibrate()
         return self.best
+
+    def calibrate(self) -> dict:
+        """Fit the temperatures of best.pt's head and voice classifier on the dev split and store them in it.
+
+        Returns:
+            {"split": "dev", "head": summary, "speech_classifier": summary (when the model has one)}, each
+            summary from `crab_rt.train.calibration.calibration_summary` (temperature, ECE and NLL before and
+            after).
+        """
+        from crab_rt.train.calibration import calibration_summary, fit_temperature
+        from crab_rt.train.checkpoint import update_checkpoint
+
+        path = self.out_dir / "best.pt"
+        best = CrabModel.from_architecture(self.model.architecture()).to(self.device)
+        best.load_state_dict(read_checkpoint(path, self.device)["model_state"])
+        y, logits, voice = predict_logits(
+            best, self.tokenizer, self.dev_rows, self.config.model.max_audio_s,
+            batch_size=self.config.optim.micro_batch_size, device=self.device, dataset=self.dev_set,
+            speech_states=self.dev_states,
+        )
+        calibration = {"split": "dev", "head": calibration_summary(logits, y, fit_temperature(logits, y))}
+        if voice is not None:
+            calibration["speech_classifier"] = calibration_summary(voice, y, fit_temperature(voice, y))
+        update_checkpoint(path, calibration=calibration)
+        for name, entry in calibration.items():
+            if name != "split":
+                log.info(f"calibrated {name} on dev: temperature {entry['temperature']:.3f}, "
+                         f"ECE {entry['ece_before']:.4f} -> {entry['ece_after']:.4f}")
+        return calibration

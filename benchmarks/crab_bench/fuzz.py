@@ -96,7 +96,7 @@ def _valid_starts() -> st.SearchStrategy[dict]:
          "sample_rate": st.sampled_from([SAMPLE_RATE] * 6 + [8000, 11025, 22050, 44100, 48000, 96000, 192000])
          | st.integers(8000, 192_000),
          "format": st.sampled_from(["s16le", "f32le"])},
-        optional={"protocol": st.sampled_from([1, 1.0]), "channels": st.integers(1, 8),
+        optional={"protocol": st.sampled_from([1, 1.0, 1.1]), "channels": st.integers(1, 8),
                   "language": st.none(), "stream_id": st.none() | st.from_regex(STREAM_ID, fullmatch=True),
                   "realtime": st.booleans()},
     )
@@ -105,7 +105,7 @@ def _valid_starts() -> st.SearchStrategy[dict]:
 # Values at and across each start field's documented limits (some valid), beside any JSON value.
 EDGES: dict[str, list] = {
     "type": ["stop", "START", "Start", " start", "start ", "", None, 1, True, ["start"], {"type": "start"}],
-    "protocol": [0, 2, -1, "1", None, [1], 1.5, 2**64, True, False],
+    "protocol": [0, 2, -1, "1", "1.1", None, [1], 1.5, 1.10001, 1.01, 2**64, True, False],
     "sample_rate": [0, -1, -SAMPLE_RATE, 1, 7999, 8000, 16000.0, 192000, 192001, 384000, 2**31, 2**63, 10**30, -(2**63),
                     16000.5, 1e400, -1e400, float("nan"), "16000", None, [SAMPLE_RATE], False, True],
     "format": ["S16LE", "s16", "f32", "pcm", "", "s16le ", "f32le\0", "s16le\n", None, 1, ["s16le"], {"s16le": 1}],
@@ -114,6 +114,7 @@ EDGES: dict[str, list] = {
     "stream_id": ["", "-a", ".a", "a" * 64, "a" * 65, "a b", "a\n", "a\0", "é", "a/b", "a:b@c.d-e_f", 7, True,
                   {"id": "a"}, "\ud800"],
     "realtime": [0, 1, "true", "false", None, [], {}, 1.0],
+    "provisional": [True, False, 0, 1, "true", None, [], 1.0],
 }
 TYPO_FIELDS = ["sample_rte", "Format", "stream-id", "rate", "type ", "Type", "realTime", "channel", "lang", "",
                "\0", "\ud800", "\udfff", "😀", "protocol\n"]

@@ -172,9 +172,9 @@ def _check_done(messages: list[dict], expected: Expected) -> list[str]:
     done, problems = messages[-1], []
     if done.get("reason") != expected.done:
         problems.append(f"done.reason {done.get('reason')!r}, documented {expected.done!r}")
-    events = sum(1 for m in messages if m.get("type") == "event")
+    events = sum(1 for m in messages if m.get("type") == "event" and m.get("stage") != "provisional")
     if done.get("events") != events:
-        problems.append(f"done.events = {done.get('events')} but {events} event(s) came")
+        problems.append(f"done.events = {done.get('events')} but {events} final event(s) came")
     if expected.samples_16k is not None and expected.done == "stop" \
             and abs(done.get("audio_s", -1) - expected.samples_16k / SAMPLE_RATE) > 0.0011:
         problems.append(f"done.audio_s = {done.get('audio_s')}, sent {expected.samples_16k / SAMPLE_RATE:.4f} s")

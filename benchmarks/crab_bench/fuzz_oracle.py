@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from crab_rt.audio import SAMPLE_RATE
-from crab_rt.serve.protocol import CLOSE, PROTOCOL_VERSION
+from crab_rt.serve.protocol import CLOSE
 
 __all__ = ["DOCS", "ERRORS", "START_FIELDS", "STOP", "FORMATS", "STREAM_ID", "ENDINGS", "ErrorRow", "Frame", "Case",
            "Expected", "documented_errors", "parse_json", "start_fault", "expect", "KNOWN_BUGS", "known_bug",
@@ -37,7 +37,15 @@ __all__ = ["DOCS", "ERRORS", "START_FIELDS", "STOP", "FORMATS", "STREAM_ID", "EN
            "has_surrogate"]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
-START_FIELDS = ("type", "protocol", "sample_rate", "format", "channels", "language", "stream_id", "realtime")
+START_FIELDS = ("type", "protocol", "sample_rate", "format", "channels", "language", "stream_id", "realtime",
+                "provisional")
+
+
+def _version(value: object) -> float | None:
+    """The start table's `protocol`: 1 (1.0 counts: JSON has one number type) or 1.1; not true; else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return 1 if value == 1 else (1.1 if value == 1.1 else None)
 STOP = json.dumps({"type": "stop"})
 FORMATS = {"s16le": "<i2", "f32le": "<f4"}
 # The client schema's patterns, matched whole (re.fullmatch: in re.match, `$` also matches before a final newline).
@@ -199,7 +207,9 @@ def start_fault(msg: object, server_language: str | None = None) -> str | None:
         return "protocol"
     ok = (
         set(msg) <= set(START_FIELDS)
-        and ("protocol" not in msg or (not isinstance(msg["protocol"], bool) and msg["protocol"] == PROTOCOL_VERSION))
+        and _version(msg.get("protocol", 1)) is not None
+        and isinstance(msg.get("provisional", False), bool)
+        and (not msg.get("provisional") or _version(msg.get("protocol", 1)) == 1.1)
         and _is_integer(msg.get("sample_rate")) and 8000 <= msg["sample_rate"] <= 192_000
         and isinstance(msg.get("format"), str) and msg["format"] in FORMATS
         and ("channels" not in msg or (_is_integer(msg["channels"]) and 1 <= msg["channels"] <= 8))
@@ -324,7 +334,7 @@ def found_bug(case: Case, max_message_bytes: int = 64 * 1024, server_language: s
     if any(has_surrogate(k) for k in unknown):
         return "surrogate-field-name"
     rate = first.get("sample_rate")
-    if not unknown and first.get("protocol", PROTOCOL_VERSION) == PROTOCOL_VERSION and "format" in first \
+    if not unknown and _version(first.get("protocol", 1)) == 1 and "format" in first \
             and type(rate) is int and 8000 <= rate <= 192_000 and isinstance(first["format"], (list, dict)):
         return "unhashable-format"
     # The rest answer an input wrongly only where nothing else in the start is wrong.

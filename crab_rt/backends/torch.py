@@ -50,6 +50,7 @@ _RECOMPILE_LIMIT = 64
 _IO = {
     "speech_encoder": (("input_values", "attention_mask"), ("hidden_states", "frame_mask")),
     "text_encoder": (("input_ids", "attention_mask"), ("hidden_states",)),
+    "speech_classifier": (("speech_hidden", "speech_mask"), ("logits", "probabilities")),
 }
 _HEAD_IO = {
     "both": (("speech_hidden", "speech_mask", "text_hidden", "text_mask"), ("logits", "probabilities")),
@@ -175,7 +176,7 @@ def torch_sessions(model, device: str, compile: str = "none", precision: str = "
     """
     _check_options(device, compile, precision)
     place_model(model, device, precision)
-    names = [n for n in _ENCODERS if getattr(model, n) is not None] + ["head"]
+    names = [n for n in (*_ENCODERS, "speech_classifier") if getattr(model, n, None) is not None] + ["head"]
     return {n: TorchSession(model, n, device, *(_IO.get(n) or _HEAD_IO[model.head.config.modality]), compile,
                             precision, dynamic_shapes) for n in names}
 

@@ -133,6 +133,9 @@ class AsyncClient:
         ssl_context: TLS settings for wss:// (default: the system's CAs).
         open_timeout: seconds for the handshake, and again for `ready`.
         max_queued_messages: the reader's queue bound.
+        provisional: also receive a provisional event per utterance (`stage == "provisional"`, the voice alone,
+            before ASR), then the final one; asks for protocol 1.1 (a server without the voice-only classifier
+            refuses it with `bad_start`).
 
     Raises:
         ClientError: an invalid URL or option (on construction); on open, see `open`.
@@ -141,12 +144,14 @@ class AsyncClient:
     def __init__(self, url: str, *, sample_rate: int = SAMPLE_RATE, format: str = "f32le", channels: int = 1,
                  language: str | None = None, stream_id: str | None = None, realtime: bool = True,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None, open_timeout: float = 10.0,
-                 max_queued_messages: int = 1024) -> None:
+                 max_queued_messages: int = 1024, provisional: bool = False) -> None:
         self.url = url
         host, port = _parse_url(url)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            start = StartRequest(sample_rate, format, channels, language, stream_id, realtime).to_message()
+            # protocol 1.1 only when it is needed, so that a server of version 1 takes every other stream
+            start = StartRequest(sample_rate, format, channels, language, stream_id, realtime,
+                                 1.1 if provisional else 1, provisional).to_message()
             self.request = StartRequest.parse(json.dumps(start))
         except ProtocolError as e:
             raise ClientError(f"invalid stream option: {e}") from None

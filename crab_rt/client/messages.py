@@ -1,4 +1,4 @@
-"""The client side of protocol 1's data: typed server messages, their lenient parser, PCM encoding and splitting.
+"""The client side of the protocol's data (versions 1 and 1.1): typed server messages, their lenient parser, PCM encoding and splitting.
 
 `parse_message` turns one JSON text message into `Ready`, `SpeechStart`, `SpeechEnd`, `EmotionEvent`,
 `ServerError` or `Done` (unknown fields ignored, required ones checked); `encode_pcm` and `split_payload` turn
@@ -17,7 +17,8 @@ import numpy as np
 from crab_rt.audio import PCM_FORMATS
 from crab_rt.checks import is_int
 from crab_rt.errors import CrabError
-from crab_rt.runtime.events import EmotionEvent
+from crab_rt.runtime.events import STAGES, EmotionEvent
+from crab_rt.serve.protocol import PROTOCOL_VERSIONS
 
 __all__ = ["ClientError", "Message", "Ready", "SpeechStart", "SpeechEnd", "Event", "ServerError", "Done",
            "encode_pcm", "split_payload", "parse_message"]
@@ -57,7 +58,8 @@ class Ready:
     realtime: bool
     max_message_bytes: int
     idle_timeout_s: float
-    protocol: int = 1
+    protocol: float = 1
+    provisional: bool = False  # (1.1) the stream gets provisional events
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "ready", **asdict(self), "labels": list(self.labels)}
@@ -144,6 +146,18 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _version(value: Any) -> float:
+    if isinstance(value, bool) or value not in PROTOCOL_VERSIONS:
+        raise ValueError(f"expected a protocol version ({', '.join(map(str, PROTOCOL_VERSIONS))})")
+    return 1 if value == 1 else float(value)
+
+
+def _stage(value: Any) -> str:
+    if value not in STAGES:
+        raise ValueError(f"expected one of {', '.join(STAGES)}")
+    return value
+
+
 def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else convert(value)
 
@@ -164,7 +178,7 @@ def _numbers(value: Any) -> dict[str, float]:
 _MESSAGES: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "ready": (Ready, {"stream_id": _str, "server": _str, "labels": _strings, "sample_rate": _int, "format": _str,
                       "channels": _int, "language": _optional(_str), "realtime": _bool, "max_message_bytes": _int,
-                      "idle_timeout_s": _float, "protocol": _int}),
+                      "idle_timeout_s": _float, "protocol": _version}),
     "speech_start": (SpeechStart, {"stream_id": _str, "time_s": _float}),
     "speech_end": (SpeechEnd, {"stream_id": _str, "time_s": _float, "utterance_id": _optional(_int)}),
     "event": (EmotionEvent, {"stream_id": _str, "utterance_id": _int, "start_s": _float, "end_s": _float,
@@ -173,6 +187,14 @@ _MESSAGES: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "error": (ServerError, {"code": _str, "message": _str, "fatal": _bool}),
     "done": (Done, {"stream_id": _str, "reason": _str, "audio_s": _float, "utterances": _int, "events": _int,
                     "dropped_utterances": _int, "dropped_messages": _int}),
+}
+
+
+# type -> {field: converter} of fields a message may lack (a server of an earlier protocol version); the class's
+# default stands in.
+_OPTIONAL_FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "ready": {"provisional": _bool},
+    "event": {"stage": _stage, "abstained": _bool},
 }
 
 
@@ -202,6 +224,12 @@ def parse_message(data: str | bytes) -> Message | None:
             values[name] = convert(msg[name])
         except ValueError as e:
             raise ClientError(f"the server sent a {kind} message with {name} = {msg[name]!r}: {e}") from None
+    for name, convert in _OPTIONAL_FIELDS.get(kind, {}).items():
+        if name in msg:
+            try:
+                values[name] = convert(msg[name])
+            except ValueError as e:
+                raise ClientError(f"the server sent a {kind} message with {name} = {msg[name]!r}: {e}") from None
     return cls(**values)
 
 

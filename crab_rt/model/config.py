@@ -103,6 +103,7 @@ class ModelConfig:
     `freeze_feature_encoder` freezes the speech encoder's CNN (the paper's
     setting); `freeze_speech_encoder` freezes all of it (a pretrained encoder
     used as a fixed feature extractor, as the demo uses Whisper tiny.en's).
+    `speech_classifier` adds the voice-only classifier of provisional events.
     """
 
     speech_encoder: str = "microsoft/wavlm-large"
@@ -112,6 +113,9 @@ class ModelConfig:
     max_text_tokens: int = 128
     freeze_feature_encoder: bool = True
     freeze_speech_encoder: bool = False
+    # A voice-only classifier on the speech encoder's states (crab_rt.model.speech_classifier), trained beside
+    # Crab on detached states: the runtime's provisional events. Ignored without a speech encoder.
+    speech_classifier: bool = True
 
     def validate(self) -> ModelConfig:
         if not 0.5 <= self.max_audio_s <= 60.0:

@@ -17,6 +17,7 @@ from crab_rt.errors import ConfigError
 from crab_rt.model.config import HeadConfig, ModelConfig
 from crab_rt.model.encoders import SpeechEncoder, TextEncoder, hf_model_from_config, load_hf_model
 from crab_rt.model.head import CrabHead
+from crab_rt.model.speech_classifier import SpeechClassifier
 
 __all__ = ["CrabModel", "count_parameters"]
 
@@ -35,6 +36,7 @@ class CrabModel(nn.Module):
         labels: class names, in logit order.
         normalize_waveform: whether inputs are normalised per utterance
             (recorded so export and the runtime prepare audio the same way).
+        speech_classifier: the voice-only classifier on the speech encoder's states, or None.
     """
 
     def __init__(
@@ -44,11 +46,13 @@ class CrabModel(nn.Module):
         head: CrabHead,
         labels: Sequence[str],
         normalize_waveform: bool,
+        speech_classifier: SpeechClassifier | None = None,
     ) -> None:
         super().__init__()
         self.speech_encoder = speech_encoder
         self.text_encoder = text_encoder
         self.head = head
+        self.speech_classifier = speech_classifier
         self.labels = list(labels)
         self.normalize_waveform = bool(normalize_waveform)
 
@@ -72,7 +76,8 @@ class CrabModel(nn.Module):
             num_classes=len(labels),
         )
         normalize = _wants_normalized_input(config.speech_encoder, speech)
-        return cls(speech, text, CrabHead(head_cfg), labels, normalize)
+        voice = SpeechClassifier(speech.hidden_size, len(labels)) if speech and config.speech_classifier else None
+        return cls(speech, text, CrabHead(head_cfg), labels, normalize, voice)
 
     def architecture(self) -> dict:
         """Everything needed to rebuild this model without downloading: encoder configs and head config."""
@@ -82,6 +87,7 @@ class CrabModel(nn.Module):
             "head": self.head.config.to_dict(),
             "labels": self.labels,
             "normalize_waveform": self.normalize_waveform,
+            "speech_classifier": None if self.speech_classifier is None else self.speech_classifier.config(),
         }
 
     @classmethod
@@ -101,6 +107,7 @@ class CrabModel(nn.Module):
             CrabHead(HeadConfig.from_dict(arch["head"])),
             arch["labels"],
             arch["normalize_waveform"],
+            None if not arch.get("speech_classifier") else SpeechClassifier(**arch["speech_classifier"]),
         )
 
     def forward(
@@ -132,6 +139,7 @@ class CrabModel(nn.Module):
             "speech_encoder": count_parameters(self.speech_encoder),
             "text_encoder": count_parameters(self.text_encoder),
             "head": count_parameters(self.head),
+            "speech_classifier": count_parameters(self.speech_classifier),
         }
 
 

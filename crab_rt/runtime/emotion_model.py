@@ -18,6 +18,7 @@ import numpy as np
 from crab_rt.backends.base import GraphSession
 from crab_rt.backends.select import BackendChoice, load_sessions
 from crab_rt.bundle import Bundle, load_bundle
+from crab_rt.errors import BundleError
 from crab_rt.features import pad_waveforms
 from crab_rt.runtime.speech_frontend import SPLIT_GRAPHS, FrontendGeometry, UtteranceFrames, encode_split
 from crab_rt.text import TextTokenizer
@@ -39,6 +40,14 @@ class Features:
 def _unpad(hidden: np.ndarray, lengths: np.ndarray) -> list[Features]:
     """One fp32 feature matrix per batch item, cut to its valid length."""
     return [Features(hidden[i, : int(n)].astype(np.float32, copy=False)) for i, n in enumerate(lengths)]
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Row-wise softmax of logits / temperature (calibrated probabilities), float32."""
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _stack(features: Sequence[Features], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +82,10 @@ class EmotionModel:
         self.labels = list(bundle.labels)
         self.uses_speech = "speech_encoder" in sessions
         self.uses_text = "text_encoder" in sessions
+        # The voice-only classifier of provisional events (a bundle exported before it has none).
+        self.has_voice = "speech_classifier" in sessions
+        # Calibrated confidence: each classifier's logits over its temperature (crab_rt.train.calibration).
+        self.temperatures = {g: bundle.temperature(g) for g in ("head", "speech_classifier")}
         self.tokenizer = (
             TextTokenizer.from_file(bundle.tokenizer_path, bundle.max_text_tokens) if self.uses_text else None
         )
@@ -142,7 +155,20 @@ class EmotionModel:
             inputs["speech_hidden"], inputs["speech_mask"] = _stack(speech, dim)
         if self.uses_text:
             inputs["text_hidden"], inputs["text_mask"] = _stack(text, self._text_dim or text[0].hidden.shape[1])
-        return self.sessions["head"].run(inputs)["probabilities"]
+        return _softmax(self.sessions["head"].run(inputs)["logits"], self.temperatures["head"])
+
+    def classify_voice(self, speech: Sequence[Features]) -> np.ndarray:
+        """The voice-only classifier on a batch of speech features: calibrated probabilities [B, C].
+
+        Raises:
+            BundleError: the bundle has no voice-only classifier (`has_voice` is False).
+        """
+        if not self.has_voice:
+            raise BundleError(f"{self.bundle.root}: this bundle has no voice-only classifier (exported before crab-rt "
+                              "had one, or trained with model.speech_classifier = false); retrain and re-export")
+        hidden, mask = _stack(speech, self._speech_dim or speech[0].hidden.shape[1])
+        out = self.sessions["speech_classifier"].run({"speech_hidden": hidden, "speech_mask": mask})
+        return _softmax(out["logits"], self.temperatures["speech_classifier"])
 
     def predict(self, audios: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
         """All three stages at once: probabilities [B, C]."""

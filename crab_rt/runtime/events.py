@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["EmotionEvent", "LATENCY_KEYS"]
+__all__ = ["EmotionEvent", "LATENCY_KEYS", "STAGES"]
 
 # Milliseconds. end_to_event: from end-of-speech detection (after the hangover)
 # to the event; queue_wait: time the utterance waited for a free worker;
@@ -14,8 +14,12 @@ __all__ = ["EmotionEvent", "LATENCY_KEYS"]
 # (not on the critical path) and speech_tail the front end's share of speech_encoder
 # at the end (the frames not yet computed); both are absent from events of a pipeline
 # that does not encode incrementally.
+# speech_classifier: the voice-only classifier's time, in provisional events.
 LATENCY_KEYS = ("end_to_event", "asr", "speech_encoder", "text_encoder", "head", "queue_wait", "speech_frontend",
-                "speech_tail")
+                "speech_tail", "speech_classifier")
+# An event's stage: "provisional" from the voice alone, as soon as the speech encoder has run (no text); "final"
+# from voice and words, after ASR. Both carry the utterance's utterance_id.
+STAGES = ("provisional", "final")
 
 
 @dataclass(frozen=True)
@@ -29,10 +33,12 @@ class EmotionEvent:
         text: the transcript ("" when ASR is off or its guard dropped the text).
         text_flagged: the ASR guard flagged (or dropped) the transcript as unreliable.
         label: the most probable emotion.
-        confidence: its probability.
+        confidence: its probability (calibrated by the bundle's temperature).
         probabilities: every label's probability.
         latency_ms: per stage, see LATENCY_KEYS.
         forced_split: the utterance was cut at the model's maximum length.
+        stage: "final" (voice and words) or "provisional" (the voice alone, before ASR; no text), see STAGES.
+        abstained: the confidence is below the pipeline's `min_confidence`; the label stays, a consumer decides.
     """
 
     stream_id: str
@@ -46,6 +52,8 @@ class EmotionEvent:
     probabilities: dict[str, float]
     latency_ms: dict[str, float] = field(default_factory=dict)
     forced_split: bool = False
+    stage: str = "final"
+    abstained: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)

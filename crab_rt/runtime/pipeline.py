@@ -129,6 +129,11 @@ class PipelineConfig:
             speaks, so that at the end of speech only the tail and the rest of the encoder run (when the
             bundle has split speech graphs within their parity bound: `runtime/speech_frontend.py`). Off
             (`crab-rt listen --no-incremental-speech`): the whole speech encoder runs at the end of speech.
+        provisional: streams (unless `create_stream` says otherwise) also get a "provisional" event per
+            utterance from the bundle's voice-only classifier, the moment the speech encoder has run, before
+            the "final" one; needs a bundle with that classifier. Off: final events only.
+        min_confidence: an event whose confidence is below this is marked `abstained` (its label stays);
+            0 marks none.
     """
 
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -145,6 +150,8 @@ class PipelineConfig:
     overflow: str = "block"
     event_queue_size: int = 256
     incremental_speech: bool = True
+    provisional: bool = False
+    min_confidence: float = 0.0
 
     def validate(self) -> PipelineConfig:
         self.segmenter.validate()
@@ -172,6 +179,9 @@ class PipelineConfig:
             raise ConfigError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {self.overflow!r}")
         if self.event_queue_size < 1:
             raise ConfigError(f"event_queue_size must be >= 1, got {self.event_queue_size}")
+        if (isinstance(self.min_confidence, bool) or not isinstance(self.min_confidence, (int, float))
+                or not 0.0 <= self.min_confidence <= 1.0):
+            raise ConfigError(f"min_confidence must be a probability in [0, 1], got {self.min_confidence!r}")
         return self
 
 
@@ -181,9 +191,11 @@ class _Outbox:
     The stream reads it, the pipeline's workers write it; neither reaches into the other.
     """
 
-    def __init__(self, stream_id: str, on_event: Callable[[EmotionEvent], None] | None, queue_size: int) -> None:
+    def __init__(self, stream_id: str, on_event: Callable[[EmotionEvent], None] | None, queue_size: int,
+                 provisional: bool = False) -> None:
         self.stream_id = stream_id
         self.on_event = on_event
+        self.provisional = provisional  # the stream also gets provisional events
         self.events: queue.Queue = queue.Queue(maxsize=queue_size)
         self.cond = threading.Condition()
         self.pending = 0
@@ -191,7 +203,8 @@ class _Outbox:
         self.pipeline_closed = False  # Pipeline.close() ended this stream
         self.ended = False  # the end marker is in the event queue
         self.error: BaseException | None = None
-        self.emitted = 0
+        self.emitted = 0  # final events (one per utterance)
+        self.provisional_emitted = 0
         self.dropped_events = 0
 
     def add(self) -> None:
@@ -231,7 +244,10 @@ class _Outbox:
 
     def deliver(self, event: EmotionEvent) -> None:
         with self.cond:
-            self.emitted += 1
+            if event.stage == "final":
+                self.emitted += 1
+            else:
+                self.provisional_emitted += 1
         if self.on_event is None:
             self.put(event)
             return
@@ -264,6 +280,8 @@ class _Outbox:
 
 # The stage times every event's latency_ms carries, in ms (the incremental ones are added where measured).
 _STAGE_TIMES = ("asr", "speech_encoder", "text_encoder", "head", "queue_wait")
+# What a provisional event's latency_ms carries besides end_to_event and speech_classifier: the stages that ran.
+_PROVISIONAL_TIMES = ("queue_wait", "speech_encoder", "speech_frontend", "speech_tail")
 
 
 class _Job:
@@ -424,17 +442,31 @@ class Stream:
 
 
 def _make_event(stream_id: str, utt: Utterance, labels: Sequence[str], probs: np.ndarray, text: str, flagged: bool,
-               ms: dict[str, float]) -> EmotionEvent:
+                ms: dict[str, float], stage: str = "final", min_confidence: float = 0.0) -> EmotionEvent:
     """The event of one utterance: label and confidence from `probs` over `labels`, the stage times `ms`, and
-    end_to_event from the end of speech to now. Shared with the Ray Serve engine (crab_rt.serve.ray)."""
+    end_to_event from the end of speech to now; abstained below `min_confidence`. Shared with the Ray Serve
+    engine (crab_rt.serve.ray)."""
     best = int(np.argmax(probs))
     latency = {"end_to_event": (time.perf_counter() - utt.end_of_speech_time) * 1000, **ms}
     return EmotionEvent(
         stream_id=stream_id, utterance_id=utt.utterance_index, start_s=utt.start_s, end_s=utt.end_s,
         text=text, text_flagged=flagged, label=labels[best], confidence=float(probs[best]),
         probabilities={k: float(v) for k, v in zip(labels, probs)}, latency_ms=latency,
-        forced_split=utt.forced_split,
+        forced_split=utt.forced_split, stage=stage, abstained=float(probs[best]) < min_confidence,
     )
+
+
+def provisional_events(model: EmotionModel, jobs: Sequence[tuple[str, Utterance, dict[str, float]]],
+                       speech: Sequence[Features], min_confidence: float) -> list[EmotionEvent]:
+    """The provisional events of utterances whose speech features are ready: the voice-only classifier on
+    them, one batch. `jobs`: (stream id, utterance, its stage times so far) per feature. Shared with the Ray
+    Serve engine."""
+    start = time.perf_counter()
+    probs = model.classify_voice(speech)
+    ms = (time.perf_counter() - start) * 1000
+    return [_make_event(stream_id, utt, model.labels, p, "", False, {**times, "speech_classifier": ms},
+                        "provisional", min_confidence)
+            for (stream_id, utt, times), p in zip(jobs, probs)]
 
 
 def _admit(admission: threading.BoundedSemaphore, config: PipelineConfig, outbox: _Outbox, utt: Utterance,
@@ -513,6 +545,8 @@ class Pipeline:
         self.model = bundle if isinstance(bundle, EmotionModel) else EmotionModel.load(
             bundle, config.backend, config.gpu, config.precision, self.cores.graph_threads(), config.ort_spinning,
             incremental_speech=config.incremental_speech)
+        if config.provisional:
+            self._check_provisional()
         if self.model.choice.backend == "torch" and self.model.choice.device == "cpu":
             import torch  # already imported by the torch backend; its intra-op pool is process-wide
 
@@ -532,7 +566,8 @@ class Pipeline:
         self._lock = threading.Lock()  # guards _closed, _outboxes, error and the submit/close handover
         self._outboxes: weakref.WeakSet[_Outbox] = weakref.WeakSet()
         self.error: BaseException | None = None  # first worker failure; raised by `check()`
-        self.latencies = LatencyStats()  # every event's stage timings, bounded memory
+        self.latencies = LatencyStats()  # every final event's stage timings, bounded memory
+        self.provisional_latencies = LatencyStats()  # the same for provisional events
         self.started = time.perf_counter()
         self._workers = [
             threading.Thread(target=self._speech_worker, name="crab-speech", daemon=True),
@@ -559,6 +594,12 @@ class Pipeline:
                     g.chunk_frames * g.stride * 1000 // self.config.segmenter.sample_rate_hz, model.split_note)
         return True
 
+    def _check_provisional(self) -> None:
+        if not self.model.has_voice:
+            raise ConfigError(f"{self.model.bundle.root}: provisional events need the bundle's voice-only classifier, "
+                              "and this bundle has none (exported before crab-rt had one, or trained with "
+                              "model.speech_classifier = false); retrain and re-export it, or leave provisional off")
+
     def describe(self) -> str:
         """What runs where, in one line (the CLI status line): backend and device, ASR model and device.
 
@@ -575,10 +616,20 @@ class Pipeline:
 
     def create_stream(self, stream_id: str | None = None,
                       on_event: Callable[[EmotionEvent], None] | None = None,
-                      on_speech: Callable[[SpeechMark], None] | None = None) -> Stream:
-        """A new stream with its own VAD state and segmenter (callbacks: see the module docstring)."""
+                      on_speech: Callable[[SpeechMark], None] | None = None,
+                      provisional: bool | None = None) -> Stream:
+        """A new stream with its own VAD state and segmenter (callbacks: see the module docstring).
+
+        `provisional`: whether it also gets provisional events (None: `PipelineConfig.provisional`).
+
+        Raises:
+            ConfigError: provisional events asked of a bundle without the voice-only classifier.
+        """
         stream_id = stream_id or f"stream-{next(self._ids)}"
-        outbox = _Outbox(stream_id, on_event, self.config.event_queue_size)
+        provisional = self.config.provisional if provisional is None else provisional
+        if provisional:
+            self._check_provisional()
+        outbox = _Outbox(stream_id, on_event, self.config.event_queue_size, provisional)
         with self._lock:
             if self._closed:
                 raise RuntimeError("create_stream() on a closed pipeline")
@@ -707,6 +758,15 @@ class Pipeline:
         elapsed = (time.perf_counter() - start) * 1000
         for job, f in zip(batch, features):
             job.speech, job.ms["speech_encoder"] = f, elapsed
+        wanted = [job for job in batch if job.outbox.provisional]
+        if wanted:  # before _part_done: a provisional event always comes before its final one
+            ran = [(job.outbox.stream_id, job.utt, {k: job.ms[k] for k in _PROVISIONAL_TIMES if k in job.ms})
+                   for job in wanted]
+            events = provisional_events(self.model, ran, [job.speech for job in wanted], self.config.min_confidence)
+            for job, event in zip(wanted, events):
+                self.provisional_latencies.add(event.latency_ms)
+                job.outbox.deliver(event)
+        for job in batch:
             self._part_done(job)
 
     def _asr_worker(self) -> None:
@@ -747,7 +807,8 @@ class Pipeline:
             self._finish(job, p)
 
     def _finish(self, job: _Job, probs: np.ndarray) -> None:
-        event = _make_event(job.outbox.stream_id, job.utt, self.model.labels, probs, job.text, job.flagged, job.ms)
+        event = _make_event(job.outbox.stream_id, job.utt, self.model.labels, probs, job.text, job.flagged, job.ms,
+                            min_confidence=self.config.min_confidence)
         self.latencies.add(event.latency_ms)
         with job.lock:
             job.parts_left = -1

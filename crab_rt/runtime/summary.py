@@ -150,7 +150,7 @@ PACED_MIN_RTF = 0.95
 
 
 def run_summary(latencies: LatencyStats | Iterable[Mapping[str, float]], audio_s: float, wall_s: float,
-                dropped: int = 0, paced: bool | None = None) -> dict:
+                dropped: int = 0, paced: bool | None = None, provisional: LatencyStats | None = None) -> dict:
     """Summary numbers of a run.
 
     Args:
@@ -161,10 +161,12 @@ def run_summary(latencies: LatencyStats | Iterable[Mapping[str, float]], audio_s
         paced: whether the audio arrived at real time (a microphone, a file with --realtime: True; a file fed as
             fast as possible: False; None: unknown, e.g. stdin, judged from the run's wall/audio ratio).
             Latencies of input faster than real time include the time utterances queued behind earlier ones.
+        provisional: the pipeline's `provisional_latencies`; when it holds events, the summary has
+            "provisional_end_to_event" ({"p50", "p95"}, end of speech to the provisional event).
 
     Returns:
         {"utterances", "audio_s", "wall_s", "real_time_factor" (wall / audio), "dropped", "paced",
-         "latency_ms": {stage: {"p50", "p95"}}}.
+         "latency_ms": {stage: {"p50", "p95"}}} (the final events' stages).
     """
     stats = latencies
     if not isinstance(stats, LatencyStats):
@@ -186,6 +188,10 @@ def run_summary(latencies: LatencyStats | Iterable[Mapping[str, float]], audio_s
         hist = stats.stage(key)
         if hist.count:
             summary["latency_ms"][key] = {"p50": round(hist.percentile(50), 2), "p95": round(hist.percentile(95), 2)}
+    if provisional is not None and provisional.count:
+        hist = provisional.stage("end_to_event")
+        summary["provisional_end_to_event"] = {"p50": round(hist.percentile(50), 2),
+                                               "p95": round(hist.percentile(95), 2)}
     return summary
 
 
@@ -196,6 +202,9 @@ def format_summary(summary: dict) -> str:
         f"utterances {summary['utterances']}  audio {summary['audio_s']:.1f} s  wall {summary['wall_s']:.1f} s  "
         f"RTF {rtf if rtf is not None else 'n/a'}  dropped {summary['dropped']}"
     ]
+    if "provisional_end_to_event" in summary:
+        p = summary["provisional_end_to_event"]
+        lines.append(f"  {'end_to_event':<15} p50 {p['p50']:8.1f} ms   p95 {p['p95']:8.1f} ms   (provisional events)")
     for key, p in summary["latency_ms"].items():
         lines.append(f"  {key:<15} p50 {p['p50']:8.1f} ms   p95 {p['p95']:8.1f} ms")
     if not summary.get("paced", True) and summary["latency_ms"]:

@@ -36,7 +36,9 @@ class ServerMetrics:
                               registry=r)
         self.audio_seconds = Counter("crab_rt_audio_seconds", "Audio received, in 16 kHz seconds", registry=r)
         self.utterances = Counter("crab_rt_utterances", "Utterances submitted to the pipeline", registry=r)
-        self.events = Counter("crab_rt_events", "Events sent to clients", registry=r)
+        self.events = Counter("crab_rt_events", "Events sent to clients (final, one per utterance)", registry=r)
+        self.provisional_events = Counter("crab_rt_provisional_events",
+                                          "Provisional events (the voice alone) sent to clients", registry=r)
         self.utterances_dropped = Counter("crab_rt_utterances_dropped", "Utterances dropped by --overflow drop",
                                           registry=r)
         self.messages_dropped = Counter("crab_rt_messages_dropped", "Messages lost to clients that read too slowly",
@@ -45,6 +47,9 @@ class ServerMetrics:
                                  buckets=LATENCY_BUCKETS_S, registry=r)
         for stage in LATENCY_KEYS:
             self.latency.labels(stage)
+        self.provisional_latency = Histogram("crab_rt_provisional_latency_seconds",
+                                             "End of speech to a provisional event", buckets=LATENCY_BUCKETS_S,
+                                             registry=r)
         depth = Gauge("crab_rt_queue_depth", "Utterances waiting per worker queue; in_flight: in all", ["queue"],
                       registry=r)
         for name in ("speech", "asr", "fusion", "in_flight"):

@@ -1,10 +1,14 @@
-"""The `crab-rt serve` wire protocol, version 1 (docs/protocol.md): message builders and the `start` parser.
+"""The `crab-rt serve` wire protocol, versions 1 and 1.1 (docs/protocol.md): message builders and the `start` parser.
 
 Shared by the server and the clients; no network code here. One WebSocket
 connection is one stream: the client sends a JSON `start`, binary PCM frames,
 then `stop`; the server answers `ready`, `speech_start`/`speech_end`, `event`,
 `error` and finally `done`. The JSON Schemas in `schemas/` describe every
 message; the tests validate each message the server sends against them.
+Version 1.1 adds provisional events: a start with `"protocol": 1.1,
+"provisional": true` also gets, per utterance, an `event` with `"stage":
+"provisional"` from the voice alone before the final one. Every event carries
+`stage` and `abstained`, fields a version-1 client ignores.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from crab_rt.checks import is_int
 from crab_rt.errors import CrabError
 
 __all__ = [
-    "PROTOCOL_VERSION", "DEFAULT_PORT", "CLOSE", "ERROR_CODES", "DONE_REASONS", "ProtocolError",
+    "PROTOCOL_VERSION", "PROTOCOL_VERSIONS", "DEFAULT_PORT", "CLOSE", "ERROR_CODES", "DONE_REASONS", "ProtocolError",
     "StartRequest", "ready_message", "speech_message", "event_message", "error_message", "done_message",
     "schema_path",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1.1  # the newest (crab-rt's clients send 1.1 only to ask for provisional events, else 1)
+PROTOCOL_VERSIONS = (1, 1.1)  # what a start may ask for; without `protocol`, 1
 DEFAULT_PORT = 8765
 
 # WebSocket close codes the server uses (RFC 6455 section 7.4.1).
@@ -56,7 +61,17 @@ DONE_REASONS = ("stop", "drain", "idle_timeout", "error")
 
 _STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")  # matched whole (fullmatch: no final newline)
 _LANGUAGE_RE = re.compile(r"[a-z]{2,3}")
-_START_FIELDS = {"type", "protocol", "sample_rate", "format", "channels", "language", "stream_id", "realtime"}
+_START_FIELDS = {"type", "protocol", "sample_rate", "format", "channels", "language", "stream_id", "realtime",
+                 "provisional"}
+
+
+def _version(value: object) -> float | None:
+    """A start's `protocol` as one of PROTOCOL_VERSIONS (1.0 counts as 1; true does not), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if _integer(value) == 1:
+        return 1
+    return 1.1 if value == 1.1 else None
 
 
 def _integer(value: object) -> int | None:
@@ -88,6 +103,8 @@ class StartRequest:
         stream_id: the client's name for the stream, or None (the server picks one).
         realtime: the client sends live audio; the server paces it to real time. False: as fast as the
             pipeline takes it (files), with back-pressure instead of loss.
+        protocol: the version the client speaks, 1 or 1.1.
+        provisional: (1.1) also send a provisional event per utterance, from the voice alone.
     """
 
     sample_rate: int
@@ -96,6 +113,8 @@ class StartRequest:
     language: str | None = None
     stream_id: str | None = None
     realtime: bool = True
+    protocol: float = 1
+    provisional: bool = False
 
     @classmethod
     def parse(cls, text: str | bytes) -> StartRequest:
@@ -121,10 +140,10 @@ class StartRequest:
         if unknown:
             raise ProtocolError("bad_start", f"start: unknown field(s) {', '.join(map(repr, unknown))}; "
                                 f"allowed: {', '.join(sorted(_START_FIELDS))}")
-        version = msg.get("protocol", PROTOCOL_VERSION)
-        if _integer(version) != PROTOCOL_VERSION:
-            raise ProtocolError("bad_start", f"start.protocol = {version!r}: this server speaks version "
-                                f"{PROTOCOL_VERSION}")
+        version = _version(msg.get("protocol", 1))
+        if version is None:
+            raise ProtocolError("bad_start", f"start.protocol = {msg.get('protocol')!r}: this server speaks versions "
+                                f"{' and '.join(map(str, PROTOCOL_VERSIONS))}")
         for name in ("sample_rate", "format"):
             if name not in msg:
                 raise ProtocolError("bad_start", f"start: missing field {name}")
@@ -149,12 +168,19 @@ class StartRequest:
         realtime = msg.get("realtime", True)
         if not isinstance(realtime, bool):
             raise ProtocolError("bad_start", f"start.realtime = {realtime!r}: must be true or false")
-        return cls(rate, msg["format"], channels, language, stream_id, realtime)
+        provisional = msg.get("provisional", False)
+        if not isinstance(provisional, bool):
+            raise ProtocolError("bad_start", f"start.provisional = {provisional!r}: must be true or false")
+        if provisional and version < 1.1:
+            raise ProtocolError("bad_start", "start.provisional needs protocol 1.1 (send \"protocol\": 1.1)")
+        return cls(rate, msg["format"], channels, language, stream_id, realtime, version, provisional)
 
     def to_message(self) -> dict[str, Any]:
         """The `start` message a client sends for this request."""
-        msg: dict[str, Any] = {"type": "start", "protocol": PROTOCOL_VERSION, "sample_rate": self.sample_rate,
+        msg: dict[str, Any] = {"type": "start", "protocol": self.protocol, "sample_rate": self.sample_rate,
                                "format": self.format, "channels": self.channels, "realtime": self.realtime}
+        if self.provisional:
+            msg["provisional"] = True
         if self.language is not None:
             msg["language"] = self.language
         if self.stream_id is not None:
@@ -164,7 +190,9 @@ class StartRequest:
 
 def ready_message(stream_id: str, server: str, labels: list[str], request: StartRequest, language: str | None,
                   max_message_bytes: int, idle_timeout_s: float) -> dict[str, Any]:
-    return {"type": "ready", "protocol": PROTOCOL_VERSION, "stream_id": stream_id, "server": server,
+    """`ready`: the version the client asked for, and (1.1) whether it gets provisional events."""
+    extra = {"provisional": request.provisional} if request.protocol >= 1.1 else {}
+    return {"type": "ready", "protocol": request.protocol, **extra, "stream_id": stream_id, "server": server,
             "labels": list(labels), "sample_rate": request.sample_rate, "format": request.format,
             "channels": request.channels, "language": language, "realtime": request.realtime,
             "max_message_bytes": max_message_bytes, "idle_timeout_s": idle_timeout_s}

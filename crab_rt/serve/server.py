@@ -489,6 +489,11 @@ class _Session:
             self.loop.call_soon_threadsafe(self._post_event, event)
 
     def _post_event(self, event: EmotionEvent) -> None:
+        if event.stage == "provisional":
+            self.metrics.provisional_latency.observe(event.latency_ms["end_to_event"] / 1000.0)
+            if self.post(protocol.event_message(event.to_dict())):
+                self.metrics.provisional_events.inc()
+            return
         self.metrics.observe_latency(event.latency_ms)
         if self.post(protocol.event_message(event.to_dict())):
             self.events += 1
@@ -566,6 +571,9 @@ class _Session:
         try:
             request = StartRequest.parse(first)
             self._check_language(request)
+            if request.provisional and not self.server.pipeline.model.has_voice:
+                raise ProtocolError("bad_start", "start.provisional: this server's bundle has no voice-only "
+                                    "classifier, so it sends final events only; omit start.provisional")
         except ProtocolError as e:
             await self._refuse_start(e, CLOSE["policy"])
             return
@@ -599,7 +607,7 @@ class _Session:
         self.stream_id = request.stream_id or self.stream_id
         decoder = PcmDecoder(request.sample_rate, request.format, request.channels, f"stream {self.stream_id}")
         self.stream = server.pipeline.create_stream(self.stream_id, on_event=self.on_event,
-                                                    on_speech=self.on_speech)
+                                                    on_speech=self.on_speech, provisional=request.provisional)
         self.post(protocol.ready_message(self.stream_id, f"crab-rt {__version__}", list(server.pipeline.model.labels),
                                          request, server.language, server.config.max_message_bytes,
                                          server.config.idle_timeout_s), must_send=True)

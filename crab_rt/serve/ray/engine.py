@@ -69,7 +69,8 @@ class RayEngine:
         described = f"Ray Serve: {MODEL} ({info['backend']})" + (
             f" + {ASR} ({asr_info['device']})" if asr_info is not None else "")
         self.model = SimpleNamespace(labels=list(info["labels"]), uses_speech=bool(info["uses_speech"]),
-                                     uses_text=bool(info["uses_text"]), choice=_Described(described))
+                                     uses_text=bool(info["uses_text"]), has_voice=bool(info.get("has_voice")),
+                                     choice=_Described(described))
         self.vad = SileroVad(num_threads=1)
         self.retries, self.timeout_s = retries, timeout_s
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -90,8 +91,9 @@ class RayEngine:
                 self.retried.labels(name)
                 self.failed.labels(name)
 
-    def create_stream(self, stream_id: str, on_event=None, on_speech=None) -> Stream:
-        outbox = _Outbox(stream_id, on_event, self.config.event_queue_size)
+    def create_stream(self, stream_id: str, on_event=None, on_speech=None, provisional: bool = False) -> Stream:
+        """A stream; `provisional`: it also gets provisional events (the server checked `model.has_voice`)."""
+        outbox = _Outbox(stream_id, on_event, self.config.event_queue_size, provisional)
         with self._lock:
             if self._closed:
                 raise RuntimeError("create_stream() on a closed engine")
@@ -126,7 +128,7 @@ class RayEngine:
     # ---- processing (the event loop) -----------------------------------------------------------------------------
     async def _process(self, outbox: _Outbox, seq: int, utt: Utterance) -> None:
         try:
-            result: tuple = ("ok", await self._run(utt))
+            result: tuple = ("ok", await self._run(utt, outbox))
         except Exception as e:  # noqa: BLE001 - becomes the stream's error, in utterance order
             result = ("error", e)
         self._complete(outbox, seq, utt, result)
@@ -144,7 +146,8 @@ class RayEngine:
             try:
                 if kind == "ok":
                     probs, text, flagged, ms = value
-                    outbox.deliver(_make_event(outbox.stream_id, utt, self.model.labels, probs, text, flagged, ms))
+                    outbox.deliver(_make_event(outbox.stream_id, utt, self.model.labels, probs, text, flagged, ms,
+                                               min_confidence=self.config.min_confidence))
                 else:
                     log.debug("stream %s: utterance %d failed", outbox.stream_id, utt.utterance_index, exc_info=value)
                     outbox.fail(value)
@@ -152,7 +155,7 @@ class RayEngine:
                 self._admission.release()
                 outbox.done()
 
-    async def _run(self, utt: Utterance) -> tuple[np.ndarray, str, bool, dict[str, float]]:
+    async def _run(self, utt: Utterance, outbox: _Outbox) -> tuple[np.ndarray, str, bool, dict[str, float]]:
         ms = dict.fromkeys(_STAGE_TIMES, 0.0)
         model, asr = self._model_handle, self._asr_handle
         speech = (asyncio.ensure_future(self._call("speech", "speech encoder", model.speech, utt.audio))
@@ -163,8 +166,13 @@ class RayEngine:
         try:
             hidden = None
             if speech is not None:
-                (hidden, ms["speech_encoder"]), rtt = await speech
-                wait += rtt - ms["speech_encoder"]
+                (hidden, ms["speech_encoder"], voice, voice_ms), rtt = await speech
+                wait += rtt - ms["speech_encoder"] - voice_ms
+                if outbox.provisional and voice is not None:  # before the final event, which needs ASR too
+                    times = {"queue_wait": max(0.0, wait), "speech_encoder": ms["speech_encoder"],
+                             "speech_classifier": voice_ms}
+                    outbox.deliver(_make_event(outbox.stream_id, utt, self.model.labels, np.asarray(voice), "", False,
+                                               times, "provisional", self.config.min_confidence))
             text, flagged = "", False
             if heard is not None:
                 (text, flagged, ms["asr"]), rtt = await heard

@@ -88,26 +88,31 @@ class ModelReplica(_Batched):
         self._setup_batching("crab-model", {"speech": self._speech_batch, "fuse": self._fuse_batch},
                              min(config.max_batch, cap or config.max_batch), cap)
         self._info = {"labels": list(self.model.labels), "uses_speech": self.model.uses_speech,
-                      "uses_text": self.model.uses_text, "backend": self.model.choice.describe(),
+                      "uses_text": self.model.uses_text, "has_voice": self.model.has_voice,
+                      "backend": self.model.choice.describe(),
                       "max_audio_s": float(self.model.bundle.max_audio_s), "bundle": str(bundle)}
 
     async def info(self) -> dict[str, Any]:
         return {**self._info, "max_batch_size": self.max_batch_size}
 
-    async def speech(self, audio: np.ndarray) -> tuple[np.ndarray, float]:
-        """Speech encoder on one utterance (batched with others): (hidden states [T, D], batch ms)."""
+    async def speech(self, audio: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None, float]:
+        """Speech encoder on one utterance (batched with others): (hidden states [T, D], batch ms, the voice-only
+        classifier's calibrated probabilities [C] or None without one, its batch ms)."""
         return await self._batchers["speech"](audio)
 
     async def fuse(self, speech: np.ndarray | None, text: str) -> tuple[np.ndarray, float, float]:
         """Text encoder + head on one utterance (batched): (probabilities [C], text encoder ms, head ms)."""
         return await self._batchers["fuse"]((speech, text))
 
-    async def _speech_batch(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
-        def work() -> list[tuple[np.ndarray, float]]:
+    async def _speech_batch(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, float, Any, float]]:
+        def work() -> list[tuple[np.ndarray, float, Any, float]]:
             start = time.perf_counter()
             features = self.model.encode_speech(audios)
-            ms = (time.perf_counter() - start) * 1000
-            return [(f.hidden, ms) for f in features]
+            mid = time.perf_counter()
+            # the voice-only classifier costs well under a millisecond: run for every utterance, sent if asked
+            voice = self.model.classify_voice(features) if self.model.has_voice else [None] * len(features)
+            end = time.perf_counter()
+            return [(f.hidden, (mid - start) * 1000, v, (end - mid) * 1000) for f, v in zip(features, voice)]
 
         return await self._in_pool(work)
 
