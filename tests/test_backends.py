@@ -25,7 +25,7 @@ def test_auto_picks_onnxruntime_cpu_here_and_says_why(bundle):
     from crab_rt.backends.select import load_sessions
 
     sessions, choice = load_sessions(bundle, "auto")
-    assert set(sessions) == {"speech_encoder", "text_encoder", "head"}
+    assert set(sessions) == {"speech_encoder", "speech_classifier", "text_encoder", "head"}
     assert choice.backend == "onnxruntime" and choice.device == "cpu"
     assert "TensorRT" in choice.reason and "CPU" in choice.reason
     assert "backend onnxruntime" in choice.describe()

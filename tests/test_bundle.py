@@ -44,7 +44,7 @@ def test_round_trip_fields(exported):
     assert b.asr_model is None
     assert b.shape_ranges["audio_samples"] == {"min": 400, "opt": 64000, "max": 128000}
     assert b.shape_ranges["speech_frames"]["max"] == 399
-    assert b.graph_names == ("speech_encoder", "text_encoder", "head")
+    assert b.graph_names == ("speech_encoder", "speech_classifier", "text_encoder", "head")
     assert b.graph_path("head") == exported / "head.onnx" and b.graph_path("head").is_file()
     assert b.tokenizer_path == exported / "tokenizer.json" and b.tokenizer_path.is_file()
     assert b.torch_checkpoint_path == exported / "model.pt" and b.torch_checkpoint_path.is_file()

@@ -133,7 +133,7 @@ def test_pipeline_gives_each_stage_its_share(tiny_bundle, fake_asr, cores, asr, 
         assert fake_asr.configs[-1].cpu_threads == asr and p.config.asr.cpu_threads == asr
         sessions = {**p.model.sessions, **(p.model.split or {})}
         for name, session in sessions.items():
-            want = {"text_encoder": text, "head": text}.get(name, speech)
+            want = {"text_encoder": text, "head": text, "speech_classifier": 1}.get(name, speech)
             assert _intra_op(session) == want, name
         assert _intra_op(p.vad) == 1
     finally:

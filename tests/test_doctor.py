@@ -312,7 +312,7 @@ def test_bundle_section_without_tensorrt(bundle_copy, capsys):
     assert engine["detail"] == "cannot check here: TensorRT is not installed"
     assert main(["doctor", "--bundle", str(bundle_copy)]) == 0
     out = capsys.readouterr().out
-    assert f"Bundle {bundle_copy}" in out and "graphs        speech_encoder fp32; text_encoder fp32; head fp32" in out
+    assert f"Bundle {bundle_copy}" in out and "graphs        speech_encoder fp32; speech_classifier fp32; text_encoder fp32; head fp32" in out
     assert "engines orin-sm87-trt10.3-fp32: unchecked (Orin, TensorRT 10.3.0, fp32): cannot check here" in out
 
 

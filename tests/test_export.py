@@ -69,7 +69,7 @@ def _wave(seconds: float, seed: int) -> np.ndarray:
 def test_parity_recorded_for_every_graph(bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     parity = manifest["provenance"]["parity"]
-    assert set(parity) == {"speech_encoder", "text_encoder", "head", "end_to_end"}
+    assert set(parity) == {"speech_encoder", "speech_classifier", "text_encoder", "head", "end_to_end"}
     assert all(0.0 <= err <= 1e-4 for err in parity.values()), parity
     assert manifest["provenance"]["tolerance"] == 1e-4
 
@@ -128,7 +128,7 @@ def test_no_legs_in_any_graph(bundle_dir):
     import onnx
 
     files = sorted(bundle_dir.glob("*.onnx"))
-    assert len(files) == 6  # three graphs, fp32 and fp16
+    assert len(files) == 8  # four graphs (the voice-only classifier too), fp32 and fp16
     for f in files:
         graph = onnx.load(str(f)).graph
         names = [n.name for n in graph.node] + [i.name for i in graph.initializer]
@@ -274,7 +274,7 @@ def test_cli_speech_only_export(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     printed = capsys.readouterr().err  # the steps are logged (crab_rt.export.*), on stderr by the CLI
     assert "exporting speech encoder..." in printed and "max err" in printed and "modality speech" in printed
-    assert sorted(p.name for p in out.glob("*.onnx")) == ["head.onnx", "speech_encoder.onnx"]
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["head.onnx", "speech_classifier.onnx", "speech_encoder.onnx"]
     bundle = load_bundle(out)
     assert bundle.modality == "speech" and bundle.tokenizer_path is None
     assert list(bundle.graph_io("head")["inputs"]) == ["speech_hidden", "speech_mask"]

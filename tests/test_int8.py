@@ -108,7 +108,7 @@ def test_the_cpu_runs_the_int8_encoders_by_default(int8_bundle):
     sessions, choice = load_sessions(load_bundle(int8_bundle), "auto", threads=2)
     assert choice.precision == "int8" and choice.device == "cpu"
     assert {n: s.precision for n, s in sessions.items()} == {
-        "speech_encoder": "int8", "text_encoder": "int8", "head": "fp32"}
+        "speech_encoder": "int8", "speech_classifier": "fp32", "text_encoder": "int8", "head": "fp32"}
     fp32, exact = load_sessions(load_bundle(int8_bundle), "onnxruntime", threads=2, cpu_int8=False)
     assert exact.precision == "fp32" and {s.precision for s in fp32.values()} == {"fp32"}
     # the recorded bound holds on inputs the export did not see

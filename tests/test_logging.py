@@ -202,7 +202,8 @@ def test_export_bundle_logs_its_steps(tiny_checkpoint, tmp_path, caplog, capsys)
     assert all(r.levelno == logging.INFO for r in caplog.records)
     messages = caplog.messages
     assert messages[0] == f"loading checkpoint {tiny_checkpoint}..."
-    assert messages[1:4] == ["exporting speech encoder...", "exporting text encoder...", "exporting head..."]
+    assert messages[1:5] == ["exporting speech encoder...", "exporting voice-only classifier...",
+                             "exporting text encoder...", "exporting head..."]
     assert "parity check skipped (--no-parity)" in messages
     assert messages[-1].startswith(f"bundle {tmp_path / 'bundle'}: 4 labels")
     assert capsys.readouterr() == ("", "")  # no handler configured: the library itself writes nothing

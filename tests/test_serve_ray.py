@@ -211,7 +211,8 @@ class FakeModel:
     def __init__(self, fuse_fail=None) -> None:
         async def speech(n, audio):
             await asyncio.sleep(0.4 if n == 1 else 0.01)  # utterance 0 finishes last
-            return np.zeros((3, 4), np.float32) + audio.size, 1.0
+            voice = np.array([0.7, 0.1, 0.1, 0.1], np.float32)  # the voice-only classifier's probabilities
+            return np.zeros((3, 4), np.float32) + audio.size, 1.0, voice, 0.1
 
         async def fuse(n, hidden, text):
             if fuse_fail is not None:
@@ -254,9 +255,9 @@ def _engine(loop, model, timeout_s=30.0, retries=2):
     return engine
 
 
-def _stream_jfk(engine, jfk):
+def _stream_jfk(engine, jfk, provisional=False):
     events = []
-    stream = engine.create_stream("s", on_event=events.append)
+    stream = engine.create_stream("s", on_event=events.append, provisional=provisional)
     for i in range(0, jfk.size, 16000):
         stream.accept(jfk[i:i + 16000])
     stream.flush()
@@ -270,6 +271,19 @@ def test_engine_delivers_in_utterance_order_whichever_call_finished_first(loop_t
     assert [e.utterance_id for e in events] == [0, 1, 2, 3]
     assert all(e.latency_ms["speech_encoder"] == 1.0 and e.latency_ms["queue_wait"] >= 0 for e in events)
     assert engine.queue_depths() == {"speech": 0, "asr": 0, "fusion": 0, "in_flight": 0}
+
+
+def test_engine_sends_provisional_events_before_the_final_ones(loop_thread, jfk):
+    engine = _engine(loop_thread, FakeModel())
+    stream, events = _stream_jfk(engine, jfk, provisional=True)
+    assert stream.wait(30)
+    final = [e for e in events if e.stage == "final"]
+    provisional = [e for e in events if e.stage == "provisional"]
+    assert [e.utterance_id for e in final] == [0, 1, 2, 3] and sorted(e.utterance_id for e in provisional) == [0, 1, 2, 3]
+    for p in provisional:
+        assert events.index(p) < events.index(final[p.utterance_id]) and p.text == ""
+        assert p.label == "a" and p.latency_ms["speech_classifier"] == 0.1 and "asr" not in p.latency_ms
+    assert stream.emitted == 4  # final events
 
 
 def test_engine_retries_a_dead_replica_and_fails_the_stream_on_other_errors(loop_thread, jfk):
@@ -380,8 +394,11 @@ def ray_cluster(tiny_bundle, tmp_path_factory):
 def test_four_clients_on_two_model_replicas_match_the_single_process_server(ray_cluster, reference):
     chunks = jfk_chunks()
 
+    def first(k: int) -> str:  # client 3 speaks protocol 1.1 and asks for provisional events
+        return start(stream_id=f"ray-{k}", **({"protocol": 1.1, "provisional": True} if k == 3 else {}))
+
     async def everyone():
-        return await asyncio.gather(*(talk(ray_cluster.url, start(stream_id=f"ray-{k}"), chunks) for k in range(4)))
+        return await asyncio.gather(*(talk(ray_cluster.url, first(k), chunks) for k in range(4)))
 
     for k, (messages, code, _) in enumerate(asyncio.run(everyone())):
         assert code == 1000
@@ -390,7 +407,12 @@ def test_four_clients_on_two_model_replicas_match_the_single_process_server(ray_
                                 "utterances": 4, "events": 4, "dropped_utterances": 0, "dropped_messages": 0}
         assert {m["stream_id"] for m in messages if "stream_id" in m} == {f"ray-{k}"}
         assert [m["type"] for m in messages if m["type"].startswith("speech_")] == ["speech_start", "speech_end"] * 4
-        assert_matches(of_type(messages, "event"), reference)
+        final = [e for e in of_type(messages, "event") if e["stage"] == "final"]
+        assert_matches(final, reference)
+        provisional = [e for e in of_type(messages, "event") if e["stage"] == "provisional"]
+        assert len(provisional) == (4 if k == 3 else 0)
+        for p in provisional:  # each before its utterance's final event, without text
+            assert p["text"] == "" and messages.index(p) < messages.index(final[p["utterance_id"]])
     status, body = http_get(ray_cluster.port, "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ready"
     assert metric(ray_cluster.port, "crab_rt_events_total") >= 16

@@ -75,7 +75,7 @@ def test_manifest_records_incremental_parity(local_bundle, tiny_bundle):
     assert (entry["stride_samples"], entry["receptive_field_samples"]) == (320, 400)
     manifest = json.loads((local_bundle / "manifest.json").read_text())
     assert {"speech_frontend", "speech_backend"} <= set(manifest["graphs"])
-    assert load_bundle(local_bundle).graph_names == ("speech_encoder", "text_encoder", "head")
+    assert load_bundle(local_bundle).graph_names == ("speech_encoder", "speech_classifier", "text_encoder", "head")
     # The default tiny model normalises the waveform over the utterance: not local, no split graphs.
     entry = load_bundle(tiny_bundle).incremental_speech
     assert not entry["within_bound"] and entry["graphs"] == []

@@ -5,7 +5,10 @@ Whisper tiny.en transcripts (`crab-rt transcribe-manifest --all`), the baselines
 eGeMAPS, TF-IDF, late fusion) and the synthetic recipe's Crab with its speech_only, text_only and ce_only
 ablations (`crab-rt train`), all evaluated on the same dev and test splits. Reported: each row's median over
 seeds with its min and max, the corpus ceilings, and whether the issue's inequalities hold on the test
-medians (speech only >= eGeMAPS, text only >= TF-IDF, both >= late fusion and >= each ablation).
+medians (speech only >= eGeMAPS, text only >= TF-IDF, both >= late fusion and >= each ablation). Crab's run
+also gives the provisional events' figures (its voice-only classifier) and both classifiers' expected
+calibration error (15 bins) before and after the temperatures fitted on dev, with reliability diagrams pooled
+over the seeds.
 
 Corpora and runs are kept (`--corpora`, `--runs`) and reused when present, so a rerun after an interruption
 goes on; `--fresh` retrains the models.
@@ -28,7 +31,8 @@ MODELS = {"both": None, "speech_only": "speech_only", "text_only": "text_only", 
 BASELINES = ("egemaps", "tfidf", "fusion")
 ROW_NAMES = {
     "egemaps": "eGeMAPS + LR (speech)", "tfidf": "TF-IDF + LR (ASR text)", "fusion": "late fusion (eGeMAPS, TF-IDF)",
-    "both": "Crab (speech + text)", "speech_only": "Crab speech only", "text_only": "Crab text only",
+    "both": "Crab (speech + text)", "provisional": "Crab provisional (its voice-only classifier)",
+    "speech_only": "Crab speech only", "text_only": "Crab text only",
     "ce_only": "Crab, CE only (no MLCS)",
 }
 CHECKS = (("speech_only", "egemaps"), ("text_only", "tfidf"), ("both", "fusion"), ("both", "speech_only"),
@@ -82,6 +86,27 @@ def evaluate(checkpoint: Path, manifest: Path, splits: tuple[str, ...]) -> dict[
         with tempfile.TemporaryDirectory() as tmp:
             report = evaluate_checkpoint(checkpoint, manifest, [split], tmp)
         out[split] = {k: report[k] for k in (*METRICS, "confusion")}
+        out[split]["calibration"] = report["calibration"]
+        if "provisional" in report:
+            out[split]["provisional"] = report["provisional"]
+    return out
+
+
+def calibrated_predictions(checkpoint: Path, manifest: Path, split: str) -> dict[str, tuple]:
+    """{"final" | "provisional": (raw probabilities, calibrated probabilities, labels)} of a checkpoint on a
+    split, with the temperatures training fitted on dev (for the pooled reliability diagrams)."""
+    from crab_rt.data.manifest import read_manifest
+    from crab_rt.model.checkpoint import load_model
+    from crab_rt.train.calibration import softmax
+    from crab_rt.train.evaluate import predict_logits
+
+    model, tokenizer, payload = load_model(checkpoint)
+    rows = [r for r in read_manifest(manifest, [split]) if r.label is not None]
+    labels, logits, voice = predict_logits(model, tokenizer, rows, payload["model_settings"]["max_audio_s"])
+    fitted = payload.get("calibration") or {}
+    out = {"final": (softmax(logits), softmax(logits, fitted["head"]["temperature"]), labels)}
+    if voice is not None:
+        out["provisional"] = (softmax(voice), softmax(voice, fitted["speech_classifier"]["temperature"]), labels)
     return out
 
 
@@ -94,17 +119,24 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     rows: dict[str, dict] = {name: {s: {k: base["reports"][s][name][k] for k in (*METRICS, "confusion")}
                                     for s in splits} for name in BASELINES}
     seconds = {}
+    predictions = {}
     for name, ablation in MODELS.items():
         best, secs = train(manifest, Path(args.runs) / f"seed{seed}" / name, ablation, args.fresh)
         seconds[name] = secs
         rows[name] = evaluate(best, manifest, splits)
+        if name == "both":
+            predictions = {s: calibrated_predictions(best, manifest, s) for s in splits}
+    rows["provisional"] = {s: {**rows["both"][s]["provisional"], "confusion": None} for s in splits}
+    calibration = {s: {"final": rows["both"][s]["calibration"]["head"],
+                       "provisional": rows["both"][s]["calibration"]["speech_classifier"]} for s in splits}
     return {"seed": seed, "manifest": str(manifest), "rows": rows, "selected": base["selected"],
-            "ceilings": base["ceilings"], "train_seconds": seconds}
+            "ceilings": base["ceilings"], "train_seconds": seconds, "calibration": calibration,
+            "_predictions": predictions}
 
 
 def summarize(per_seed: list[dict]) -> dict:
     summary: dict[str, dict] = {}
-    for name in (*BASELINES, *MODELS):
+    for name in (*BASELINES, *MODELS, "provisional"):
         summary[name] = {s: {m: spread([r["rows"][name][s][m] for r in per_seed]) for m in METRICS}
                          for s in ("dev", "test")}
     ceilings = {}
@@ -115,7 +147,31 @@ def summarize(per_seed: list[dict]) -> dict:
     for better, than in CHECKS:
         a, b = summary[better]["test"]["uar"]["median"], summary[than]["test"]["uar"]["median"]
         checks.append({"row": better, "against": than, "uar": a, "against_uar": b, "holds": a >= b})
-    return {"rows": summary, "ceilings": ceilings, "checks": checks}
+    calibration = {s: {stage: {k: spread([r["calibration"][s][stage][k] for r in per_seed])
+                               for k in ("temperature", "ece_before", "ece_after")}
+                       for stage in ("final", "provisional")} for s in ("dev", "test")}
+    return {"rows": summary, "ceilings": ceilings, "checks": checks, "calibration": calibration}
+
+
+def reliability_plots(per_seed: list[dict], out: Path, name: str) -> list[Path]:
+    """One reliability diagram per split: Crab's final and provisional probabilities, raw and calibrated,
+    pooled over the seeds."""
+    import numpy as np
+
+    from crab_rt.train.calibration import reliability_diagram
+
+    paths = []
+    for split in ("dev", "test"):
+        curves = {}
+        for stage, what in (("final", "final (Crab)"), ("provisional", "provisional (voice only)")):
+            parts = [r["_predictions"][split][stage] for r in per_seed]
+            labels = np.concatenate([p[2] for p in parts])
+            curves[f"{what}, raw"] = (np.concatenate([p[0] for p in parts]), labels)
+            curves[f"{what}, calibrated"] = (np.concatenate([p[1] for p in parts]), labels)
+        n = len(curves["final (Crab), raw"][1])
+        paths.append(reliability_diagram(curves, out / f"{name}_reliability_{split}.png",
+                                         f"{split} split, {len(per_seed)} corpus seeds pooled ({n} clips)"))
+    return paths
 
 
 def _cell(s: dict) -> str:
@@ -140,7 +196,7 @@ def markdown(result: dict) -> str:
     ]
     for split in ("test", "dev"):
         lines += [f"## {split} split", "", "| model | UAR | WAR | macro-F1 |", "|---|---|---|---|"]
-        for name in (*BASELINES, *MODELS):
+        for name in (*BASELINES, *MODELS, "provisional"):
             r = summary["rows"][name][split]
             lines.append(f"| {ROW_NAMES[name]} | {_cell(r['uar'])} | {_cell(r['war'])} | {_cell(r['macro_f1'])} |")
         for cue in ("prosody", "text", "both"):
@@ -148,6 +204,19 @@ def markdown(result: dict) -> str:
             if c["uar"]["median"] is not None:
                 lines.append(f"| ceiling: {cue} cues known exactly | {_cell(c['uar'])} | {_cell(c['war'])} | |")
         lines.append("")
+    lines += ["## Calibrated confidence (Crab's run)", "",
+              "Expected calibration error (15 bins) of the final events (Crab's head) and of the provisional "
+              "ones (its voice-only classifier), before and after the temperature fitted on the dev split; "
+              "median over the seeds (min-max). Reliability diagrams, pooled over the seeds: "
+              f"`{result.get('name', 'accuracy')}_reliability_dev.png`, "
+              f"`{result.get('name', 'accuracy')}_reliability_test.png`.", "",
+              "| split | events | temperature | ECE before | ECE after |", "|---|---|---|---|---|"]
+    for split in ("dev", "test"):
+        for stage in ("final", "provisional"):
+            c = summary["calibration"][split][stage]
+            lines.append(f"| {split} | {stage} | {_cell(c['temperature'])} | {_cell(c['ece_before'])} | "
+                         f"{_cell(c['ece_after'])} |")
+    lines.append("")
     lines += ["## The issue's inequalities (test UAR medians)", "", "| claim | medians | holds |", "|---|---|---|"]
     for c in summary["checks"]:
         lines.append(f"| {ROW_NAMES[c['row']]} >= {ROW_NAMES[c['against']]} | {c['uar']:.3f} vs "
@@ -205,13 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     per_seed = [run_seed(s, args) for s in seeds]
     machine = describe_machine()
-    result = {"num": args.num, "machine": machine, "per_seed": per_seed, "summary": summarize(per_seed),
-              "seconds": round(time.perf_counter() - started, 1)}
     out = results_dir(args.out_dir, machine)
+    reliability_plots(per_seed, out, args.name)
+    for r in per_seed:
+        del r["_predictions"]  # probabilities: drawn above, not kept in the JSON
+    result = {"num": args.num, "name": args.name, "machine": machine, "per_seed": per_seed,
+              "summary": summarize(per_seed), "seconds": round(time.perf_counter() - started, 1)}
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (out / f"{args.name}.md").write_text(text)
     plot(result, out / f"{args.name}.png")
     print(text)
-    print(f"results: {out / args.name}.md, .json, .png ({result['seconds']:.0f} s)")
+    print(f"results: {out / args.name}.md, .json, .png, _reliability_dev.png, _reliability_test.png "
+          f"({result['seconds']:.0f} s)")
     return 0

@@ -73,11 +73,12 @@ def make_pipeline(config: PipelineBenchConfig, threads: int, say=print):
                         compute_type=config.asr_compute_type, window=window)
         asr_note += f", compute type {config.asr_compute_type}, window {window}"
     incremental = getattr(config, "incremental_speech", True)
+    provisional = getattr(config, "provisional", False)
     pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=config.backend, threads=config.threads,
                                                cores=getattr(config, "cores", 0), ort_spinning=config.ort_spinning,
-                                               incremental_speech=incremental))
+                                               incremental_speech=incremental, provisional=provisional))
     info = {"preset": config.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
-            "ort_spinning": config.ort_spinning, "asr": asr_note,
+            "ort_spinning": config.ort_spinning, "asr": asr_note, "provisional_events": provisional,
             "incremental_speech": {"asked": incremental, "used": bool(pipeline._incremental),
                                    "note": pipeline.model.split_note},
             "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device,
@@ -100,7 +101,8 @@ def replay(pipeline, audios: Sequence[np.ndarray], realtime: bool, chunk_ms: flo
     """Feed one stream per audio at once; returns events, latencies and wall time.
 
     Returns:
-        {"events": [EmotionEvent], "latencies": [dict], "wall_s", "audio_s", "dropped"}.
+        {"events": [EmotionEvent] (final), "latencies": [dict] (theirs), "provisional_latencies": [dict] (of the
+        provisional events, when the pipeline sends them), "wall_s", "audio_s", "dropped"}.
     """
     chunk = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
     events, lock = [], threading.Lock()
@@ -136,11 +138,13 @@ def replay(pipeline, audios: Sequence[np.ndarray], realtime: bool, chunk_ms: flo
         raise errors[0]
     pipeline.check()
     # Raw per-utterance values from the events: pipeline.latencies only keeps bounded histograms.
+    provisional = [dict(e.latency_ms) for e in events if e.stage == "provisional"]
+    events = [e for e in events if e.stage == "final"]
     latencies = [dict(e.latency_ms) for e in events]
     for lat in latencies:
         lat["critical_path"] = max(lat["asr"], lat["speech_encoder"]) + lat["text_encoder"] + lat["head"]
         lat["overhead"] = lat["end_to_event"] - lat["critical_path"]
-    return {"events": events, "latencies": latencies, "wall_s": wall,
+    return {"events": events, "latencies": latencies, "provisional_latencies": provisional, "wall_s": wall,
             "audio_s": sum(a.size for a in audios) / SAMPLE_RATE, "dropped": sum(s.dropped_utterances for s in streams)}
 
 

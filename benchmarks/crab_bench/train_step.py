@@ -113,6 +113,9 @@ def _trainer(train_config, model, device):
     leg_out = len(labels) if loss.leg_loss == "ce" else loss.leg_dim
     trainer.legs = ContrastiveLegs(model.head.config.tap_dims(), loss.legs, loss.leg_dim, leg_out).to(device)
     trainer.world, trainer.objective = World(), TrainingObjective(model, trainer.legs)  # one process
+    trainer.voice_optimizer = trainer.voice_scheduler = None
+    if model.speech_classifier is not None:  # trained beside Crab, as the trainer does (its cost is in the step)
+        trainer.voice_optimizer = torch.optim.AdamW(model.speech_classifier.parameters(), lr=opt.head_lr)
     encoders = [p for m in (model.speech_encoder, model.text_encoder) if m is not None
                 for p in m.parameters() if p.requires_grad]
     head = list(model.head.parameters()) + list(trainer.legs.parameters())

@@ -1,4 +1,5 @@
-"""The client side of the protocol's data (versions 1 and 1.1): typed server messages, their lenient parser, PCM encoding and splitting.
+"""The client side of the protocol's data (versions 1 and 1.1): typed server messages, their lenient parser,
+PCM encoding and splitting.
 
 `parse_message` turns one JSON text message into `Ready`, `SpeechStart`, `SpeechEnd`, `EmotionEvent`,
 `ServerError` or `Done` (unknown fields ignored, required ones checked); `encode_pcm` and `split_payload` turn

@@ -99,8 +99,9 @@ class CoreBudget:
 
     def graph_threads(self) -> dict[str, int]:
         """Intra-op threads per bundle graph name, for `load_sessions(threads=...)`."""
+        # The voice-only classifier is one LayerNorm and one Linear: a second thread would only add overhead.
         return {**{g: self.speech_threads for g in SPEECH_GRAPHS}, "text_encoder": self.text_threads,
-                "head": self.head_threads}
+                "head": self.head_threads, "speech_classifier": 1}
 
     def describe(self) -> str:
         """One line for logs, e.g. "2 cores: ASR 1, speech 2, text 2, head 2, VAD 1 threads"."""

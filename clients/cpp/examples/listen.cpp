@@ -67,6 +67,8 @@ void usage(std::FILE* out) {
                  "  --stream-id ID     your name for the stream (default: file, or live for a microphone)\n"
                  "  --language CODE    the ASR language the server must use (default: the server's)\n"
                  "  --show-speech      also print the speech_start / speech_end messages (JSON)\n"
+                 "  --provisional      also print a provisional event per utterance (\"stage\": \"provisional\": the\n"
+                 "                     voice alone, before ASR; no text), then the final one (protocol 1.1)\n"
                  "  -q, --quiet        no summary\n"
                  "  --version          print the version and exit\n",
                  kProg);
@@ -226,6 +228,7 @@ int main(int argc, char** argv) {
             else if (arg == "--stream-id") options.stream_id = value();
             else if (arg == "--language") options.language = value();
             else if (arg == "--show-speech") collected.show_speech = true;
+            else if (arg == "--provisional") options.provisional = true;
             else if (arg == "-q" || arg == "--quiet") quiet = true;
             else if (arg == "-h" || arg == "--help") {
                 usage(stdout);

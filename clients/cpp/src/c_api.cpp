@@ -71,6 +71,8 @@ crab_rt::Callbacks wrap(crab_rt_client* handle) {
             out.latency_ms = latencies.data();
             out.forced_split = e.forced_split ? 1 : 0;
             out.json = json.c_str();
+            out.stage = e.stage.c_str();
+            out.abstained = e.abstained ? 1 : 0;
             handle->callbacks.on_event(handle->callbacks.user_data, &out);
         };
     }
@@ -141,6 +143,7 @@ crab_rt_client* crab_rt_client_new(const crab_rt_options* options, const crab_rt
         o.open_timeout_s = options->open_timeout_s;
         o.max_queued_audio_s = options->max_queued_audio_s;
         o.block_when_full = options->block_when_full != 0;
+        o.provisional = options->provisional != 0;
         handle->client = std::make_unique<crab_rt::Client>(std::move(o), wrap(handle.get()));
         return handle.release();
     } catch (...) {

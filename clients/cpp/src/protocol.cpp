@@ -349,14 +349,16 @@ void validate_options(const Options& o) {
 }
 
 std::string start_message(const Options& o) {
+    // Version 1.1 only when provisional events are asked for, so that a version-1 server takes other streams.
     json msg = {{"type", "start"},
-                {"protocol", kProtocolVersion},
+                {"protocol", o.provisional ? json(1.1) : json(1)},
                 {"sample_rate", o.sample_rate},
                 {"format", to_string(o.format)},
                 {"channels", o.channels},
                 {"realtime", o.realtime}};
     if (o.language) msg["language"] = *o.language;
     if (o.stream_id) msg["stream_id"] = *o.stream_id;
+    if (o.provisional) msg["provisional"] = true;
     return msg.dump();
 }
 
@@ -460,6 +462,14 @@ struct Fields {
         if (!v.is_boolean()) wrong(name, v, "true or false");
         return v.get<bool>();
     }
+    // A field a server of an earlier protocol version leaves out: `fallback` when absent.
+    bool has(const char* name) const { return msg.contains(name); }
+    bool opt_boolean(const char* name, bool fallback) const { return has(name) ? boolean(name) : fallback; }
+    double version(const char* name) const {
+        const json& v = need(name);
+        if (!v.is_number() || (v.get<double>() != 1.0 && v.get<double>() != 1.1)) wrong(name, v, "1 or 1.1");
+        return v.get<double>();
+    }
     std::vector<std::string> strings(const char* name) const {
         const json& v = need(name);
         if (!v.is_array()) wrong(name, v, "a list of strings");
@@ -508,7 +518,8 @@ ServerMessage parse_server_message(std::string_view text) {
         r.realtime = f.boolean("realtime");
         r.max_message_bytes = f.integer("max_message_bytes");
         r.idle_timeout_s = f.number("idle_timeout_s");
-        r.protocol = f.integer("protocol");
+        r.protocol = f.version("protocol");
+        r.provisional = f.opt_boolean("provisional", false);
         return r;
     }
     if (kind == "speech_start") {
@@ -537,6 +548,11 @@ ServerMessage parse_server_message(std::string_view text) {
         e.probabilities = f.numbers("probabilities");
         e.latency_ms = f.numbers("latency_ms");
         e.forced_split = f.boolean("forced_split");
+        if (f.has("stage")) {
+            e.stage = f.str("stage");
+            if (e.stage != "final" && e.stage != "provisional") f.wrong("stage", f.need("stage"), "final or provisional");
+        }
+        e.abstained = f.opt_boolean("abstained", false);
         return e;
     }
     if (kind == "error") {
@@ -625,6 +641,10 @@ std::string Event::to_json() const {
     object(out, latency_ms, 2);
     key(out, "forced_split");
     out += forced_split ? "true" : "false";
+    key(out, "stage");
+    detail::append_json_string(out, stage, false);
+    key(out, "abstained");
+    out += abstained ? "true" : "false";
     out += '}';
     return out;
 }

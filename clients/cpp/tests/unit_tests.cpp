@@ -165,7 +165,30 @@ void test_parse_event_with_extra_fields() {
                          R"( "confidence": 0.4123, "probabilities": {"sad": 0.2, "angry": 0.12, "happy": 0.2677,)"
                          R"( "neutral": 0.4123}, "latency_ms": {"end_to_event": 212.4, "asr": 150.0,)"
                          R"( "speech_encoder": 60.1, "text_encoder": 8.2, "head": 1.1, "queue_wait": 0.0},)"
-                         R"( "forced_split": true})"));
+                         R"( "forced_split": true, "stage": "final", "abstained": false})"));
+    // A version-1 server's event has no stage: it is a final one.
+    CHECK_EQ(e->stage, "final");
+    CHECK(!e->abstained);
+}
+
+void test_parse_provisional_event() {
+    std::string text = kEvent;
+    text.replace(text.find(", \"extra\""), 0, R"(, "stage": "provisional", "abstained": true)");
+    const auto msg = crab_rt::parse_server_message(text);
+    const auto* e = std::get_if<crab_rt::Event>(&msg);
+    CHECK(e != nullptr);
+    if (e == nullptr) return;
+    CHECK_EQ(e->stage, "provisional");
+    CHECK(e->abstained);
+    CHECK(contains(e->to_json(), R"("forced_split": true, "stage": "provisional", "abstained": true})"));
+    std::string wrong = kEvent;
+    wrong.replace(wrong.find(", \"extra\""), 0, R"(, "stage": "early")");
+    auto error = THROWN(crab_rt::parse_server_message(wrong));
+    CHECK(contains(error.message, "expected final or provisional"));
+    wrong = kEvent;
+    wrong.replace(wrong.find(", \"extra\""), 0, R"(, "abstained": "no")");
+    error = THROWN(crab_rt::parse_server_message(wrong));
+    CHECK(contains(error.message, "with abstained = ") && contains(error.message, "expected true or false"));
 }
 
 void test_parse_refuses_missing_or_wrong_fields() {
@@ -209,9 +232,20 @@ void test_parse_other_messages() {
         R"({"type": "ready", "protocol": 1, "stream_id": "s", "server": "crab-rt 0.1.0", "labels": ["a", "b"],)"
         R"( "sample_rate": 44100, "format": "s16le", "channels": 2, "language": null, "realtime": true,)"
         R"( "max_message_bytes": 1048576, "idle_timeout_s": 30.0, "new_field": 1})");
-    const auto* r = std::get_if<crab_rt::Ready>(&msg);
+    const crab_rt::Ready* r = std::get_if<crab_rt::Ready>(&msg);
     CHECK(r != nullptr && !r->language && r->labels.size() == 2 && r->max_message_bytes == 1048576 &&
-          r->channels == 2 && r->sample_rate == 44100);
+          r->channels == 2 && r->sample_rate == 44100 && r->protocol == 1.0 && !r->provisional);
+    msg = crab_rt::parse_server_message(
+        R"({"type": "ready", "protocol": 1.1, "provisional": true, "stream_id": "s", "server": "crab-rt 0.1.0",)"
+        R"( "labels": ["a", "b"], "sample_rate": 16000, "format": "f32le", "channels": 1, "language": null,)"
+        R"( "realtime": false, "max_message_bytes": 1048576, "idle_timeout_s": 30.0})");
+    r = std::get_if<crab_rt::Ready>(&msg);
+    CHECK(r != nullptr && r->protocol == 1.1 && r->provisional);
+    auto bad = THROWN(crab_rt::parse_server_message(
+        R"({"type": "ready", "protocol": 2, "stream_id": "s", "server": "x", "labels": ["a", "b"],)"
+        R"( "sample_rate": 16000, "format": "f32le", "channels": 1, "language": null, "realtime": false,)"
+        R"( "max_message_bytes": 1, "idle_timeout_s": 30.0})"));
+    CHECK(contains(bad.message, "with protocol = 2: expected 1 or 1.1"));
     msg = crab_rt::parse_server_message(R"({"type": "speech_end", "stream_id": "s", "time_s": 2.21, "utterance_id": null})");
     const auto* se = std::get_if<crab_rt::SpeechEnd>(&msg);
     CHECK(se != nullptr && !se->utterance_id);
@@ -329,6 +363,10 @@ void test_options() {
     CHECK_EQ(crab_rt::start_message(good),
              R"({"type":"start","protocol":1,"sample_rate":44100,"format":"s16le","channels":2,"realtime":true,)"
              R"("language":"en","stream_id":"robot-7:mic-0"})");
+    good.provisional = true;  // protocol 1.1, only then
+    CHECK_EQ(crab_rt::start_message(good),
+             R"({"type":"start","protocol":1.1,"sample_rate":44100,"format":"s16le","channels":2,"realtime":true,)"
+             R"("language":"en","stream_id":"robot-7:mic-0","provisional":true})");
 }
 
 // ---- the client without a server --------------------------------------------------------------------------------
@@ -532,6 +570,7 @@ int main() {
     test_python_round();
     test_json_strings();
     test_parse_event_with_extra_fields();
+    test_parse_provisional_event();
     test_parse_refuses_missing_or_wrong_fields();
     test_parse_other_messages();
     test_pcm();

@@ -57,6 +57,7 @@ typedef struct crab_rt_options {
     double open_timeout_s;     /* 10 */
     double max_queued_audio_s; /* 5 */
     int block_when_full;       /* 0 */
+    int provisional;           /* 0; 1: protocol 1.1 provisional events too (crab_rt_event.stage) */
 } crab_rt_options;
 
 typedef struct crab_rt_ready {
@@ -84,6 +85,8 @@ typedef struct crab_rt_event {
     const double* latency_ms;
     int forced_split;
     const char* json; /* the JSON line `crab-rt client` prints for this event (no newline) */
+    const char* stage; /* "final", or "provisional" (protocol 1.1: the voice alone, before ASR; no text) */
+    int abstained;     /* confidence below the server's --min-confidence (the label stays) */
 } crab_rt_event;
 
 typedef struct crab_rt_speech {

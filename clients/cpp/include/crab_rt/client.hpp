@@ -1,4 +1,5 @@
-// crab_rt/client.hpp: the C++ client of the `crab-rt serve` WebSocket protocol, version 1 (docs/protocol.md).
+// crab_rt/client.hpp: the C++ client of the `crab-rt serve` WebSocket protocol, versions 1 and 1.1
+// (docs/protocol.md).
 //
 // One `crab_rt::Client` is one audio stream. It connects on its own I/O thread, sends `start`, waits for
 // `ready`, then sends the audio you give it (int16 or float samples, or raw PCM bytes) and delivers what the
@@ -40,9 +41,10 @@
 
 namespace crab_rt {
 
-// The library's version (the crab-rt release it ships with) and the protocol version it speaks.
+// The library's version (the crab-rt release it ships with) and the newest protocol version it speaks: it
+// sends 1.1 only for a stream that asks for provisional events, else 1.
 CRAB_RT_CLIENT_API const char* version() noexcept;
-constexpr int kProtocolVersion = 1;
+constexpr double kProtocolVersion = 1.1;
 
 // ---- options ------------------------------------------------------------------------------------------------
 
@@ -66,6 +68,9 @@ struct Options {
     // waits for room (files: the server's back-pressure then paces the sender; never from a callback).
     double max_queued_audio_s = 5.0;
     bool block_when_full = false;
+    // Protocol 1.1: also receive a provisional event per utterance (Event::stage == "provisional", the voice
+    // alone, before ASR; no text), then the final one. A server without the voice-only classifier refuses it.
+    bool provisional = false;
 };
 
 // ---- messages from the server --------------------------------------------------------------------------------
@@ -81,7 +86,8 @@ struct Ready {
     bool realtime = true;
     std::int64_t max_message_bytes = 0;
     double idle_timeout_s = 0.0;
-    std::int64_t protocol = kProtocolVersion;
+    double protocol = 1;       // the version the stream speaks: 1 or 1.1
+    bool provisional = false;  // (1.1) the stream gets provisional events
 };
 
 struct SpeechStart {
@@ -111,6 +117,8 @@ struct Event {
     std::vector<std::pair<std::string, double>> probabilities;
     std::vector<std::pair<std::string, double>> latency_ms;  // end_to_event, asr, speech_encoder, ...
     bool forced_split = false;
+    std::string stage = "final";  // "final", or "provisional" (the voice alone, before ASR; no text)
+    bool abstained = false;       // confidence below the server's --min-confidence (the label stays)
 
     // probability(label) / latency(stage): the value, or NaN when absent.
     CRAB_RT_CLIENT_API double probability(std::string_view label) const noexcept;
