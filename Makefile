@@ -78,8 +78,9 @@ demo: install
 	$(BIN)/crab-rt export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/bundle --asr tiny.en
 	@echo "--- a spoken conversation, streamed at real time (ground truth: $(DEMO)/conversation.json)"
 	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input $(DEMO)/conversation.wav --realtime --format pretty
-	@echo "--- a real human recording (samples/README.md), streamed at real time"
-	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input samples/jfk.flac --realtime --format pretty
+	@echo "--- a real human recording (samples/README.md), streamed at real time; each utterance's provisional event"
+	@echo "    (the voice alone, before Whisper is done) comes before its final one"
+	$(BIN)/crab-rt listen --bundle $(DEMO)/bundle --input samples/jfk.flac --realtime --format pretty --provisional
 
 # The real-microphone tests (tests/test_microphone_real.py) need PortAudio, PulseAudio, ALSA's pulse plugin and
 # PyAudio. `make test` runs this first and goes on without it when it cannot install them (not root, no apt-get,

@@ -418,3 +418,26 @@ def test_validate_names_the_option_value_and_range(kind, changes, match):
     config = _kind_modules()[kind].CONFIG(**changes)
     with pytest.raises(ConfigError, match=match):
         config.validate()
+
+
+def test_e2e_provisional_summary_medians_share_and_goal():
+    from crab_bench.e2e_provisional import markdown, summarize
+
+    def run(prov_p50, final_p50, provisional=True):
+        lat = {"end_to_event": {"p50": final_p50, "p95": final_p50 * 2}}
+        out = {"latency_ms": lat, "utterances": 10}
+        if provisional:
+            out["provisional"] = {"latency_ms": {"end_to_event": {"p50": prov_p50, "p95": prov_p50 * 2}},
+                                  "p50_share_of_final": round(prov_p50 / final_p50, 4)}
+        return out
+
+    runs = {"provisional": [run(200, 500), run(220, 480), run(180, 520)],
+            "final_only": [run(0, 490, False), run(0, 470, False), run(0, 510, False)]}
+    s = summarize(runs)
+    assert s["provisional_p50"] == {"median": 200.0, "min": 180.0, "max": 220.0}
+    assert s["final_only_p50"]["median"] == 490.0 and s["share"]["median"] == 0.4 and s["goal_met"]
+    text = markdown({"runs": 3, "asr": "tiny.en", "duration_s": 60.0, "machine": {"cpu": "x", "cores": 2},
+                     "summary": s, "files": ["a.md"]})
+    assert "| provisional event (voice only) | 200 (180-220) | 400 (360-440) |" in text and "**met**" in text
+    runs["provisional"] = [run(300, 480), run(250, 500), run(180, 520)]  # shares 0.625, 0.5, 0.346: median 0.5
+    assert summarize(runs)["share"]["median"] == 0.5 and not summarize(runs)["goal_met"]

@@ -237,6 +237,9 @@ def markdown(p: dict, title: str) -> tuple[str, list, list]:
         "(VAD hangover excluded: end of speech is when the segmenter decided; queue waits are in the overhead)",
         f"target: overhead p50 < {OVERHEAD_TARGET_MS:g} ms per utterance: **{met}** "
         f"({p['target']['measured_ms']} ms)",
+        *([f"provisional events (the voice-only classifier, before ASR): {p['provisional']['events']}; their "
+           f"end_to_event p50 is {p['provisional']['p50_share_of_final']} of the final events'"]
+          if "provisional" in p else []),
     ]
     return title, [("Latency per stage (ms)", markdown_table(["stage", "n", "mean", "p50", "p95", "p99"], rows))], notes
 
