@@ -145,16 +145,21 @@ def test_short_mlcs_run_beats_chance(synthetic_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reproduces_uninterrupted_run(synthetic_corpus, tmp_path, caplog):
-    extra = ("optim.epochs=2", "optim.batch_size=16", "optim.grad_accum_steps=2")
-    straight = Trainer(_recipe(synthetic_corpus, tmp_path / "a", *extra))
+def test_resume_reproduces_uninterrupted_run(tiny_recipe, tmp_path, caplog):
+    """A run stopped after epoch 1 and resumed ends bit for bit where an uninterrupted one does (the tiny recipe:
+    trainable encoders, dropout on, the voice-only classifier beside Crab; tests/test_distributed.py resumes
+    across process counts)."""
+    def recipe(out):
+        return load_recipe(str(tiny_recipe), [f"run.out_dir='{out}'"])
+
+    straight = Trainer(recipe(tmp_path / "a"))
     straight.fit()
-    first = Trainer(_recipe(synthetic_corpus, tmp_path / "b", *extra))
+    first = Trainer(recipe(tmp_path / "b"))
     first.fit(stop_after_epoch=1)
     assert first.epoch == 1
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="crab_rt.train.trainer"):
-        resumed = Trainer(_recipe(synthetic_corpus, tmp_path / "b", *extra), resume=True)
+        resumed = Trainer(recipe(tmp_path / "b"), resume=True)
     assert resumed.epoch == 1 and "resumed from" in caplog.messages[0]
     resumed.fit()
     a, b = straight.model.state_dict(), resumed.model.state_dict()

@@ -312,6 +312,31 @@ def cmd_events(args: argparse.Namespace) -> None:
         for line in cpp_events:
             print("   ", line)
 
+        # 1b. Provisional events (protocol 1.1): each utterance's provisional line (the voice alone, no text) comes
+        # before its final one, with `stage` printed, from both clients alike.
+        cpp = run([args.listen, "--url", url, "--input", audio["wav16k"], "--token-file", token, "--provisional",
+                   "-q"])
+        check(cpp.returncode == 0 and cpp.stderr == "", f"{PROG} --provisional failed ({cpp.returncode}): {cpp.stderr}")
+        py = run([sys.executable, "-m", "crab_rt.cli", "client", "--url", url, "--input", audio["wav16k"],
+                  "--token-file", token, "--provisional", "-q"])
+        check(py.returncode == 0, f"crab-rt client --provisional failed ({py.returncode}): {py.stderr}")
+        cpp_events = [json.loads(line) for line in cpp.stdout.splitlines()]
+        check(len(cpp_events) == 8, f"{len(cpp_events)} events from {PROG} --provisional, expected 4 + 4:\n"
+              + cpp.stdout)
+        for n in range(4):
+            stages = [e["stage"] for e in cpp_events if e["utterance_id"] == n]
+            check(stages == ["provisional", "final"], f"utterance {n}: stages {stages}, expected provisional, final")
+        check(all(e["text"] == "" for e in cpp_events if e["stage"] == "provisional"), "a provisional event has text")
+
+        def by_stage(lines: list[str]) -> list[dict]:
+            return sorted((without_latency(line) for line in lines), key=lambda e: (e["utterance_id"], e["stage"]))
+
+        check(by_stage(cpp.stdout.splitlines()) == by_stage(py.stdout.splitlines()),
+              f"the provisional and final events differ:\nC++:\n{cpp.stdout}\nPython:\n{py.stdout}")
+        for line in cpp.stdout.splitlines():
+            check(line == EmotionEvent(**json.loads(line)).to_json(), f"not Python's formatting: {line}")
+        print(f"{PROG} --provisional == crab-rt client --provisional: 4 provisional events, each before its final one")
+
         # 2. The file at its own rate and channels (44.1 kHz stereo FLAC): the server resamples and mixes down.
         flac = run([args.listen, "--url", url, "--input", JFK, "--token-file", token])
         check(flac.returncode == 0, f"{PROG} --input jfk.flac failed: {flac.stderr}")
