@@ -216,6 +216,16 @@ def markdown(result: dict) -> str:
             c = summary["calibration"][split][stage]
             lines.append(f"| {split} | {stage} | {_cell(c['temperature'])} | {_cell(c['ece_before'])} | "
                          f"{_cell(c['ece_after'])} |")
+    lines += ["", "Per seed, ECE before -> after (final; provisional), and the temperatures:", "",
+              "| seed | dev | test | temperature (final; provisional) |", "|---|---|---|---|"]
+    def pair(cal: dict, split: str) -> str:
+        f, v = cal[split]["final"], cal[split]["provisional"]
+        return f"{f['ece_before']:.3f} -> {f['ece_after']:.3f}; {v['ece_before']:.3f} -> {v['ece_after']:.3f}"
+
+    for r in result["per_seed"]:
+        cal = r["calibration"]
+        lines.append(f"| {r['seed']} | {pair(cal, 'dev')} | {pair(cal, 'test')} | "
+                     f"{cal['dev']['final']['temperature']:.3f}; {cal['dev']['provisional']['temperature']:.3f} |")
     lines.append("")
     lines += ["## The issue's inequalities (test UAR medians)", "", "| claim | medians | holds |", "|---|---|---|"]
     for c in summary["checks"]:
