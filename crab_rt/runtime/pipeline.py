@@ -6,7 +6,7 @@ Contract
   emotion model on one backend, and faster-whisper. It owns three worker
   threads: **speech** (speech encoder), **asr** (faster-whisper) and **fusion**
   (text encoder + head). Engines hold no stream state.
-- `pipeline.create_stream(stream_id, on_event=None, on_speech=None)` returns a
+- `pipeline.create_stream(stream_id, on_event=None, on_speech=None, provisional=None)` returns a
   `Stream` that carries its own VAD state, frame buffer and segmenter.
   `on_speech` receives the segmenter's `SpeechMark`s (speech start / end, for
   barge-in) in the thread that calls `accept`/`flush`, before the utterance a
@@ -21,7 +21,10 @@ Contract
   processed. `stream.events()` then ends after the stream's last event.
 - Events go to `on_event` (called from the fusion thread; keep it short) or,
   without a callback, into the stream's bounded queue read by
-  `stream.events()` / `stream.get_event()`.
+  `stream.events()` / `stream.get_event()`. A stream created with
+  `provisional=True` (default: `PipelineConfig.provisional`) also gets each
+  utterance's "provisional" event, from the voice-only classifier in the
+  speech thread, always before that utterance's "final" one.
 - Bounded everywhere. Admission: at most `max_in_flight` utterances are being
   processed; beyond that `overflow="block"` makes `accept` wait (files: no
   loss) and `overflow="drop"` drops the new utterance, logs a warning on the
