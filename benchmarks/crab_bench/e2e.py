@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import ClassVar
 
 from crab_bench.bundles import PRESETS, check_asr_spec
@@ -28,6 +29,7 @@ from crab_bench.common import (
 )
 from crab_rt.backends.base import BACKEND_NAMES
 from crab_rt.cli._options import add_config_option
+from crab_rt.errors import ConfigError
 from crab_rt.runtime.asr import WINDOWS
 
 __all__ = ["CONFIG", "E2EBenchConfig", "PipelineBenchConfig", "add_arguments", "run", "add_pipeline_arguments",
@@ -58,6 +60,8 @@ class PipelineBenchConfig(CommonBenchConfig):
         asr_window: Whisper's encoder window, "30" or "auto" (`AsrConfig.window`).
         provisional: also emit provisional events (`PipelineConfig.provisional`; the bundle's voice-only
             classifier), whose end of speech to event is reported beside the final events'.
+        bundle: a bundle folder to run instead of the preset's random-weight one (e.g. `make demo`'s
+            demo/bundle, a trained model); the result files are then named e2e_bundle[_tag].
     """
 
     preset: str = "base"
@@ -73,6 +77,7 @@ class PipelineBenchConfig(CommonBenchConfig):
     asr_threads: int = 0
     asr_window: str = "30"
     provisional: bool = False
+    bundle: str | None = None
 
     MAX_DURATION_S: ClassVar[float] = 3600.0
 
@@ -87,6 +92,8 @@ class PipelineBenchConfig(CommonBenchConfig):
         check_range("--cores", self.cores, 0, 1024, note=" (0 = the CPUs of this process)")
         check_range("--asr-threads", self.asr_threads, 0, note=" (0 = --threads, else the core budget's)")
         check_choice("--asr-window", self.asr_window, WINDOWS)
+        if self.bundle is not None and not (Path(self.bundle) / "manifest.json").is_file():
+            raise ConfigError(f"--bundle {self.bundle}: not a bundle folder (no manifest.json)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +135,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, cls: type[PipelineBenchCo
                       "utterance plus 10 s)", choices=WINDOWS)
     add_bool_option(p, "--provisional", cls, "provisional",
                     "also emit provisional events (the voice-only classifier, before ASR) and time them")
+    add_config_option(p, "--bundle", cls, "bundle", "run this bundle folder instead of the preset's random-weight "
+                      "one (e.g. make demo's demo/bundle)", type=str)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,7 +186,7 @@ def run(config: E2EBenchConfig) -> int:
                    "met": overhead.get("p50") is not None and overhead["p50"] < OVERHEAD_TARGET_MS},
     }
     say(_summary_line(payload))
-    finish_run(ctx, f"e2e_{config.preset}", payload, markdown(payload, "End to end"),
+    finish_run(ctx, "e2e_bundle" if config.bundle else f"e2e_{config.preset}", payload, markdown(payload, "End to end"),
                lambda stem: plots(stem, [payload], ["e2e"]), say)
     return 0
 
@@ -218,9 +227,11 @@ def markdown(p: dict, title: str) -> tuple[str, list, list]:
         rows += [[f"provisional {k}", v.get("n"), v.get("mean"), v.get("p50"), v.get("p95"), v.get("p99")]
                  for k, v in p["provisional"]["latency_ms"].items()]
     met = "met" if p["target"]["met"] else "missed"
+    b = p["bundle"]
+    model = (f"the bundle {b['path']} ({b['speech_encoder']} + {b['text_encoder']})" if b.get("path") else
+             f"preset {p['preset']} ({b['speech_encoder']} + {b['text_encoder']}, random weights)")
     notes = [
-        f"model: preset {p['preset']} ({p['bundle']['speech_encoder']} + {p['bundle']['text_encoder']}, "
-        "random weights), "
+        f"model: {model}, "
         f"{p['backend']}; ONNX Runtime threads {p['threads']}, idle spinning {'on' if p['ort_spinning'] else 'off'}",
         *([f"core budget: {p['core_budget']['described']}"] if "core_budget" in p else []),
         f"ASR: {p['asr']} (device {p['asr_device']})",

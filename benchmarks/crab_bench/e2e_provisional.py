@@ -26,12 +26,12 @@ GOAL_SHARE = 0.45
 def _run(tag: str, provisional: bool, args: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "e2e.py"), "--preset", "base", "--asr",
            args.asr, "--asr-compute-type", "int8", "--voice", "espeak", "--duration-s", str(args.duration_s),
-           "--tag", tag, "--out-dir", str(out), "--quiet"]
+           "--tag", tag, "--out-dir", str(out), "--quiet", *(["--bundle", args.bundle] if args.bundle else [])]
     if provisional:
         cmd.append("--provisional")
     print("$ " + " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
-    return json.loads((out / f"e2e_base_{tag}.json").read_text())
+    return json.loads((out / f"e2e_{'bundle' if args.bundle else 'base'}_{tag}.json").read_text())
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
@@ -58,11 +58,16 @@ def _cell(s: dict, digits: int = 0) -> str:
 
 def markdown(result: dict) -> str:
     s, m = result["summary"], result["machine"]
+    model = ("the base preset (random-weight wavlm-base-plus + roberta-base bundle, int8 encoders on ONNX "
+             "Runtime)")
+    if result.get("bundle"):
+        model = f"the bundle {result['bundle']} (its trained graphs, ONNX Runtime on the CPU)"
     return "\n".join([
         "# Provisional and final events, end to end", "",
-        f"`python benchmarks/e2e_provisional.py --runs {result['runs']} --asr {result['asr']}`, on {m.get('cpu')} "
+        f"`python benchmarks/e2e_provisional.py --runs {result['runs']} --asr {result['asr']}"
+        f"{' --bundle ' + result['bundle'] if result.get('bundle') else ''}`, on {m.get('cpu')} "
         f"({m.get('cores')} cores), torch {m.get('versions', {}).get('torch')}. Each run: `benchmarks/e2e.py` with "
-        f"the base preset (random-weight wavlm-base-plus + roberta-base bundle, int8 encoders on ONNX Runtime), "
+        f"{model}, "
         f"Whisper {result['asr']} int8 with its 30 s window, a {result['duration_s']:g} s conversation spoken by "
         "espeak-ng, at real time, in a fresh process; provisional events on and off alternated. Each cell: the "
         "median over the runs of the run's percentile (min-max), in ms from the end of speech.", "",
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asr", default="tiny.en", help="faster-whisper model (default tiny.en, from the [demo] extra)")
     p.add_argument("--duration-s", type=float, default=60.0, help="conversation length per run (default 60)")
     p.add_argument("--tag", default="whisper-tiny.en", help="run file tag (default whisper-tiny.en)")
+    p.add_argument("--bundle", default=None, help="run this bundle instead of the base preset (e.g. demo/bundle)")
+    p.add_argument("--name", default="e2e_provisional", help="stem of the summary files (default e2e_provisional)")
     p.add_argument("--out-dir", default=None, help="results folder (default: benchmarks/results/<machine>)")
     args = p.parse_args(argv)
     if args.runs < 1 or args.duration_s < 10:
@@ -95,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         for key, on, suffix in (("provisional", True, "provisional"), ("final_only", False, "final-only")):
             tag = f"{args.tag}-{suffix}-run{i}"
             runs[key].append(_run(tag, on, args, out))
-            files.append(f"e2e_base_{tag}.md")
+            files.append(f"e2e_{'bundle' if args.bundle else 'base'}_{tag}.md")
     result = {"runs": args.runs, "asr": args.asr, "duration_s": args.duration_s, "machine": machine,
+              "bundle": args.bundle,
               "summary": summarize(runs), "files": files, "seconds": round(time.perf_counter() - started, 1)}
-    (out / "e2e_provisional.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    (out / "e2e_provisional.md").write_text(text)
+    (out / f"{args.name}.md").write_text(text)
     print(text)
     return 0

@@ -64,7 +64,8 @@ def make_pipeline(config: PipelineBenchConfig, threads: int, say=print):
     from crab_rt.runtime.asr import AsrConfig
     from crab_rt.runtime.pipeline import Pipeline, PipelineConfig
 
-    bundle = ensure_bundle(config.preset, config.cache_dir, say)
+    own = getattr(config, "bundle", None)
+    bundle = Path(own) if own else ensure_bundle(config.preset, config.cache_dir, say)
     model, asr_note = resolve_asr(config.asr, config.cache_dir)
     asr = None
     if model is not None:
@@ -77,13 +78,27 @@ def make_pipeline(config: PipelineBenchConfig, threads: int, say=print):
     pipeline = Pipeline(bundle, PipelineConfig(asr=asr, backend=config.backend, threads=config.threads,
                                                cores=getattr(config, "cores", 0), ort_spinning=config.ort_spinning,
                                                incremental_speech=incremental, provisional=provisional))
-    info = {"preset": config.preset, "bundle": bundle_info(bundle), "backend": pipeline.model.choice.describe(),
+    info = {"preset": None if own else config.preset,
+            "bundle": _own_bundle_info(bundle) if own else bundle_info(bundle),
+            "backend": pipeline.model.choice.describe(),
             "ort_spinning": config.ort_spinning, "asr": asr_note, "provisional_events": provisional,
             "incremental_speech": {"asked": incremental, "used": bool(pipeline._incremental),
                                    "note": pipeline.model.split_note},
             "asr_device": None if pipeline.transcriber is None else pipeline.transcriber.device,
             "core_budget": {**dataclasses.asdict(pipeline.cores), "described": pipeline.cores.describe()}}
     return pipeline, info
+
+
+def _own_bundle_info(bundle: Path) -> dict:
+    """What the result files say of a bundle given with --bundle: its folder and encoder types."""
+    import json
+
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    dims = manifest.get("dims", {})
+    graphs = manifest.get("graphs", {})
+    return {"path": str(bundle), "speech_encoder": f"speech encoder (width {dims.get('speech_hidden')})",
+            "text_encoder": f"text encoder (width {dims.get('text_hidden')})", "graphs": list(graphs),
+            "checkpoint": (manifest.get("provenance") or {}).get("checkpoint")}
 
 
 def warm_up(pipeline) -> None:
