@@ -146,41 +146,39 @@ def test_gathered_mpcl_equals_mpcl_on_the_whole_batch(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_the_one_process_model_and_resume_across_world_sizes(recipe, tmp_path, capsys):
-    """`contrastive_batch = "micro"`: 2 Gloo processes (stopped after epoch 1, then resumed by torchrun) end where
-    1 process does, and a 2-process last.pt resumed by 1 process too; best.pt evaluates to the printed metric."""
+    """`contrastive_batch = "micro"`: epoch 1 on 2 Gloo processes (bare torchrun, `--stop-after-epoch 1`) ends where
+    1 process does; its last.pt resumed by 1 process ends where an uninterrupted 1-process run does; best.pt
+    evaluates to the metric the run printed. (The launcher, `--nproc-per-node`, is run by the failure tests.)"""
     base = [f"data.manifest='{load_recipe(str(recipe)).data.manifest}'"]
-    one = Trainer(load_recipe(str(recipe), [*base, f"run.out_dir='{tmp_path / 'one'}'"]), world=World())
-    one.fit()
+
+    def trainer(out: Path, resume: bool = False) -> Trainer:
+        return Trainer(load_recipe(str(recipe), [*base, f"run.out_dir='{out}'"]), resume=resume, world=World())
+
+    one = trainer(tmp_path / "one")
+    one.fit(stop_after_epoch=1)
+    shutil.copytree(tmp_path / "one", tmp_path / "one_epoch1")
 
     two = tmp_path / "two"
-    launched = _run([sys.executable, "-m", "crab_rt.cli", "train", "--recipe", str(recipe), "--out", str(two),
-                     "--nproc-per-node", "2", "--stop-after-epoch", "1"])
+    launched = _run([*TORCHRUN, "-m", "crab_rt.cli", "train", "--recipe", str(recipe), "--out", str(two),
+                     "--stop-after-epoch", "1"])
     assert launched.returncode == 0, launched.stderr[-2000:]
-    assert "stopped after epoch 1 of 2" in launched.stdout
+    printed = re.search(r"stopped after epoch 1 of 2: .* best dev UAR so far (\d\.\d{4})", launched.stdout)
+    assert printed, launched.stdout
     epoch_lines = [line for line in launched.stderr.splitlines() if line.startswith("epoch 1/2")]
     assert len(epoch_lines) == 1, launched.stderr  # rank 0 alone reports
     assert _checkpoint(two / "last.pt")["world_size"] == 2
     assert sorted(p.name for p in two.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    _assert_same_training(_checkpoint(tmp_path / "one_epoch1" / "last.pt"), _checkpoint(two / "last.pt"))
+    shutil.copy(two / "best.pt", tmp_path / "two_best.pt")  # the resumed run below may replace it
 
-    shutil.copytree(two, tmp_path / "two_then_one")
-    resumed_alone = Trainer(load_recipe(str(recipe), [*base, f"run.out_dir='{tmp_path / 'two_then_one'}'"]),
-                            resume=True, world=World())
+    resumed_alone = trainer(two, resume=True)  # written by 2 processes, continued by 1
     assert resumed_alone.epoch == 1
     resumed_alone.fit()
+    trainer(tmp_path / "one", resume=True).fit()  # exact resume: an uninterrupted 1-process run (test_training.py)
+    _assert_same_training(_checkpoint(tmp_path / "one" / "last.pt"), _checkpoint(two / "last.pt"))
+    assert [json.loads(line)["epoch"] for line in (two / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
-    torchrun = _run([*TORCHRUN, "-m", "crab_rt.cli", "train", "--recipe", str(recipe), "--out", str(two), "--resume"])
-    assert torchrun.returncode == 0, torchrun.stderr[-2000:]
-    assert "resumed from" in torchrun.stderr and "written by 2 processes, continued by 2" in torchrun.stderr
-
-    reference = _checkpoint(tmp_path / "one" / "last.pt")
-    _assert_same_training(reference, _checkpoint(two / "last.pt"))
-    _assert_same_training(reference, _checkpoint(tmp_path / "two_then_one" / "last.pt"))
-    metrics = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in metrics] == [1, 2]
-
-    printed = re.search(r"best dev UAR (\d\.\d{4}) at epoch (\d)", torchrun.stdout)
-    assert printed, torchrun.stdout
-    code = main(["evaluate", "--checkpoint", str(two / "best.pt"), "--manifest",
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "two_best.pt"), "--manifest",
                  str(load_recipe(str(recipe)).data.manifest), "--split", "dev", "--out", str(tmp_path / "eval")])
     assert code == 0
     report = json.loads((tmp_path / "eval" / "dev.json").read_text())
@@ -218,7 +216,7 @@ def test_a_killed_rank_ends_the_job_with_one_line(recipe, tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+        while not (out / "metrics.jsonl").is_file():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
             time.sleep(0.2)
         workers = _children(proc.pid)
