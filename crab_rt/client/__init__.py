@@ -1,4 +1,5 @@
-"""The Python client of the `crab-rt serve` WebSocket protocol, version 1 (docs/protocol.md): async and blocking.
+"""The Python client of the `crab-rt serve` WebSocket protocol, versions 1 and 1.1 (docs/protocol.md): async and
+blocking.
 
 - `messages`: the typed messages the server sends (`Ready`, `SpeechStart`, `SpeechEnd`, `Event` (=
   `EmotionEvent`), `ServerError`, `Done`), their parser, and PCM encoding and splitting.
