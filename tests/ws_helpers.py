@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import jsonschema
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from crab_bench.fuzz_client import http_get  # the tests' reads of /healthz and /metrics, as the fuzzing's
 from crab_rt.runtime.sources import FileSource
 from crab_rt.serve.protocol import schema_path
 
@@ -69,15 +68,6 @@ async def talk(url: str, first, chunks=(), stop: bool = True, headers=None, paus
         except ConnectionClosed:
             pass
     return messages, ws.close_code, ws.close_reason
-
-
-def http_get(port: int, path: str, timeout: float = 30.0) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:port/path, error statuses included."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def metric(port: int, name: str) -> float:

@@ -4,8 +4,9 @@ Temperature scaling (Guo et al. 2017) divides a classifier's logits by one numbe
 (the dev split) to minimise the negative log-likelihood; the predicted class never changes, only how sure the
 probabilities are. The trainer fits T for Crab's head and for the voice-only classifier after training and
 stores them in `best.pt`; export copies them into the bundle, and the runtime applies them
-(`crab_rt.runtime.emotion_model`). ECE (15 equal-width confidence bins, the usual choice) measures the gap
-between confidence and accuracy: sum over bins of (bin size / N) * |accuracy - mean confidence|.
+(`crab_rt.runtime.emotion_model`, whose `softmax` this module uses too). ECE (15 equal-width confidence bins,
+the usual choice) measures the gap between confidence and accuracy: sum over bins of (bin size / N) *
+|accuracy - mean confidence|.
 """
 
 from __future__ import annotations
@@ -15,20 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from crab_rt.runtime.emotion_model import softmax
+
 __all__ = ["ECE_BINS", "fit_temperature", "expected_calibration_error", "reliability_bins", "calibration_summary",
            "reliability_diagram", "softmax"]
 
 ECE_BINS = 15
 # T is searched in [MIN, MAX]: below, a classifier would claim certainty from nothing; above, it says nothing.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature` (float64 inside, float32 out)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _labelled(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from crab_rt.audio import PCM_FORMATS
 from crab_rt.checks import is_int
 from crab_rt.errors import CrabError
 from crab_rt.runtime.events import STAGES, EmotionEvent
-from crab_rt.serve.protocol import PROTOCOL_VERSIONS
+from crab_rt.serve.protocol import PROTOCOL_VERSIONS, parse_version
 
 __all__ = ["ClientError", "Message", "Ready", "SpeechStart", "SpeechEnd", "Event", "ServerError", "Done",
            "encode_pcm", "split_payload", "parse_message"]
@@ -148,9 +148,10 @@ def _bool(value: Any) -> bool:
 
 
 def _version(value: Any) -> float:
-    if isinstance(value, bool) or value not in PROTOCOL_VERSIONS:
+    version = parse_version(value)
+    if version is None:
         raise ValueError(f"expected a protocol version ({', '.join(map(str, PROTOCOL_VERSIONS))})")
-    return 1 if value == 1 else float(value)
+    return version
 
 
 def _stage(value: Any) -> str:

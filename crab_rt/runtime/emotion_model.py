@@ -23,7 +23,7 @@ from crab_rt.features import pad_waveforms
 from crab_rt.runtime.speech_frontend import SPLIT_GRAPHS, FrontendGeometry, UtteranceFrames, encode_split
 from crab_rt.text import TextTokenizer
 
-__all__ = ["EmotionModel", "Features"]
+__all__ = ["EmotionModel", "Features", "softmax"]
 
 
 @dataclass
@@ -42,9 +42,9 @@ def _unpad(hidden: np.ndarray, lengths: np.ndarray) -> list[Features]:
     return [Features(hidden[i, : int(n)].astype(np.float32, copy=False)) for i, n in enumerate(lengths)]
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Row-wise softmax of logits / temperature (calibrated probabilities), float32."""
-    z = logits.astype(np.float64) / temperature
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of `logits / temperature` (calibrated probabilities; float64 inside, float32 out)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -155,7 +155,7 @@ class EmotionModel:
             inputs["speech_hidden"], inputs["speech_mask"] = _stack(speech, dim)
         if self.uses_text:
             inputs["text_hidden"], inputs["text_mask"] = _stack(text, self._text_dim or text[0].hidden.shape[1])
-        return _softmax(self.sessions["head"].run(inputs)["logits"], self.temperatures["head"])
+        return softmax(self.sessions["head"].run(inputs)["logits"], self.temperatures["head"])
 
     def classify_voice(self, speech: Sequence[Features]) -> np.ndarray:
         """The voice-only classifier on a batch of speech features: calibrated probabilities [B, C].
@@ -168,7 +168,7 @@ class EmotionModel:
                               "had one, or trained with model.speech_classifier = false); retrain and re-export")
         hidden, mask = _stack(speech, self._speech_dim or speech[0].hidden.shape[1])
         out = self.sessions["speech_classifier"].run({"speech_hidden": hidden, "speech_mask": mask})
-        return _softmax(out["logits"], self.temperatures["speech_classifier"])
+        return softmax(out["logits"], self.temperatures["speech_classifier"])
 
     def predict(self, audios: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
         """All three stages at once: probabilities [B, C]."""

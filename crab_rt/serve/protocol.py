@@ -24,7 +24,8 @@ from crab_rt.checks import is_int
 from crab_rt.errors import CrabError
 
 __all__ = [
-    "PROTOCOL_VERSION", "PROTOCOL_VERSIONS", "DEFAULT_PORT", "CLOSE", "ERROR_CODES", "DONE_REASONS", "ProtocolError",
+    "PROTOCOL_VERSION", "PROTOCOL_VERSIONS", "parse_version", "DEFAULT_PORT", "CLOSE", "ERROR_CODES", "DONE_REASONS",
+    "ProtocolError",
     "StartRequest", "ready_message", "speech_message", "event_message", "error_message", "done_message",
     "schema_path",
 ]
@@ -65,8 +66,8 @@ _START_FIELDS = {"type", "protocol", "sample_rate", "format", "channels", "langu
                  "provisional"}
 
 
-def _version(value: object) -> float | None:
-    """A start's `protocol` as one of PROTOCOL_VERSIONS (1.0 counts as 1; true does not), or None."""
+def parse_version(value: object) -> float | None:
+    """A `protocol` field as one of PROTOCOL_VERSIONS (1.0 counts as 1; true does not), or None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if _integer(value) == 1:
@@ -140,7 +141,7 @@ class StartRequest:
         if unknown:
             raise ProtocolError("bad_start", f"start: unknown field(s) {', '.join(map(repr, unknown))}; "
                                 f"allowed: {', '.join(sorted(_START_FIELDS))}")
-        version = _version(msg.get("protocol", 1))
+        version = parse_version(msg.get("protocol", 1))
         if version is None:
             raise ProtocolError("bad_start", f"start.protocol = {msg.get('protocol')!r}: this server speaks versions "
                                 f"{' and '.join(map(str, PROTOCOL_VERSIONS))}")
