@@ -142,7 +142,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, world: World | None = None) -> None:
         self.config = config.validate()
         self.world = World.from_environment() if world is None else world
-        self.local_accum_steps = local_accumulation(config.optim.grad_accum_steps, self.world.world_size)
+        local_accumulation(config.optim.grad_accum_steps, self.world.world_size)  # refuses a world size that won't do
         self.out_dir = Path(config.run.out_dir)
         self.device = resolve_device(config.run.device, self.world)
         join_world(self.world, self.device)
@@ -227,6 +227,9 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"metric": config.run.best_metric, "value": -1.0, "epoch": None}
+        # The best epoch's dev labels and logits (Crab's, the voice classifier's or None): what `calibrate` fits on,
+        # without a second pass over the dev split; kept in last.pt for a resumed run.
+        self.best_dev: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
         if resume and self._sees_last_checkpoint():
             self._restore(self.out_dir / "last.pt")
 
@@ -270,6 +273,8 @@ class Trainer:
                 scheduler_state=self.scheduler.state_dict(),
                 voice_optimizer_state=None if self.voice_optimizer is None else self.voice_optimizer.state_dict(),
                 voice_scheduler_state=None if self.voice_scheduler is None else self.voice_scheduler.state_dict(),
+                best_dev=None if self.best_dev is None else
+                [None if a is None else torch.from_numpy(a) for a in self.best_dev],
                 scaler_state=self.scaler.state_dict(),
                 torch_rng=torch.get_rng_state(),
                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -295,6 +300,8 @@ class Trainer:
             self.tokenizer = TextTokenizer.from_json(payload["tokenizer_json"], self.config.model.max_text_tokens)
             self.collate.tokenizer = self.tokenizer
         self.epoch, self.history, self.best = payload["epoch"], payload["history"], payload["best"]
+        if payload.get("best_dev") is not None:
+            self.best_dev = tuple(None if t is None else t.numpy() for t in payload["best_dev"])
         if self.world.is_main:
             written = payload.get("world_size", 1)
             log.info("resumed from %s after epoch %d (written by %d process%s, continued by %d)", path, self.epoch,
@@ -354,7 +361,7 @@ class Trainer:
             parts["voice_ce"] = voice_ce.item()
         self.scaler.scale(objective * scale).backward()
         total = ce + self.config.loss.alpha * leg
-        return {"loss": total.item(), "ce": ce.item(), "legs": leg.item(), **parts, "weight": weight}
+        return {"loss": total.item(), "ce": ce.item(), "legs": leg.item(), **parts}
 
     def _optimizer_step(self) -> None:
         if self.config.optim.max_grad_norm > 0:
@@ -420,17 +427,18 @@ class Trainer:
                 voice[indices] = v
         return y_true, logits, voice
 
-    def evaluate_dev(self) -> dict:
-        """WAR, UAR and macro-F1 of Crab on the whole dev split, and the voice classifier's UAR."""
+    def evaluate_dev(self) -> tuple[dict, tuple]:
+        """WAR, UAR and macro-F1 of Crab on the whole dev split, and the voice classifier's UAR; with the
+        `dev_logits` they come from."""
         from crab_rt.train.metrics import classification_report
 
-        y_true, logits, voice = self.dev_logits()
+        y_true, logits, voice = outputs = self.dev_logits()
         report = classification_report(y_true.tolist(), logits.argmax(1).tolist(), self.model.labels)
         out = {"war": report["war"], "uar": report["uar"], "macro_f1": report["macro_f1"]}
         if voice is not None:
             voice_report = classification_report(y_true.tolist(), voice.argmax(1).tolist(), self.model.labels)
             out["voice_uar"] = voice_report["uar"]
-        return out
+        return out, outputs
 
     def encode_frozen_speech(self) -> None:
         """Run a frozen speech encoder once over the train and dev clips (a no-op otherwise, or when done)."""
@@ -457,7 +465,7 @@ class Trainer:
             lrs = [g["lr"] for g in self.optimizer.param_groups]
             train = self.train_epoch()
             train_seconds = time.perf_counter() - started
-            dev = self.evaluate_dev()
+            dev, dev_outputs = self.evaluate_dev()
             self.scheduler.step()
             if self.voice_scheduler is not None:
                 self.voice_scheduler.step()
@@ -471,6 +479,7 @@ class Trainer:
             improved = dev[metric] > self.best["value"]
             if improved:
                 self.best = {"metric": metric, "value": dev[metric], "epoch": self.epoch}
+                self.best_dev = dev_outputs
             if not main:
                 continue
             if improved:
@@ -483,12 +492,13 @@ class Trainer:
                 f"dev WAR {dev['war']:.4f} UAR {dev['uar']:.4f} F1 {dev['macro_f1']:.4f}{voice}"
                 f"{'  *best' if improved else ''}  ({record['seconds']:.1f}s)"
             )
-        if main and self.epoch == self.config.optim.epochs and (self.out_dir / "best.pt").is_file():
+        if main and self.epoch == self.config.optim.epochs and self.best_dev is not None:
             self.calibrate()
         return self.best
 
     def calibrate(self) -> dict:
-        """Fit the temperatures of best.pt's head and voice classifier on the dev split and store them in it.
+        """Fit the temperatures of best.pt's head and voice classifier on the dev split (the best epoch's dev
+        logits, `best_dev`) and store them in best.pt.
 
         Returns:
             {"split": "dev", "head": summary, "speech_classifier": summary (when the model has one)}, each
@@ -499,13 +509,7 @@ class Trainer:
         from crab_rt.train.checkpoint import update_checkpoint
 
         path = self.out_dir / "best.pt"
-        best = CrabModel.from_architecture(self.model.architecture()).to(self.device)
-        best.load_state_dict(read_checkpoint(path, self.device)["model_state"])
-        y, logits, voice = predict_logits(
-            best, self.tokenizer, self.dev_rows, self.config.model.max_audio_s,
-            batch_size=self.config.optim.micro_batch_size, device=self.device, dataset=self.dev_set,
-            speech_states=self.dev_states,
-        )
+        y, logits, voice = self.best_dev
         calibration = {"split": "dev", "head": calibration_summary(logits, y, fit_temperature(logits, y))}
         if voice is not None:
             calibration["speech_classifier"] = calibration_summary(voice, y, fit_temperature(voice, y))

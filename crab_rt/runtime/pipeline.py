@@ -207,7 +207,6 @@ class _Outbox:
         self.ended = False  # the end marker is in the event queue
         self.error: BaseException | None = None
         self.emitted = 0  # final events (one per utterance)
-        self.provisional_emitted = 0
         self.dropped_events = 0
 
     def add(self) -> None:
@@ -249,8 +248,6 @@ class _Outbox:
         with self.cond:
             if event.stage == "final":
                 self.emitted += 1
-            else:
-                self.provisional_emitted += 1
         if self.on_event is None:
             self.put(event)
             return
@@ -462,8 +459,8 @@ def _make_event(stream_id: str, utt: Utterance, labels: Sequence[str], probs: np
 def provisional_events(model: EmotionModel, jobs: Sequence[tuple[str, Utterance, dict[str, float]]],
                        speech: Sequence[Features], min_confidence: float) -> list[EmotionEvent]:
     """The provisional events of utterances whose speech features are ready: the voice-only classifier on
-    them, one batch. `jobs`: (stream id, utterance, its stage times so far) per feature. Shared with the Ray
-    Serve engine."""
+    them, one batch. `jobs`: (stream id, utterance, its stage times so far) per feature. (The Ray Serve engine's
+    replica runs the classifier with the speech encoder and makes its events with `_make_event`.)"""
     start = time.perf_counter()
     probs = model.classify_voice(speech)
     ms = (time.perf_counter() - start) * 1000
