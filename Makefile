@@ -7,6 +7,7 @@
 #               bundle, stream a spoken conversation and a real recording (samples/jfk.flac) at real time
 #   make mic-stack  (root + apt) PortAudio, PulseAudio, ALSA's pulse plugin, sox and PyAudio for the
 #               real-microphone tests; `make test` tries it first and goes on without it
+#   make browser    (root + apt) Chromium and chromedriver for the browser tests; `make test` tries it too
 #   make cpp-test / cpp-asan-test  the C++ client (clients/cpp, CMakeLists.txt): build with CMake into build/cpp
 #               (build/cpp-asan: AddressSanitizer + UndefinedBehaviorSanitizer) and run ctest; `make test` runs both
 #               beside pytest (CPP=0 skips them); cpp-deps installs the Debian packages when root
@@ -18,7 +19,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO   ?= demo
 
-.PHONY: install lint test demo mic-stack clean cpp-deps cpp cpp-test cpp-asan cpp-asan-test
+.PHONY: install lint test demo mic-stack browser clean cpp-deps cpp cpp-test cpp-asan cpp-asan-test
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,7 @@ lint: install
 TEST_STARTED := $(shell date +%s)
 test: lint
 	@$(MAKE) --no-print-directory mic-stack || echo "mic-stack: not available; tests/test_microphone_real.py will skip"
+	@$(MAKE) --no-print-directory browser || echo "browser: not available; tests/test_browser.py will skip"
 	@mkdir -p build; cpp_pid=""; \
 	if [ "$(CPP)" != 0 ]; then \
 	    echo "C++ client: building and testing beside pytest (make cpp-test cpp-asan-test > build/cpp-test.log)"; \
@@ -103,6 +105,24 @@ mic-stack: install
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MIC_APT) >/dev/null; \
 	    $(BIN)/python -m pip install -q 'pyaudio>=0.2.13'; \
 	    echo "mic-stack: installed $(MIC_APT) and pyaudio"; \
+	fi
+
+# The browser tests (tests/test_browser.py: the page of `crab-rt serve` in headless Chromium, driven by Selenium
+# through the system's chromedriver; no browser is downloaded at test time). `make test` runs this first and goes
+# on without it when it cannot install them: those tests then skip and say why.
+BROWSER_APT := chromium chromium-driver
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	    echo "browser: Chromium and chromedriver are installed"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	    echo "browser: skipped: not root (apt-get needs root); install: $(BROWSER_APT)"; exit 1; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "browser: skipped: no apt-get; install Chromium and its chromedriver"; exit 1; \
+	else \
+	    set -e; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_APT) >/dev/null 2>&1 \
+	        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_APT) >/dev/null; }; \
+	    echo "browser: installed $(BROWSER_APT)"; \
 	fi
 
 # The C++ client: Boost.Beast/Asio, nlohmann-json, OpenSSL (wss://), libsndfile (the example); PortAudio (--device)

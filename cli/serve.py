@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "serve", parents=[common],
         help="serve many live streams over a WebSocket (protocol: docs/protocol.md)",
         description="One WebSocket connection is one audio stream; every stream shares one pipeline, whose "
-        "speech encoder, ASR and head batch utterances across streams. GET /healthz and /metrics (Prometheus) "
-        "on the same port. SIGTERM or Ctrl-C drains: utterances in flight are finished and sent, every client "
+        "speech encoder, ASR and head batch utterances across streams. A browser page at / (open "
+        "http://127.0.0.1:8765/), GET /healthz and /metrics (Prometheus) on the same port. "
+        "SIGTERM or Ctrl-C drains: utterances in flight are finished and sent, every client "
         "gets `done`. Clients: `crab-rt client`, crab_rt.client, or any WebSocket library.",
     )
     n = p.add_argument_group("network")
@@ -33,6 +34,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_option(n, "--tls-cert", ServerConfig, "tls_cert", "PEM certificate: serve wss:// (with --tls-key)",
                       type=str)
     add_config_option(n, "--tls-key", ServerConfig, "tls_key", "PEM private key of --tls-cert", type=str)
+    n.add_argument("--no-ui", action="store_true", help="do not serve the browser page at / (live microphone or "
+                   "file, a timeline of the events); WebSocket clients, /healthz and /metrics are unchanged")
     lim = p.add_argument_group("limits")
     add_config_option(lim, "--max-streams", ServerConfig, "max_streams",
                       "open streams; one more is refused at once with HTTP 503")
@@ -69,6 +72,8 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
     config = config_from_args(ServerConfig, args)
     if args.token_file is not None:
         config = dataclasses.replace(config, token=read_token_file(args.token_file))
+    if args.no_ui:
+        config = dataclasses.replace(config, ui=False)
     return config.validate()
 
 

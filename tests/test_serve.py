@@ -454,6 +454,55 @@ def test_bearer_token(tiny_bundle, jfk):
         assert metric(server.port, 'crab_rt_connections_refused_total{reason="unauthorized"}') == 3
         assert http_get(server.port, "/healthz")[0] == 200  # health and metrics need no token
 
+        # A browser's way: the token as the access_token query parameter (RFC 6750 2.3); the header wins.
+        messages, code, _ = run(talk(server.url + "?access_token=s3cret-token", start(),
+                                     [jfk[:16000].astype("<f4").tobytes()]))
+        assert code == 1000 and messages[-1]["type"] == "done"
+        with pytest.raises(InvalidStatus) as refused:
+            run(talk(server.url + "?access_token=s3cret-token", start(), headers={"Authorization": "Bearer no"}))
+        assert refused.value.response.status_code == 401
+        # GET /admit answers what the handshake would: the page asks it before it opens a stream.
+        status, body = http_get(server.port, "/admit?access_token=wrong")
+        assert (status, body) == (401, "missing or wrong bearer token (send the header Authorization: Bearer "
+                                       "<token>)\n")
+        status, body = http_get(server.port, "/admit?access_token=s3cret-token")
+        assert status == 200
+        assert json.loads(body) | {"backend": "?"} == {
+            "status": "ok", "server": "crab-rt 0.1.0", "protocol": 1.1, "labels": ["a", "b", "c", "d"],
+            "provisional": True, "asr": False, "backend": "?"}
+        assert metric(server.port, 'crab_rt_connections_refused_total{reason="unauthorized"}') == 5
+
+
+# ---- the browser page (the browser itself: tests/test_browser.py) -----------------------------------------------
+def test_page_files_and_their_headers(plain_server):
+    import urllib.request
+
+    from crab_rt.serve import page
+
+    for path, (name, content_type) in page.ASSETS.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{plain_server.port}{path}", timeout=30) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == content_type
+            assert r.read() == (Path(page.__file__).parent / "static" / name).read_bytes()
+            assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+    index = http_get(plain_server.port, "/")[1]
+    for path in page.ASSETS:  # every file the page loads is served, nothing from elsewhere
+        assert path == "/" or path in index or path in (Path(page.__file__).parent / "static" / "app.js").read_text()
+    assert "http://" not in index and "https://" not in index
+    assert http_get(plain_server.port, "/static/missing.js")[0] == 426  # not a page file: a WebSocket path
+    # The WebSocket on / is unchanged: the same path, with an Upgrade header, is a stream.
+    messages, code, _ = run(talk(plain_server.url, start(stream_id="page-path"), []))
+    assert code == 1000 and messages[0]["type"] == "ready"
+
+
+def test_no_ui_turns_the_page_off(tiny_bundle):
+    config = ServerConfig(port=0, ui=False)
+    with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"), config) as server:
+        assert http_get(server.port, "/") == (404, "the browser page is off (crab-rt serve --no-ui)\n")
+        assert http_get(server.port, "/static/app.js")[0] == 404
+        messages, code, _ = run(talk(server.url, start(), []))
+        assert code == 1000 and messages[-1]["type"] == "done"
+
 
 def test_tls(tiny_bundle, self_signed_cert, jfk):
     import ssl

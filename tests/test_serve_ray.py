@@ -416,6 +416,16 @@ def test_four_clients_on_two_model_replicas_match_the_single_process_server(ray_
     status, body = http_get(ray_cluster.port, "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ready"
     assert metric(ray_cluster.port, "crab_rt_events_total") >= 16
+    # The browser page and its admission check, as `crab-rt serve` serves them (tests/test_browser.py drives it).
+    from crab_rt.serve import page
+
+    for path in page.ASSETS:
+        assert http_get(ray_cluster.port, path) == (200, page.asset(path)[0].decode())
+    status, body = http_get(ray_cluster.port, "/admit")
+    assert status == 200
+    assert json.loads(body) | {"backend": "?"} == {
+        "status": "ok", "server": "crab-rt 0.1.0", "protocol": 1.1, "labels": ["a", "b", "c", "d"],
+        "provisional": True, "asr": True, "backend": "?"}
 
 
 @pytest.mark.ray

@@ -57,6 +57,10 @@ def test_wheel_ships_every_module_of_the_tree(wheel):
     assert not any(n.startswith(("crab_bench/", "tests/", "benchmarks/")) for n in names)
     schemas = {p.name for p in (ROOT / "crab_rt" / "serve" / "schemas").glob("*.json")}
     assert len(schemas) == 2 and {f"crab_rt/serve/schemas/{n}" for n in schemas} <= names
+    from crab_rt.serve.page import ASSETS  # the browser page: every file it serves
+
+    assert {f"crab_rt/serve/static/{name}" for name, _ in ASSETS.values()} <= names
+    assert {p.name for p in (ROOT / "crab_rt" / "serve" / "static").iterdir()} == {n for n, _ in ASSETS.values()}
 
 
 def test_wheel_metadata_keeps_heavy_libraries_in_extras(wheel):

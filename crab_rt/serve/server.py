@@ -7,8 +7,9 @@ Contract
   until `request_drain()` (SIGTERM / Ctrl-C in the CLI), drains and returns.
   `serve_in_background(...)` runs one on its own thread and loop (tests, benchmarks,
   embedding).
-- Admission happens in the HTTP handshake (`_process_request`): `/healthz` and
-  `/metrics` are answered there; a bad token gets 401, a full, loading or
+- Admission happens in the HTTP handshake (`_process_request`): `/healthz`,
+  `/metrics`, the browser page's files (`crab_rt.serve.page`, a plain GET of `/`)
+  and its `/admit` check are answered there; a bad token gets 401, a full, loading or
   draining server 503, each with a one-line body. A stream slot is taken only
   by a valid `start` (`_take_slot`), so connections that never send one hold
   none; a `start` that finds every slot taken (another connection's `start`
@@ -61,7 +62,7 @@ from crab_rt.errors import AudioError, ConfigError, CrabError, missing_dependenc
 from crab_rt.runtime.events import EmotionEvent
 from crab_rt.runtime.pipeline import Pipeline, PipelineConfig, Stream
 from crab_rt.runtime.segmenter import SpeechMark
-from crab_rt.serve import protocol
+from crab_rt.serve import page, protocol
 from crab_rt.serve.metrics import ServerMetrics
 from crab_rt.serve.protocol import CLOSE, ProtocolError, StartRequest
 
@@ -94,6 +95,7 @@ class ServerConfig:
         drain_timeout_s: how long a drain waits for the streams to finish.
         token: bearer token the clients must send (None: no authentication). Not shown in repr.
         tls_cert, tls_key: PEM files; both given: wss:// (TLS).
+        ui: serve the browser page at `/` (crab_rt.serve.page); False: `--no-ui`.
     """
 
     host: str = "127.0.0.1"
@@ -110,6 +112,7 @@ class ServerConfig:
     token: str | None = field(default=None, repr=False)
     tls_cert: str | None = None
     tls_key: str | None = None
+    ui: bool = True
 
     def validate(self) -> ServerConfig:
         def bad(name: str, allowed: str) -> ConfigError:
@@ -198,6 +201,13 @@ class Server:
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
         return f"{self.config.scheme}://{host}:{self.port}/"
 
+    @property
+    def page_url(self) -> str:
+        """The browser page's address (http, or https with TLS; 127.0.0.1 when listening on every interface)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.config.host, self.config.host)
+        host = host if ":" not in host or host.startswith("[") else f"[{host}]"
+        return f"{'https' if self.config.tls_cert else 'http'}://{host}:{self.port}/"
+
     def _queue_depths(self) -> dict[str, int]:
         return self.pipeline.queue_depths() if self.pipeline is not None else {}
 
@@ -244,8 +254,9 @@ class Server:
                 self.language = None if asr is None else asr.language
                 self.state = "ready"
                 log.debug("crab-rt serve: %s", self.pipeline.model.choice.describe())
-                log.info("crab-rt serve: ready on %s (%s); /healthz and /metrics on the same port",
-                         self.url, self.pipeline.describe())
+                page_line = f"; the browser page: {self.page_url}" if self.config.ui else ""
+                log.info("crab-rt serve: ready on %s (%s); /healthz and /metrics on the same port%s",
+                         self.url, self.pipeline.describe(), page_line)
                 if started is not None:
                     started.set_result(self)
                 await self._drain_requested.wait()
@@ -302,7 +313,7 @@ class Server:
 
     # ---- handshake ------------------------------------------------------------------
     def _process_request(self, connection, request):
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
         if path == "/healthz":
             return self._health(connection)
         if path == "/metrics":
@@ -310,10 +321,39 @@ class Server:
             response = connection.respond(200, body.decode("utf-8"))
             _set_header(response, "Content-Type", content_type)
             return response
-        refusal = self._admit(request.headers.get("Authorization"), _peer(connection))
+        authorization = page.bearer_header(request.headers.get("Authorization"), query)
+        if path == "/admit":
+            status, body = self._admit_answer(authorization, _peer(connection))
+            return _respond(connection, status, body, "application/json" if status == 200 else "text/plain")
+        if path in page.ASSETS and page.is_page_request(request.headers):
+            return self._page(connection, path)
+        refusal = self._admit(authorization, _peer(connection))
         if refusal is not None:
             return self._refuse(connection, *refusal)
         return None
+
+    def _page(self, connection, path: str):
+        """A file of the browser page (crab_rt.serve.page), or 404 when the server runs with --no-ui."""
+        if not self.config.ui:
+            return _respond(connection, 404, "the browser page is off (crab-rt serve --no-ui)\n", "text/plain")
+        body, content_type = page.asset(path)
+        response = _respond(connection, 200, body.decode("utf-8"), content_type)
+        for name, value in page.SECURITY_HEADERS.items():
+            _set_header(response, name, value)
+        return response
+
+    def _admit_answer(self, authorization: str | None, peer: str) -> tuple[int, str]:
+        """GET /admit: would a stream be admitted now? The handshake's refusal (status, one line), else 200 with
+        what the page needs (JSON). Shared with the Ray Serve ingress."""
+        refusal = self._admit(authorization, peer)
+        if refusal is not None:
+            status, _, message = refusal
+            return status, message + "\n"
+        model = self.pipeline.model
+        body = {"status": "ok", "server": f"crab-rt {__version__}", "protocol": protocol.PROTOCOL_VERSION,
+                "labels": list(model.labels), "provisional": bool(model.has_voice),
+                "asr": self.pipeline.config.asr is not None, "backend": model.choice.summary()}
+        return 200, json.dumps(body) + "\n"
 
     def _admit(self, authorization: str | None, peer: str) -> tuple[int, str, str] | None:
         """Admission of one connection: None when admitted, else (HTTP status, reason, message), counted and
@@ -414,6 +454,12 @@ def refusal_headers(status: int) -> dict[str, str]:
     if status == 401:
         return {"WWW-Authenticate": 'Bearer realm="crab-rt"'}
     return {}
+
+
+def _respond(connection, status: int, body: str, content_type: str):
+    response = connection.respond(status, body)
+    _set_header(response, "Content-Type", content_type)
+    return response
 
 
 def _set_header(response, name: str, value: str) -> None:

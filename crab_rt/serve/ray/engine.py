@@ -36,11 +36,16 @@ _RETRYABLE = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "Worke
 
 
 class _Described:
-    def __init__(self, text: str) -> None:
-        self._text = text
+    """The `choice` of a Ray engine's model: what runs where (`describe`, /healthz), in short (`summary`, /admit)."""
+
+    def __init__(self, text: str, short: str) -> None:
+        self._text, self._short = text, short
 
     def describe(self) -> str:
         return self._text
+
+    def summary(self) -> str:
+        return self._short
 
 
 class _Order:
@@ -70,7 +75,8 @@ class RayEngine:
             f" + {ASR} ({asr_info['device']})" if asr_info is not None else "")
         self.model = SimpleNamespace(labels=list(info["labels"]), uses_speech=bool(info["uses_speech"]),
                                      uses_text=bool(info["uses_text"]), has_voice=bool(info.get("has_voice")),
-                                     choice=_Described(described))
+                                     choice=_Described(described, f"Ray Serve: {MODEL}" + (
+                                         f" + {ASR}" if asr_info is not None else "")))
         self.vad = SileroVad(num_threads=1)
         self.retries, self.timeout_s = retries, timeout_s
         self.loop: asyncio.AbstractEventLoop | None = None

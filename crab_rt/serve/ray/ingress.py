@@ -1,5 +1,5 @@
 """The `CrabIngress` deployment: the WebSocket streams (the `crab-rt serve` session code over Starlette's
-WebSocket), their front ends, /healthz and /metrics."""
+WebSocket), their front ends, /healthz, /metrics and the browser page (crab_rt.serve.page)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from crab_rt.errors import ConfigError
 from crab_rt.runtime.pipeline import PipelineConfig, _fit_to_bundle
+from crab_rt.serve import page
 from crab_rt.serve.ray.engine import RayEngine
 from crab_rt.serve.ray.serve_config import pipeline_from_dict, server_from_args
 from crab_rt.serve.server import Server, ServerConfig, refusal_headers
@@ -135,10 +136,24 @@ class IngressReplica:
             body, content_type = host.metrics.render()
             return Response(body, headers={"Content-Type": content_type})
 
+        async def admit(request):
+            status, body = host._admit_answer(page.bearer_header(request.headers.get("authorization"),
+                                                                 request.url.query), _peer_of(request))
+            return Response(body, status_code=status,
+                            media_type="application/json" if status == 200 else "text/plain")
+
+        async def page_file(request):
+            if not host.config.ui:
+                return Response("the browser page is off (crab-rt serve --no-ui)\n", status_code=404,
+                                media_type="text/plain")
+            body, content_type = page.asset(request.url.path)
+            return Response(body, headers={"Content-Type": content_type, **page.SECURITY_HEADERS})
+
         async def stream(websocket):
             loop = asyncio.get_running_loop()
             host._loop = engine.loop = loop
-            refusal = host._admit(websocket.headers.get("authorization"), _peer_of(websocket))
+            authorization = page.bearer_header(websocket.headers.get("authorization"), websocket.url.query)
+            refusal = host._admit(authorization, _peer_of(websocket))
             if refusal is not None:
                 await _deny(websocket, *refusal)
                 return
@@ -146,7 +161,8 @@ class IngressReplica:
             await websocket.accept()  # the stream slot is taken by its start (Server._take_slot)
             await host._handle(connection)
 
-        return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics),
+        return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/admit", admit),
+                                 *(Route(path, page_file) for path in page.ASSETS),
                                  WebSocketRoute("/{path:path}", stream)])
 
     async def drain(self) -> dict[str, Any]:
