@@ -17,7 +17,9 @@ pytest.importorskip("websockets")
 pytest.importorskip("prometheus_client")
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (the dev extra has it)")
 
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from ws_helpers import JFK, metric  # noqa: E402
 
 from crab_rt.runtime.asr import AsrConfig  # noqa: E402
@@ -45,9 +47,10 @@ def jfk_wav(tmp_path_factory) -> Path:
     return path
 
 
-def chromium(profile: Path, microphone: Path):
-    """Headless Chromium whose microphone plays `microphone` (in a loop) and whose permission prompt says yes.
-    The background-networking flags keep it from calling Google's hosts (this machine's network is closed)."""
+def chromium(profile: Path, microphone: Path, allow_microphone: bool = True):
+    """Headless Chromium whose microphone plays `microphone` (in a loop) and whose permission prompt says yes
+    (or no). The background-networking flags keep it from calling Google's hosts (this machine's network is
+    closed)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -56,7 +59,8 @@ def chromium(profile: Path, microphone: Path):
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-quic", "--window-size=1100,1500", f"--user-data-dir={profile}",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--use-fake-ui-for-media-stream" if allow_microphone else "--deny-permission-prompts",
+                 "--use-fake-device-for-media-stream",
                  f"--use-file-for-fake-audio-capture={microphone}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -101,7 +105,17 @@ def test_microphone_to_timeline_in_chromium(tiny_bundle, jfk_wav, tmp_path):
         try:
             driver.get(server.server.page_url)
             assert driver.title == "crab-rt: live speech emotion"
-            driver.find_element(By.ID, "start").click()
+            unlabelled = driver.execute_script(
+                "return [...document.querySelectorAll('input, button')]"
+                ".filter(e => e.tagName === 'INPUT' ? e.labels.length === 0 : !e.textContent.trim())"
+                ".map(e => e.id)")
+            assert unlabelled == []  # every control has a label a screen reader can read
+            for _ in range(12):  # the keyboard alone: Tab to Start, then Enter
+                if driver.switch_to.active_element.get_attribute("id") == "start":
+                    break
+                ActionChains(driver).send_keys(Keys.TAB).perform()
+            assert driver.switch_to.active_element.get_attribute("id") == "start"
+            ActionChains(driver).send_keys(Keys.ENTER).perform()
 
             def three_final():
                 final = [r for r in rows(driver) if r["stage"] == "final" and r["text"]]
@@ -157,3 +171,33 @@ def test_wrong_token_is_explained(tiny_bundle, jfk_wav, tmp_path):
         assert metric(server.port, 'crab_rt_connections_refused_total{reason="unauthorized"}') == 2
         assert metric(server.port, "crab_rt_streams_total") == 0
     assert (SHOTS / "page-wrong-token.png").stat().st_size > 10_000
+
+
+def test_denied_microphone_is_explained_and_a_file_streams_instead(tiny_bundle, jfk_wav, tmp_path):
+    """The microphone permission denied: the page says so and how to allow it. Then the second mode: jfk as a
+    local file, streamed at real time, gives its first utterance's row; Stop ends the stream with `done`."""
+    with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"),
+                             ServerConfig(port=0)) as server:
+        driver = chromium(tmp_path / "profile", jfk_wav, allow_microphone=False)
+        try:
+            driver.get(server.server.page_url)
+            alert = driver.find_element(By.ID, "alert")
+            driver.find_element(By.ID, "start").click()
+            wait_for(alert.is_displayed, 20, "the denied microphone's message", driver)
+            assert alert.text.startswith("Microphone access was denied. Allow this page to use the microphone")
+            assert driver.find_element(By.ID, "start").is_enabled()
+
+            assert not driver.find_element(By.ID, "file").is_displayed()
+            driver.find_element(By.ID, "mode-file").click()
+            driver.find_element(By.ID, "file").send_keys(str(jfk_wav))
+            driver.find_element(By.ID, "start").click()
+            first = wait_for(lambda: [r for r in rows(driver) if r["stage"] == "final"], 30, "a file's event", driver)
+            assert alert.is_displayed() is False
+            assert "jfk.wav (11.0 s) at real time" in driver.find_element(By.ID, "status").text
+            driver.find_element(By.ID, "stop").click()
+            wait_for(lambda: driver.find_element(By.ID, "status").text.startswith("Stream ended (stop)"), 30,
+                     "the stream's done", driver)
+        finally:
+            driver.quit()
+    assert first[0]["id"] == 0 and first[0]["text"] == ""  # no ASR on this server
+    assert sorted(first[0]["probabilities"]) == ["a", "b", "c", "d"]
