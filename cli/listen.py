@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from crab_rt.audio import SAMPLE_RATE
 from crab_rt.cli._io import (
@@ -16,6 +18,12 @@ from crab_rt.cli._io import (
     run_with_sigterm_as_interrupt,
 )
 from crab_rt.cli._pipeline_options import add_pipeline_options, pipeline_config_from_args
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from crab_rt.runtime.events import EmotionEvent
+    from crab_rt.runtime.segmenter import SpeechMark
 
 __all__ = ["register", "run", "pipeline_config_from_args"]
 
@@ -34,7 +42,41 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     o = p.add_argument_group("output")
     o.add_argument("--format", default="jsonl", choices=("jsonl", "pretty"))
     o.add_argument("--output", help="write events to this file instead of stdout (the summary goes to stderr)")
+    o.add_argument("--plot", metavar="PNG",
+                   help="after the run, draw the file's timeline to this PNG: waveform, speech regions, one band per "
+                   "utterance coloured by its label with its probability, and the transcript (rows of 60 s); only "
+                   "with --input FILE; needs matplotlib: pip install 'crab-rt[plot]'")
     p.set_defaults(func=run)
+
+
+def _check_plot(args: argparse.Namespace) -> None:
+    """Refuse --plot before anything loads: without a file input, without matplotlib, or where it cannot be written."""
+    import os
+    from pathlib import Path
+
+    from crab_rt.errors import ConfigError, DependencyError
+    from crab_rt.plot import check_matplotlib
+
+    if args.plot is None:
+        return
+    check_input_flags(args)
+    if args.input in (None, "-"):
+        raise ConfigError("--plot draws a file's timeline: give --input FILE (not --device or --input -)")
+    try:
+        check_matplotlib()
+    except DependencyError as e:
+        raise DependencyError(f"--plot: {e}") from e
+    out = Path(args.plot)
+    if out.is_dir():
+        raise ConfigError(f"--plot {args.plot}: is a folder; give a file name")
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {args.plot}: give a .png file name (the plot is a PNG)")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"--plot {args.plot}: folder {folder} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"--plot {args.plot}: cannot write there (permission denied)")
 
 
 def _source(args):
@@ -58,18 +100,25 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import time
 
+    import numpy as np
+
     from crab_rt.bundle import load_bundle
     from crab_rt.errors import AudioError, CrabError
     from crab_rt.runtime.pipeline import Pipeline
     from crab_rt.runtime.summary import format_summary, run_summary
 
     check_output(args.output)
+    _check_plot(args)
     bundle = load_bundle(args.bundle)
     source, live = _source(args)
     config = pipeline_config_from_args(args, bundle.asr_model, live)
     out = open_output(args.output) if args.output else sys.stdout
     pretty = args.format == "pretty"
     status = sys.stderr
+    plotting = args.plot is not None
+    heard: list[np.ndarray] = []  # for --plot: the stream's audio, its speech marks and its events
+    marks: list[SpeechMark] = []
+    events: list[EmotionEvent] = []
 
     def on_event(event) -> None:
         if pretty:
@@ -79,6 +128,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             out.write(event.to_json() + "\n")
         out.flush()
+        if plotting:
+            events.append(event)
 
     started = time.perf_counter()
     interrupted = False
@@ -87,11 +138,14 @@ def _run(args: argparse.Namespace) -> int:
         with Pipeline(bundle, config) as pipeline:
             if args.verbosity >= 0:  # the one status line; -v adds the reasons behind each choice
                 print(f"crab-rt: {pipeline.describe()}", file=sys.stderr)
-            stream = pipeline.create_stream("file" if args.input not in (None, "-") else "live", on_event=on_event)
+            stream = pipeline.create_stream("file" if args.input not in (None, "-") else "live", on_event=on_event,
+                                            on_speech=marks.append if plotting else None)
             try:
                 with source:
                     for chunk in source:
                         stream.accept(chunk)
+                        if plotting:
+                            heard.append(np.array(chunk, dtype=np.float32))  # a copy: a chunk may be a view
                         if pretty and status.isatty():
                             state = "speech" if stream.in_speech else "silence"
                             status.write(f"\r\033[K{stream.samples_accepted / SAMPLE_RATE:7.1f} s  {state}  "
@@ -122,4 +176,34 @@ def _run(args: argparse.Namespace) -> int:
                     dropped_chunks, dropped_chunks * source.chunk_s)
     if source_error is not None:
         raise source_error
+    if plotting:
+        _write_plot(args, bundle.labels, heard, marks, events)
     return 0
+
+
+def _write_plot(args: argparse.Namespace, labels: Sequence[str], heard: list[np.ndarray], marks: list[SpeechMark],
+                events: list[EmotionEvent]) -> None:
+    """Draw what the stream heard (the --plot PNG) and say where it went."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from crab_rt.plot import plot_timeline
+
+    audio = np.concatenate(heard) if heard else np.zeros(0, dtype=np.float32)
+    duration = audio.size / SAMPLE_RATE
+    speech: list[tuple[float, float]] = []
+    start = None
+    for mark in marks:
+        if mark.kind == "speech_start":
+            start = mark.time_s
+        elif start is not None:
+            speech.append((start, mark.time_s))
+            start = None
+    if start is not None:  # interrupted in the middle of speech
+        speech.append((start, duration))
+    finals = sum(e.stage == "final" for e in events)
+    title = f"{Path(args.input).name}  ·  {duration:.1f} s  ·  {finals} utterance{'s' * (finals != 1)}"
+    plot_timeline(audio, SAMPLE_RATE, speech, events, args.plot, title=title, labels=labels)
+    if args.verbosity >= 0:
+        print(f"crab-rt: plot written to {args.plot}", file=sys.stderr)
