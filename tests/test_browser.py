@@ -81,19 +81,18 @@ def wait_for(predicate, timeout: float, what: str, driver):
 
 
 def rows(driver) -> list[dict]:
-    """The timeline as data: one dict per utterance row."""
-    found = []
-    for row in driver.find_elements(By.CSS_SELECTOR, "#timeline li.utterance"):
-        found.append({
-            "id": int(row.get_attribute("data-utterance-id")),
-            "stage": row.get_attribute("data-stage"),
-            "label": row.find_element(By.CSS_SELECTOR, ".label").text,
-            "probabilities": {p.get_attribute("data-label"): float(p.get_attribute("data-probability"))
-                              for p in row.find_elements(By.CSS_SELECTOR, ".prob")},
-            "text": row.find_element(By.CSS_SELECTOR, ".text").text,
-            "latency_ms": row.find_element(By.CSS_SELECTOR, ".latency").get_attribute("data-end-to-event-ms"),
-        })
-    return found
+    """The timeline as data, one dict per utterance row, read in one script (a row's children are replaced when
+    its final event arrives, so element handles held across calls could go stale)."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('#timeline li.utterance')].map(row => ({
+            id: Number(row.dataset.utteranceId),
+            stage: row.dataset.stage,
+            label: row.querySelector('.label').textContent,
+            probabilities: Object.fromEntries([...row.querySelectorAll('.prob')].map(
+                p => [p.dataset.label, Number(p.dataset.probability)])),
+            text: row.querySelector('.text').textContent,
+            latency_ms: row.querySelector('.latency').dataset.endToEventMs,
+        }));""")
 
 
 def test_microphone_to_timeline_in_chromium(tiny_bundle, jfk_wav, tmp_path):
