@@ -47,7 +47,7 @@ def jfk_wav(tmp_path_factory) -> Path:
     return path
 
 
-def chromium(profile: Path, microphone: Path, allow_microphone: bool = True):
+def chromium(profile: Path, microphone: Path, allow_microphone: bool = True, trust_any_certificate: bool = False):
     """Headless Chromium whose microphone plays `microphone` (in a loop) and whose permission prompt says yes
     (or no). The background-networking flags keep it from calling Google's hosts (this machine's network is
     closed)."""
@@ -63,6 +63,8 @@ def chromium(profile: Path, microphone: Path, allow_microphone: bool = True):
                  "--use-fake-device-for-media-stream",
                  f"--use-file-for-fake-audio-capture={microphone}"):
         options.add_argument(flag)
+    if trust_any_certificate:  # the test's self-signed certificate
+        options.add_argument("--ignore-certificate-errors")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -172,13 +174,16 @@ def test_wrong_token_is_explained(tiny_bundle, jfk_wav, tmp_path):
     assert (SHOTS / "page-wrong-token.png").stat().st_size > 10_000
 
 
-def test_denied_microphone_is_explained_and_a_file_streams_instead(tiny_bundle, jfk_wav, tmp_path):
-    """The microphone permission denied: the page says so and how to allow it. Then the second mode: jfk as a
-    local file, streamed at real time, gives its first utterance's row; Stop ends the stream with `done`."""
-    with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"),
-                             ServerConfig(port=0)) as server:
-        driver = chromium(tmp_path / "profile", jfk_wav, allow_microphone=False)
+def test_denied_microphone_is_explained_and_a_file_streams_instead(tiny_bundle, jfk_wav, self_signed_cert, tmp_path):
+    """Over TLS (the page on https://, its stream on wss://): the microphone permission denied, the page says so
+    and how to allow it. Then the second mode: jfk as a local file, streamed at real time, gives its first
+    utterance's row; Stop ends the stream with `done`."""
+    cert, key = self_signed_cert
+    config = ServerConfig(port=0, tls_cert=str(cert), tls_key=str(key))
+    with serve_in_background(tiny_bundle, PipelineConfig(asr=None, backend="onnxruntime"), config) as server:
+        driver = chromium(tmp_path / "profile", jfk_wav, allow_microphone=False, trust_any_certificate=True)
         try:
+            assert server.server.page_url.startswith("https://127.0.0.1:")
             driver.get(server.server.page_url)
             alert = driver.find_element(By.ID, "alert")
             driver.find_element(By.ID, "start").click()
@@ -196,6 +201,7 @@ def test_denied_microphone_is_explained_and_a_file_streams_instead(tiny_bundle, 
             driver.find_element(By.ID, "stop").click()
             wait_for(lambda: driver.find_element(By.ID, "status").text.startswith("Stream ended (stop)"), 30,
                      "the stream's done", driver)
+            assert driver.execute_script("return location.protocol") == "https:"  # and so the stream was wss:
         finally:
             driver.quit()
     assert first[0]["id"] == 0 and first[0]["text"] == ""  # no ASR on this server
