@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                       "a stream without a message for this long ends")
     add_config_option(lim, "--realtime-slack-s", ServerConfig, "realtime_slack_s",
                       "how far a realtime client may run ahead of the clock before it is paced")
+    add_config_option(lim, "--max-buffered-audio-s", ServerConfig, "max_buffered_audio_s",
+                      "with --ray: audio a client may have sent beyond what its stream has read (Serve's proxy "
+                      "cannot push back through TCP); beyond, the stream ends with a protocol error")
     add_config_option(lim, "--max-pending-messages", ServerConfig, "max_pending_messages",
                       "outgoing messages queued per connection; beyond, they are dropped and reported")
     add_config_option(lim, "--drain-timeout-s", ServerConfig, "drain_timeout_s",

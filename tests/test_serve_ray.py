@@ -30,7 +30,7 @@ yaml = pytest.importorskip("yaml")
 
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import InvalidStatus  # noqa: E402
-from ws_helpers import http_get, jfk_chunks, metric, of_type, received, start, talk  # noqa: E402
+from ws_helpers import STOP, http_get, jfk_chunks, metric, of_type, received, start, talk  # noqa: E402
 
 from crab_rt.errors import BackendError, ConfigError  # noqa: E402
 from crab_rt.runtime.asr import AsrConfig  # noqa: E402
@@ -331,6 +331,51 @@ def test_engine_call_without_answer_times_out(loop_thread, jfk):
     assert time.perf_counter() - t0 < 10 and events == []
 
 
+def test_ingress_connection_buffers_what_the_stream_has_not_read_up_to_its_limit():
+    """The ingress's connection empties Serve's queues as messages arrive: nothing is dropped before the session
+    has read `start` and set the limit; beyond the limit, audio is dropped and counted and `overflowed` is set;
+    a cancelled recv loses nothing; the client's close arrives after the messages before it."""
+    from websockets.exceptions import ConnectionClosed
+
+    from crab_rt.serve.ray.ingress import _AsgiConnection
+
+    class FakeWebSocket:  # Starlette's WebSocket.receive, fed by the test
+        def __init__(self):
+            self.queue: asyncio.Queue = asyncio.Queue()
+            self.client = None
+
+        async def receive(self):
+            return await self.queue.get()
+
+    async def scenario():
+        ws = FakeWebSocket()
+        connection = _AsgiConnection(ws, max_size=1000)
+        for message in ([{"type": "websocket.receive", "text": "start"}]
+                        + [{"type": "websocket.receive", "bytes": b"\0" * 1000}] * 5):
+            ws.queue.put_nowait(message)
+        assert await connection.recv() == "start"
+        await asyncio.sleep(0.01)  # the pump took all five before any limit: none dropped
+        assert (connection.buffered_bytes, connection.dropped_bytes, connection.overflowed) == (5000, 0, False)
+        connection.limit_buffer(6000)
+        for _ in range(5):
+            assert await connection.recv() == b"\0" * 1000
+        assert connection.buffered_bytes == 0
+        waiting = asyncio.ensure_future(connection.recv())  # nothing there yet: cancelled, it loses nothing
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        for message in [{"type": "websocket.receive", "bytes": b"\1" * 1000}] * 8:
+            ws.queue.put_nowait(message)
+        ws.queue.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.sleep(0.01)
+        assert (connection.buffered_bytes, connection.dropped_bytes, connection.overflowed) == (6000, 2000, True)
+        received_ = [await connection.recv() for _ in range(6)]
+        assert received_ == [b"\1" * 1000] * 6
+        with pytest.raises(ConnectionClosed):
+            await connection.recv()
+
+    asyncio.run(scenario())
+
+
 # ---- the app on a local Ray cluster -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reference(tiny_bundle):
@@ -463,6 +508,74 @@ def test_same_errors_close_codes_and_refusals_as_crab_rt_serve(ray_cluster):
     response = asyncio.run(full())
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.body.decode().strip() == f"server full: {MAX_STREAMS} of {MAX_STREAMS} streams active; retry later"
+
+
+@pytest.mark.ray
+def test_audio_faster_than_the_stream_takes_it_is_bounded_at_the_ingress(ray_cluster, jfk):
+    """Serve's proxy reads every message at once, so TCP cannot pace a client: 30 minutes of speech sent as fast
+    as possible, by a `realtime: false` client and by a `realtime: true` one that ignores the clock, would pile
+    up in the ingress (57.6 MB each as s16le). The ingress holds at most --max-buffered-audio-s (30 s, about
+    1 MB) per stream, drops the rest and ends each stream with a `protocol` error after the events of what it
+    took; its resident memory stays flat, and a stream within the bound still gets all its events."""
+    from websockets.exceptions import ConnectionClosed
+
+    pcm = (np.tile(jfk, 164) * 32767).astype("<i2").tobytes()  # 30 min of speech
+    chunks = [pcm[i:i + 60_000] for i in range(0, len(pcm), 60_000)]
+    assert len(pcm) >= 1800 * 16000 * 2
+
+    async def flood(realtime: bool):
+        messages: list[dict] = []
+        async with connect(ray_cluster.url, max_size=None, open_timeout=30) as ws:
+            await ws.send(start(format="s16le", realtime=realtime, stream_id=f"flood-{realtime}"))
+
+            async def read():
+                async for text in ws:
+                    messages.append(received(text))
+
+            reader = asyncio.ensure_future(read())
+            try:
+                for chunk in chunks:
+                    await ws.send(chunk)
+                await ws.send(STOP)
+            except ConnectionClosed:
+                pass
+            try:
+                await reader
+            except ConnectionClosed:
+                pass
+        return messages, ws.close_code
+
+    async def both():
+        return await asyncio.gather(flood(False), flood(True), talk(ray_cluster.url, start(), jfk_chunks()))
+
+    rss = [metric(ray_cluster.port, "process_resident_memory_bytes")]
+    peaks = []
+    for _ in range(2):  # the first round also warms the allocator: Ray hands the replica the proxy's backlog at once
+        sampled, done = [], threading.Event()
+
+        def sample(sampled=sampled, done=done):  # the ingress's RSS while the round runs
+            while not done.wait(0.1):
+                sampled.append(metric(ray_cluster.port, "process_resident_memory_bytes"))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            (fast, fast_code), (paced, paced_code), (within, within_code, _) = asyncio.run(both())
+        finally:
+            done.set()
+            sampler.join()
+        rss.append(metric(ray_cluster.port, "process_resident_memory_bytes"))
+        peaks.append(max(sampled, default=rss[-1]))
+        for messages, code in ((fast, fast_code), (paced, paced_code)):
+            errors = of_type(messages, "error")
+            assert [e["code"] for e in errors] == ["protocol"] and code == 1008, messages[-3:]
+            assert "more than 30 s of audio waited to be read" in errors[0]["message"]
+            assert messages[-1]["type"] == "done" and messages[-1]["reason"] == "error"
+            assert messages[-1]["audio_s"] < 300  # it ended long before the 30 minutes were read
+        assert within_code == 1000 and within[-1]["events"] == 4  # an 11 s file within the bound: all its events
+    print(f"ingress RSS: {[round(r / 1e6, 1) for r in rss]} MB; peaks {[round(r / 1e6, 1) for r in peaks]} MB")
+    # Flat: a second 2 x 30 minutes (115 MB sent) adds nothing that stays, nor on the way.
+    assert rss[2] - rss[1] < 16e6 and peaks[1] - rss[1] < 24e6, (rss, peaks)
 
 
 @pytest.mark.ray

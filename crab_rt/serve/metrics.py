@@ -22,10 +22,11 @@ class ServerMetrics:
     """
 
     def __init__(self, queue_depths: Callable[[], dict[str, int]]) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, CPU seconds (Linux)
         self.streams_active = Gauge("crab_rt_streams_active", "Open streams", registry=r)
         self.streams_total = Counter("crab_rt_streams", "Streams accepted", registry=r)
         self.refused = Counter("crab_rt_connections_refused", "Connections refused before the handshake",

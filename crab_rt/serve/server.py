@@ -91,6 +91,10 @@ class ServerConfig:
             `start` it holds no stream slot.
         idle_timeout_s: a started stream without a message for this long ends.
         realtime_slack_s: how far a `realtime` client may run ahead of the wall clock.
+        max_buffered_audio_s: `serve --ray` only: audio a client may have sent beyond what its stream has read.
+            Serve's proxy reads every message at once, so the client cannot be paced through TCP; beyond this,
+            the audio is dropped and the stream ends with a `protocol` error. The single-process server stops
+            reading instead (TCP back-pressure) and never needs it.
         max_pending_messages: per-connection outgoing queue; overflow is dropped and reported.
         drain_timeout_s: how long a drain waits for the streams to finish.
         token: bearer token the clients must send (None: no authentication). Not shown in repr.
@@ -107,6 +111,7 @@ class ServerConfig:
     start_timeout_s: float = 5.0
     idle_timeout_s: float = 30.0
     realtime_slack_s: float = 2.0
+    max_buffered_audio_s: float = 30.0
     max_pending_messages: int = 256
     drain_timeout_s: float = 30.0
     token: str | None = field(default=None, repr=False)
@@ -135,6 +140,8 @@ class ServerConfig:
             raise bad("idle_timeout_s", "must be in (0, 3600]")
         if not 0.1 <= self.realtime_slack_s <= 60:
             raise bad("realtime_slack_s", "must be in [0.1, 60]")
+        if not self.realtime_slack_s < self.max_buffered_audio_s <= 3600:
+            raise bad("max_buffered_audio_s", f"must be in (realtime_slack_s ({self.realtime_slack_s:g}), 3600]")
         if not is_int(self.max_pending_messages) or not 8 <= self.max_pending_messages <= 65536:
             raise bad("max_pending_messages", "must be in [8, 65536]")
         if not 0 < self.drain_timeout_s <= 3600:
@@ -658,9 +665,22 @@ class _Session:
                                          request, server.language, server.config.max_message_bytes,
                                          server.config.idle_timeout_s), must_send=True)
         log.debug("%s: stream %s started (%s)", _peer(self.ws), self.stream_id, request)
+        # serve --ray: Serve's proxy reads whatever a client sends, so its connection (ray/ingress.py) holds the
+        # messages this loop has not read yet itself, up to max_buffered_audio_s of this stream's audio.
+        limit_buffer = getattr(self.ws, "limit_buffer", None)
+        if limit_buffer is not None:
+            width = 2 if request.format == "s16le" else 4
+            limit_buffer(int(server.config.max_buffered_audio_s * request.sample_rate * request.channels * width))
         started: float | None = None
         while True:
             kind, message = await self._next_message()
+            if getattr(self.ws, "overflowed", False):
+                limit_s = server.config.max_buffered_audio_s
+                await self._finish("error", flush=True, error=ProtocolError(
+                    "protocol", f"stream {self.stream_id}: more than {limit_s:g} s of audio waited to be read: the "
+                    "client sends faster than the server takes it, and serve --ray cannot pace it through TCP "
+                    "(send at real time, or use crab-rt serve); the audio beyond was dropped"))
+                return
             if kind == "drain":
                 await self._finish("drain", flush=True)
                 return

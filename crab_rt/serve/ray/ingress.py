@@ -4,6 +4,7 @@ WebSocket), their front ends, /healthz, /metrics and the browser page (crab_rt.s
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -26,12 +27,70 @@ class _AsgiConnection:
 
     A message over `max_size` closes the connection with 1009 (as the `websockets` server's limit does); the
     client's close arrives as `ConnectionClosed` with the code it sent.
+
+    Bounded buffering: Serve's proxy and this replica's ASGI layer read every message a client sends into
+    unbounded queues, whether the session reads or not, so a client cannot be paced through TCP. A pump task
+    therefore empties them as messages arrive and holds what the session has not read yet here, counted: at
+    most `limit_buffer(n)` bytes of audio (the session sets it from `max_buffered_audio_s` at `start`). Beyond
+    that the connection is `overflowed`: further audio is dropped (counted in `dropped_bytes`), and the session
+    ends the stream with a `protocol` error at its next read.
     """
 
     def __init__(self, websocket, max_size: int) -> None:
         self.ws = websocket
         self.max_size = max_size
         self._closed: BaseException | None = None
+        self._inbox: collections.deque = collections.deque()
+        self._arrived = asyncio.Event()
+        self._pump: asyncio.Task | None = None
+        self.limit_bytes: int | None = None  # None until the session has read `start` (a few ms): no dropping
+        self.buffered_bytes = 0
+        self.dropped_bytes = 0
+        self.overflowed = False
+
+    def limit_buffer(self, limit_bytes: int) -> None:
+        self.limit_bytes = max(limit_bytes, self.max_size)
+        self.overflowed = self.overflowed or self.buffered_bytes > self.limit_bytes
+
+    async def _pump_messages(self) -> None:
+        """Move the client's messages from the ASGI layer into the inbox as they arrive (see the class doc)."""
+        try:
+            while True:
+                message = await self.ws.receive()
+                data = message.get("bytes")
+                if data is not None:
+                    limit = self.limit_bytes
+                    if self.overflowed or (limit is not None and self.buffered_bytes + len(data) > limit):
+                        self.overflowed = True
+                        self.dropped_bytes += len(data)
+                        continue
+                    self.buffered_bytes += len(data)
+                self._inbox.append(message)
+                self._arrived.set()
+                if message["type"] == "websocket.disconnect":
+                    return
+        except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it
+            self._inbox.append(e)
+            self._arrived.set()
+
+    def stop_reading(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+
+    async def _next(self) -> dict:
+        """The next message of the inbox; cancellation-safe (nothing is taken before the wait ends)."""
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._pump_messages())
+        while not self._inbox:
+            self._arrived.clear()
+            await self._arrived.wait()
+        message = self._inbox.popleft()
+        if isinstance(message, Exception):
+            raise message
+        data = message.get("bytes")
+        if data is not None:
+            self.buffered_bytes -= len(data)
+        return message
 
     @property
     def remote_address(self):
@@ -50,7 +109,7 @@ class _AsgiConnection:
 
         if self._closed is not None:
             raise self._closed
-        message = await self.ws.receive()
+        message = await self._next()
         if message["type"] == "websocket.disconnect":
             raise self._closed_error(rcvd=Close(int(message.get("code") or 1005), message.get("reason") or ""))
         data = message.get("bytes")
@@ -159,7 +218,10 @@ class IngressReplica:
                 return
             connection = _AsgiConnection(websocket, host.config.max_message_bytes)
             await websocket.accept()  # the stream slot is taken by its start (Server._take_slot)
-            await host._handle(connection)
+            try:
+                await host._handle(connection)
+            finally:
+                connection.stop_reading()
 
         return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/admit", admit),
                                  *(Route(path, page_file) for path in page.ASSETS),

@@ -37,7 +37,7 @@ def pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
 # max_connections and handshake_timeout_s are the standalone listener's: under Ray, Serve's HTTP proxy owns the TCP
 # connections and their handshake (docs/ray.md).
 _SERVER_FIELDS = ("max_streams", "max_message_bytes", "start_timeout_s", "idle_timeout_s", "realtime_slack_s",
-                  "max_pending_messages", "drain_timeout_s", "ui")
+                  "max_pending_messages", "drain_timeout_s", "ui", "max_buffered_audio_s")
 
 
 def server_from_args(args: dict[str, Any]) -> ServerConfig:
