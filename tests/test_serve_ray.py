@@ -121,7 +121,7 @@ def test_write_config_makes_a_serve_config_that_ray_accepts(tiny_bundle, tmp_pat
     assert deployments["CrabModel"]["user_config"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.5}
     assert deployments["CrabAsr"]["user_config"]["max_batch_size"] == 1
     assert deployments["CrabIngress"]["max_ongoing_requests"] == 5 + 8
-    assert deployments["CrabIngress"]["graceful_shutdown_timeout_s"] == 30 + 5
+    assert deployments["CrabIngress"]["graceful_shutdown_timeout_s"] == 3600  # open streams end by themselves
     assert ray_app.pipeline_from_dict(app["args"]["pipeline"]) == PipelineConfig(asr=ASR, backend="onnxruntime")
     built = ray_app.build_app(app["args"])  # what `serve deploy` imports and calls
     assert type(built).__name__ == "Application"
@@ -429,7 +429,8 @@ def ray_cluster(tiny_bundle, tmp_path_factory):
                                        proxy_location=config.proxy_location)
         client.deploy_apps(config, _blocking=False)
         _wait_running(serve, "crab-rt-test")
-        yield SimpleNamespace(url=f"ws://127.0.0.1:{port}/", port=port, app="crab-rt-test", ray=ray, serve=serve)
+        yield SimpleNamespace(url=f"ws://127.0.0.1:{port}/", port=port, app="crab-rt-test", ray=ray, serve=serve,
+                              client=client, config=config)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -654,3 +655,41 @@ def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_repor
     messages, code, _ = asyncio.run(talk(ray_cluster.url, start(stream_id="after"), chunks))
     assert code == 1000 and messages[-1]["events"] == 4
     assert_matches(of_type(messages, "event"), reference)
+
+
+@pytest.mark.ray
+def test_a_new_deploy_of_the_ingress_lets_an_open_stream_finish(ray_cluster, reference):
+    """A `serve deploy` that changes the ingress under a live stream: Serve starts a new ingress replica and stops
+    the old one, which gets no new stream and waits for its open one: that stream runs to its stop with every
+    event and done (reason stop), then the old replica goes. (How long Serve waits, the ingress's
+    graceful_shutdown_timeout_s, is an hour by default: the write-config test checks it.)"""
+    ray = ray_cluster.ray
+
+    def ingress_replicas() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::") and "#CrabIngress#" in a["name"]}
+
+    before = ingress_replicas()
+    changed = ray_cluster.config.model_copy(deep=True)
+    ingress = next(d for d in changed.applications[0].deployments if d.name == "CrabIngress")
+    ingress.ray_actor_options.num_cpus = 0.2  # a change that needs a new replica (0.25 before)
+    redeployed = threading.Event()
+
+    def on_message(message):  # the first speech mark: the stream is open and under way
+        if message["type"] == "speech_start" and not redeployed.is_set():
+            redeployed.set()
+            ray_cluster.client.deploy_apps(changed, _blocking=False)
+
+    async def live_stream():  # jfk at real time: the new deploy comes at its first word, 10 s before its end
+        return await talk(ray_cluster.url, start(stream_id="through-deploy", realtime=True), jfk_chunks(),
+                          on_message=on_message, pause_s=0.032)
+
+    messages, code, _ = asyncio.run(live_stream())
+    assert redeployed.is_set()
+    assert code == 1000 and messages[-1]["reason"] == "stop" and messages[-1]["events"] == 4
+    assert_matches(of_type(messages, "event"), reference)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (ingress_replicas() & before or not ingress_replicas()):
+        time.sleep(0.5)
+    assert not ingress_replicas() & before and len(ingress_replicas()) == 1  # the old replica went, a new one serves
+    _wait_running(ray_cluster.serve, ray_cluster.app, 60)

@@ -40,6 +40,13 @@ _SERVER_FIELDS = ("max_streams", "max_message_bytes", "start_timeout_s", "idle_t
                   "max_pending_messages", "drain_timeout_s", "ui", "max_buffered_audio_s")
 
 
+# A stopping ingress replica (a scale-down, a new `serve deploy`, `serve delete`) gets no new streams, and Serve
+# waits this long for its open ones to end by themselves before it kills it: an hour, the most Serve's config
+# here allows, so that live streams are not cut. `crab-rt serve --ray` drains its replicas itself on SIGTERM
+# first, so its own shutdown does not wait.
+INGRESS_GRACE_S = 3600.0
+
+
 def server_from_args(args: dict[str, Any]) -> ServerConfig:
     """The ingress's limits (host, port and TLS belong to Serve's HTTP proxy); the token from args or its file."""
     server = dict(args.get("server") or {})
@@ -91,7 +98,7 @@ def deployment_options(ray_config: RayConfig, server: ServerConfig, model_batch:
             actor["num_gpus"] = s.num_gpus
         if name == INGRESS:
             ongoing = s.max_ongoing_requests or server.max_streams + 8
-            grace = s.graceful_shutdown_timeout_s or server.drain_timeout_s + 5
+            grace = s.graceful_shutdown_timeout_s or INGRESS_GRACE_S
         else:
             ongoing = s.max_ongoing_requests or 2 * batch
             grace = s.graceful_shutdown_timeout_s or 20.0

@@ -63,8 +63,8 @@ class DeploymentSettings:
         batch_wait_timeout_s: how long a batch waits for more utterances once it has one.
         health_check_period_s, health_check_timeout_s: Serve's health checks of the replicas; a replica that
             died is replaced after its next failed check.
-        graceful_shutdown_timeout_s: how long a stopping replica may finish its work; 0 = auto (ingress: the
-            server's drain_timeout_s + 5 s; model and ASR: 20 s).
+        graceful_shutdown_timeout_s: how long a stopping replica may finish its work; 0 = auto (ingress: 3600 s,
+            so that its open streams end by themselves; model and ASR: 20 s).
     """
 
     replicas: int = 1
