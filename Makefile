@@ -19,7 +19,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO   ?= demo
 
-.PHONY: install lint test demo mic-stack browser clean cpp-deps cpp cpp-test cpp-asan cpp-asan-test
+.PHONY: install lint test demo mic-apt mic-stack browser clean cpp-deps cpp-build cpp cpp-test cpp-asan-build cpp-asan cpp-asan-test cpp-test-when-ready
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,23 +33,32 @@ install: $(BIN)/.installed
 lint: install
 	$(BIN)/ruff check crab_rt train export data cli benchmarks tests clients
 
-# One pytest process used about one of two cores on average (servers, subprocesses and real-time streams wait),
-# so pytest runs in PYTEST_WORKERS processes (pytest-xdist), each taking whole test files (--dist loadfile: a
-# module's shared servers, bundles and Ray cluster stay in one process): 462 s -> 380 s on 2 cores. The C++
-# client's two builds and their ctest runs go beside it in the background, at the lowest priority (nice 19), so
-# that they take the idle core time and do not slow pytest's torch threads (at equal priority one test ran 4x
-# slower). Log: build/cpp-test.log, printed in full when it fails. The total time is printed at the end (the
-# project keeps it under 10 minutes on 2 cores). PYTEST_WORKERS=0 runs pytest in one process.
+# The order makes use of both cores throughout. First the system packages (apt: PortAudio and PulseAudio for the
+# microphone tests, Chromium for the browser tests, the C++ client's libraries), each optional. Then the C++
+# client's two builds start in the background, at the lowest priority (nice 19), while pip installs the venv (one
+# core) and pytest runs; their ctest runs wait for the venv (the live tests start `crab-rt serve` from it). One
+# pytest process used about one of two cores (servers, subprocesses and real-time streams wait), so pytest runs
+# in PYTEST_WORKERS processes (pytest-xdist), each taking whole test files (--dist loadfile: a module's shared
+# servers, bundles and Ray cluster stay in one process). At equal priority the C++ builds slowed a torch test 4x.
+# Log: build/cpp-test.log, printed in full when it fails. The total time is printed at the end (the project keeps
+# it under 10 minutes on 2 cores). PYTEST_WORKERS=0 runs pytest in one process; CPP=0 skips the C++ client.
 PYTEST_WORKERS ?= 2
 TEST_STARTED := $(shell date +%s)
-test: lint
-	@$(MAKE) --no-print-directory mic-stack || echo "mic-stack: not available; tests/test_microphone_real.py will skip"
-	@$(MAKE) --no-print-directory browser || echo "browser: not available; tests/test_browser.py will skip"
-	@mkdir -p build; cpp_pid=""; \
+test:
+	@mkdir -p build; rm -f build/.venv-ready build/.venv-failed; \
+	$(MAKE) --no-print-directory mic-apt || echo "mic-stack: not available; tests/test_microphone_real.py will skip"; \
+	$(MAKE) --no-print-directory browser || echo "browser: not available; tests/test_browser.py will skip"; \
+	cpp_pid=""; \
 	if [ "$(CPP)" != 0 ]; then \
-	    echo "C++ client: building and testing beside pytest (make cpp-test cpp-asan-test > build/cpp-test.log)"; \
-	    nice -n 19 $(MAKE) --no-print-directory cpp-test cpp-asan-test > build/cpp-test.log 2>&1 & cpp_pid=$$!; \
+	    echo "C++ client: building beside the install, testing beside pytest (log: build/cpp-test.log)"; \
+	    nice -n 19 $(MAKE) --no-print-directory cpp-test-when-ready > build/cpp-test.log 2>&1 & cpp_pid=$$!; \
 	fi; \
+	if ! $(MAKE) --no-print-directory lint; then \
+	    touch build/.venv-failed; [ -z "$$cpp_pid" ] || wait $$cpp_pid; \
+	    echo "make test: FAILED: install or lint"; exit 1; \
+	fi; \
+	touch build/.venv-ready; \
+	$(MAKE) --no-print-directory mic-stack || echo "mic-stack: not available; tests/test_microphone_real.py will skip"; \
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); py=$$?; cpp=0; \
 	if [ -n "$$cpp_pid" ]; then \
 	    wait $$cpp_pid; cpp=$$?; \
@@ -92,10 +101,10 @@ demo: install
 # no registry): those tests then skip and say why. Nothing is installed when everything is already there.
 MIC_APT   := portaudio19-dev build-essential pulseaudio pulseaudio-utils libasound2-plugins alsa-utils sox
 MIC_TOOLS := pulseaudio paplay pactl
-mic-stack: install
-	@if command -v $(MIC_TOOLS) >/dev/null 2>&1 && [ -f /usr/include/portaudio.h ] \
-	    && $(BIN)/python -c "import pyaudio" 2>/dev/null; then \
-	    echo "mic-stack: PortAudio, PulseAudio and PyAudio are installed"; \
+# mic-apt: the system part (also what the C++ client's microphone test builds against); mic-stack adds PyAudio.
+mic-apt:
+	@if command -v $(MIC_TOOLS) >/dev/null 2>&1 && [ -f /usr/include/portaudio.h ]; then \
+	    echo "mic-stack: PortAudio and PulseAudio are installed"; \
 	elif [ "$$(id -u)" != 0 ]; then \
 	    echo "mic-stack: skipped: not root (apt-get needs root); install: $(MIC_APT), then pip install pyaudio"; \
 	    exit 1; \
@@ -106,8 +115,14 @@ mic-stack: install
 	    set -e; \
 	    apt-get update -qq; \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MIC_APT) >/dev/null; \
-	    $(BIN)/python -m pip install -q 'pyaudio>=0.2.13'; \
-	    echo "mic-stack: installed $(MIC_APT) and pyaudio"; \
+	    echo "mic-stack: installed $(MIC_APT)"; \
+	fi
+
+mic-stack: mic-apt install
+	@if $(BIN)/python -c "import pyaudio" 2>/dev/null; then \
+	    echo "mic-stack: PyAudio is installed"; \
+	else \
+	    $(BIN)/python -m pip install -q 'pyaudio>=0.2.13' && echo "mic-stack: installed pyaudio"; \
 	fi
 
 # The browser tests (tests/test_browser.py: the page of `crab-rt serve` in headless Chromium, driven by Selenium
@@ -160,23 +175,40 @@ cpp-deps:
 
 # The release build tests everything but the microphone; the sanitizer build (below) takes the microphone test
 # (PortAudio's capture thread feeding the client) and is built without TLS: the TLS unit is the slowest to compile
-# by far, and a build without OpenSSL must refuse wss:// in one clear line, which it then checks.
-cpp: cpp-deps install
+# by far, and a build without OpenSSL must refuse wss:// in one clear line, which it then checks. Building needs
+# no venv (cpp-build, cpp-asan-build); the tests do (their live server is the venv's crab-rt).
+cpp-build: cpp-deps
 	cmake -S . -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release -DCRAB_RT_TEST_MIC=OFF $(CPP_CMAKE_ARGS) --log-level=WARNING
 	cmake --build $(CPP_BUILD) -j $(CPP_JOBS)
+
+cpp: cpp-build install
 
 cpp-test: cpp
 	ctest --test-dir $(CPP_BUILD) --output-on-failure
 
 # -O0 -g1: half the compile time of -O1 with both sanitizers (Beast's templates), file:line in their reports; no
 # consumer project (it would need the sanitizer flags).
-cpp-asan: cpp-deps install
+cpp-asan-build: cpp-deps
 	cmake -S . -B $(CPP_ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" \
 	    -DCMAKE_C_FLAGS_DEBUG="-O0 -g1" -DCRAB_RT_SANITIZE=ON -DCRAB_RT_CLIENT_TLS=OFF -DCRAB_RT_TEST_ASR=none \
 	    $(CPP_CMAKE_ARGS) --log-level=WARNING
 	cmake --build $(CPP_ASAN_BUILD) -j $(CPP_JOBS)
 
+cpp-asan: cpp-asan-build install
+
 cpp-asan-test: cpp-asan
+	ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    ctest --test-dir $(CPP_ASAN_BUILD) --output-on-failure
+
+# make test's background job: both builds at once (no venv needed), then, once make test has installed the venv
+# (build/.venv-ready), both ctest runs; it gives up when the install failed (build/.venv-failed).
+cpp-test-when-ready: cpp-build cpp-asan-build
+	@while [ ! -f build/.venv-ready ]; do \
+	    if [ -f build/.venv-failed ]; then echo "C++ client: not tested: the venv's install failed"; exit 1; fi; \
+	    sleep 1; \
+	done
+	ctest --test-dir $(CPP_BUILD) --output-on-failure
 	ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    ctest --test-dir $(CPP_ASAN_BUILD) --output-on-failure
