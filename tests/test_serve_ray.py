@@ -575,17 +575,37 @@ def test_audio_faster_than_the_stream_takes_it_is_bounded_at_the_ingress(ray_clu
             assert messages[-1]["audio_s"] < 300  # it ended long before the 30 minutes were read
         assert within_code == 1000 and within[-1]["events"] == 4  # an 11 s file within the bound: all its events
     print(f"ingress RSS: {[round(r / 1e6, 1) for r in rss]} MB; peaks {[round(r / 1e6, 1) for r in peaks]} MB")
-    # Flat: a second 2 x 30 minutes (115 MB sent) adds nothing that stays, nor on the way.
-    assert rss[2] - rss[1] < 16e6 and peaks[1] - rss[1] < 24e6, (rss, peaks)
+    # Bounded: without the bound, the two floods' 115 MB would sit in the ingress at once (a stream reads at most
+    # real time, or as fast as the pipeline takes it); with it, the first round peaked 35-55 MB above the start
+    # (Ray hands the replica the proxy's backlog in large pickled batches, which the allocator keeps). Flat: a
+    # second 2 x 30 minutes peaks no higher than the first.
+    assert max(peaks) - rss[0] < 80e6 and peaks[1] - peaks[0] < 16e6, (rss, peaks)
 
 
 @pytest.mark.ray
 def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_reported_and_replaced(ray_cluster, reference):
+    """Four clients stream jfk while a model replica is killed with calls in flight: no stream hangs, every
+    utterance is delivered (sent again to the other replica) or reported as an `error`, and Serve replaces the
+    replica. Whether the kill lands while a call is in flight is a race (a batch runs for milliseconds); a round
+    whose kill hit nothing proves nothing, so then the round runs again, on the replaced replicas (at most 3)."""
+    chunks = jfk_chunks()
+    for _ in range(3):
+        hit = _kill_a_model_replica_under_four_streams(ray_cluster, reference, chunks)
+        if hit:
+            break
+    assert hit  # the kill hit calls in flight: they were sent again or reported
+    messages, code, _ = asyncio.run(talk(ray_cluster.url, start(stream_id="after"), chunks))
+    assert code == 1000 and messages[-1]["events"] == 4
+    assert_matches(of_type(messages, "event"), reference)
+
+
+def _kill_a_model_replica_under_four_streams(ray_cluster, reference, chunks) -> bool:
+    """One round of the test above; True when the kill hit calls in flight. Waits for the replacement."""
     ray = ray_cluster.ray
     before = _model_replicas(ray)
     assert len(before) == 2
-    chunks = jfk_chunks()
-    first_end = threading.Event()
+    retries_before = metric(ray_cluster.port, 'crab_rt_ray_call_retries_total{deployment="CrabModel"}')
+    first_end, streams_done = threading.Event(), threading.Event()
     killed: list[str] = []
 
     def kill_one() -> None:
@@ -597,7 +617,7 @@ def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_repor
         actors = {name: ray.get_actor(name, namespace="serve") for name in sorted(before)}
         deadline = time.monotonic() + 60
         victim, seen = sorted(before)[0], set()
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not streams_done.is_set():  # after the streams: a blind kill
             busy = {name for name, actor in actors.items() if ray.get(actor.get_num_ongoing_requests.remote()) > 0}
             if busy & seen:
                 victim = sorted(busy & seen)[0]
@@ -617,7 +637,10 @@ def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_repor
 
         clients = asyncio.gather(*(talk(ray_cluster.url, start(stream_id=f"kill-{k}"), chunks, on_message=seen)
                                    for k in range(4)))
-        results = await asyncio.wait_for(clients, 150)  # no stream hangs
+        try:
+            results = await asyncio.wait_for(clients, 150)  # no stream hangs
+        finally:
+            streams_done.set()
         await killer
         return results
 
@@ -639,9 +662,8 @@ def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_repor
             reported += done["utterances"] - len(events)
         delivered += len(events)
     assert delivered + reported == 16
-    retries = metric(ray_cluster.port, 'crab_rt_ray_call_retries_total{deployment="CrabModel"}')
+    retries = metric(ray_cluster.port, 'crab_rt_ray_call_retries_total{deployment="CrabModel"}') - retries_before
     print(f"killed {killed[0]}: {delivered} utterances delivered, {reported} reported as errors; retries: {retries}")
-    assert retries + reported > 0  # the kill hit calls in flight: they were sent again or reported
 
     # Serve replaces the replica; the app serves on.
     deadline = time.monotonic() + 90
@@ -652,9 +674,7 @@ def test_killed_model_replica_no_stream_hangs_every_utterance_delivered_or_repor
         time.sleep(0.5)
     assert len(now) == 2 and killed[0] not in now and now - before
     _wait_running(ray_cluster.serve, ray_cluster.app, 60)
-    messages, code, _ = asyncio.run(talk(ray_cluster.url, start(stream_id="after"), chunks))
-    assert code == 1000 and messages[-1]["events"] == 4
-    assert_matches(of_type(messages, "event"), reference)
+    return retries + reported > 0
 
 
 @pytest.mark.ray
