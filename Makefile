@@ -39,8 +39,7 @@ lint: install
 # core); their ctest runs wait for the venv (the live tests start `crab-rt serve` from it) and run beside pytest. One
 # pytest process used about one of two cores (servers, subprocesses and real-time streams wait), so pytest runs
 # in PYTEST_WORKERS processes (pytest-xdist), each taking whole test files (--dist loadfile: a module's shared
-# servers, bundles and Ray cluster stay in one process), the longest files first (tests/conftest.py, SLOW_FILES).
-# At equal priority the C++ builds slowed a torch test 4x.
+# servers, bundles and Ray cluster stay in one process). At equal priority the C++ builds slowed a torch test 4x.
 # Log: build/cpp-test.log, printed in full when it fails. The total time is printed at the end (the project keeps
 # it under 10 minutes on 2 cores). PYTEST_WORKERS=0 runs pytest in one process; CPP=0 skips the C++ client.
 PYTEST_WORKERS ?= 2
@@ -60,8 +59,7 @@ test:
 	fi; \
 	touch build/.venv-ready; \
 	$(MAKE) --no-print-directory mic-stack || echo "mic-stack: not available; tests/test_microphone_real.py will skip"; \
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); \
-	py=$$?; cpp=0; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); py=$$?; cpp=0; \
 	if [ -n "$$cpp_pid" ]; then \
 	    wait $$cpp_pid; cpp=$$?; \
 	    if [ $$cpp = 0 ]; then grep -E "tests passed|Total Test time" build/cpp-test.log | sed 's/^/C++ client: /'; \

@@ -10,18 +10,6 @@ import pytest
 
 JFK = Path(__file__).resolve().parents[1] / "samples" / "jfk.flac"  # shipped (samples/README.md)
 
-# The longest test files, longest first (their time with both of `make test`'s pytest processes busy). Under
-# pytest-xdist's --dist loadfile --no-loadscope-reorder (the Makefile), files go to whichever process is free in
-# collection order: the long ones first, so that no process is left alone with one at the end.
-SLOW_FILES = ("test_serve_ray.py", "test_baselines.py", "test_distributed.py", "test_gpu_check.py", "test_bench.py",
-              "test_serve.py", "test_training.py", "test_asr_batch.py", "test_browser.py", "test_bench_serve.py")
-
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """The slow files first (SLOW_FILES), each file's tests in their own order."""
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
 
 @pytest.fixture(autouse=True)
 def _restore_crab_rt_logger():
