@@ -286,13 +286,19 @@ def cmd_events(args: argparse.Namespace) -> None:
     server = Server(args.bundle, asr=args.asr, token_file=token)
     try:
         url = server.url
+
+        def both_clients(flag: str):
+            """The example and `crab-rt client` on the same 16 kHz audio with `flag`: (C++, Python) once both exited
+            0, the example silently on stderr."""
+            common = ["--url", url, "--input", audio["wav16k"], "--token-file", token, flag, "-q"]
+            cpp = run([args.listen, *common])
+            check(cpp.returncode == 0 and cpp.stderr == "", f"{PROG} {flag} failed ({cpp.returncode}): {cpp.stderr}")
+            py = run([sys.executable, "-m", "crab_rt.cli", "client", *common])
+            check(py.returncode == 0, f"crab-rt client {flag} failed ({py.returncode}): {py.stderr}")
+            return cpp, py
+
         # 1. The example and `crab-rt client` on the same 16 kHz audio: the same lines.
-        cpp = run([args.listen, "--url", url, "--input", audio["wav16k"], "--token-file", token, "--show-speech",
-                   "-q"])
-        check(cpp.returncode == 0 and cpp.stderr == "", f"{PROG} failed ({cpp.returncode}): {cpp.stderr}")
-        py = run([sys.executable, "-m", "crab_rt.cli", "client", "--url", url, "--input", audio["wav16k"],
-                  "--token-file", token, "--show-speech", "-q"])
-        check(py.returncode == 0, f"crab-rt client failed ({py.returncode}): {py.stderr}")
+        cpp, py = both_clients("--show-speech")
         cpp_lines, py_lines = cpp.stdout.splitlines(), py.stdout.splitlines()
         cpp_events = [line for line in cpp_lines if '"type": "speech_' not in line]
         py_events = [line for line in py_lines if '"type": "speech_' not in line]
@@ -314,12 +320,7 @@ def cmd_events(args: argparse.Namespace) -> None:
 
         # 1b. Provisional events (protocol 1.1): each utterance's provisional line (the voice alone, no text) comes
         # before its final one, with `stage` printed, from both clients alike.
-        cpp = run([args.listen, "--url", url, "--input", audio["wav16k"], "--token-file", token, "--provisional",
-                   "-q"])
-        check(cpp.returncode == 0 and cpp.stderr == "", f"{PROG} --provisional failed ({cpp.returncode}): {cpp.stderr}")
-        py = run([sys.executable, "-m", "crab_rt.cli", "client", "--url", url, "--input", audio["wav16k"],
-                  "--token-file", token, "--provisional", "-q"])
-        check(py.returncode == 0, f"crab-rt client --provisional failed ({py.returncode}): {py.stderr}")
+        cpp, py = both_clients("--provisional")
         cpp_events = [json.loads(line) for line in cpp.stdout.splitlines()]
         check(len(cpp_events) == 8, f"{len(cpp_events)} events from {PROG} --provisional, expected 4 + 4:\n"
               + cpp.stdout)
