@@ -15,7 +15,7 @@ from __future__ import annotations
 from importlib import resources
 from urllib.parse import parse_qs
 
-__all__ = ["ASSETS", "asset", "bearer_header", "is_page_request", "SECURITY_HEADERS"]
+__all__ = ["ASSETS", "answer", "asset", "bearer_header", "is_page_request", "SECURITY_HEADERS"]
 
 # URL path -> (file under static/, Content-Type)
 ASSETS: dict[str, tuple[str, str]] = {
@@ -44,6 +44,15 @@ def asset(path: str) -> tuple[bytes, str] | None:
         return None
     name, content_type = entry
     return resources.files("crab_rt.serve").joinpath("static", name).read_bytes(), content_type
+
+
+def answer(path: str, ui: bool) -> tuple[int, bytes, dict[str, str]]:
+    """The HTTP answer to a GET of a page file, (status, body, headers): the file with its Content-Type and the
+    security headers, or 404 with one line when the server runs with `--no-ui`."""
+    if not ui:
+        return 404, b"the browser page is off (crab-rt serve --no-ui)\n", {"Content-Type": "text/plain"}
+    body, content_type = asset(path)
+    return 200, body, {"Content-Type": content_type, **SECURITY_HEADERS}
 
 
 def is_page_request(headers) -> bool:

@@ -325,42 +325,33 @@ class Server:
             return self._health(connection)
         if path == "/metrics":
             body, content_type = self.metrics.render()
-            response = connection.respond(200, body.decode("utf-8"))
-            _set_header(response, "Content-Type", content_type)
-            return response
+            return _respond(connection, 200, body.decode("utf-8"), content_type)
         authorization = page.bearer_header(request.headers.get("Authorization"), query)
         if path == "/admit":
-            status, body = self._admit_answer(authorization, _peer(connection))
-            return _respond(connection, status, body, "application/json" if status == 200 else "text/plain")
+            return _respond(connection, *self._admit_answer(authorization, _peer(connection)))
         if path in page.ASSETS and page.is_page_request(request.headers):
-            return self._page(connection, path)
+            status, body, headers = page.answer(path, self.config.ui)
+            response = connection.respond(status, body.decode("utf-8"))
+            for name, value in headers.items():
+                _set_header(response, name, value)
+            return response
         refusal = self._admit(authorization, _peer(connection))
         if refusal is not None:
             return self._refuse(connection, *refusal)
         return None
 
-    def _page(self, connection, path: str):
-        """A file of the browser page (crab_rt.serve.page), or 404 when the server runs with --no-ui."""
-        if not self.config.ui:
-            return _respond(connection, 404, "the browser page is off (crab-rt serve --no-ui)\n", "text/plain")
-        body, content_type = page.asset(path)
-        response = _respond(connection, 200, body.decode("utf-8"), content_type)
-        for name, value in page.SECURITY_HEADERS.items():
-            _set_header(response, name, value)
-        return response
-
-    def _admit_answer(self, authorization: str | None, peer: str) -> tuple[int, str]:
-        """GET /admit: would a stream be admitted now? The handshake's refusal (status, one line), else 200 with
-        what the page needs (JSON). Shared with the Ray Serve ingress."""
+    def _admit_answer(self, authorization: str | None, peer: str) -> tuple[int, str, str]:
+        """GET /admit, (status, body, Content-Type): would a stream be admitted now? The handshake's refusal (one
+        line), else 200 with what the page needs (JSON). Shared with the Ray Serve ingress."""
         refusal = self._admit(authorization, peer)
         if refusal is not None:
             status, _, message = refusal
-            return status, message + "\n"
+            return status, message + "\n", "text/plain"
         model = self.pipeline.model
         body = {"status": "ok", "server": f"crab-rt {__version__}", "protocol": protocol.PROTOCOL_VERSION,
                 "labels": list(model.labels), "provisional": bool(model.has_voice),
                 "asr": self.pipeline.config.asr is not None, "backend": model.choice.summary()}
-        return 200, json.dumps(body) + "\n"
+        return 200, json.dumps(body) + "\n", "application/json"
 
     def _admit(self, authorization: str | None, peer: str) -> tuple[int, str, str] | None:
         """Admission of one connection: None when admitted, else (HTTP status, reason, message), counted and
@@ -412,9 +403,7 @@ class Server:
 
     def _health(self, connection):
         status, body = self._health_body()
-        response = connection.respond(status, json.dumps(body) + "\n")
-        _set_header(response, "Content-Type", "application/json")
-        return response
+        return _respond(connection, status, json.dumps(body) + "\n", "application/json")
 
     async def _handle(self, connection) -> None:
         session = _Session(self, connection, next(self._ids))

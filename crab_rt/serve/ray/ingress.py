@@ -196,17 +196,13 @@ class IngressReplica:
             return Response(body, headers={"Content-Type": content_type})
 
         async def admit(request):
-            status, body = host._admit_answer(page.bearer_header(request.headers.get("authorization"),
-                                                                 request.url.query), _peer_of(request))
-            return Response(body, status_code=status,
-                            media_type="application/json" if status == 200 else "text/plain")
+            status, body, content_type = host._admit_answer(
+                page.bearer_header(request.headers.get("authorization"), request.url.query), _peer_of(request))
+            return Response(body, status_code=status, media_type=content_type)
 
         async def page_file(request):
-            if not host.config.ui:
-                return Response("the browser page is off (crab-rt serve --no-ui)\n", status_code=404,
-                                media_type="text/plain")
-            body, content_type = page.asset(request.url.path)
-            return Response(body, headers={"Content-Type": content_type, **page.SECURITY_HEADERS})
+            status, body, headers = page.answer(request.url.path, host.config.ui)
+            return Response(body, status_code=status, headers=headers)
 
         async def stream(websocket):
             loop = asyncio.get_running_loop()
