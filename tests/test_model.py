@@ -143,3 +143,49 @@ def test_config_errors_name_the_field():
         CrabModel.build(ModelConfig(speech_encoder="random:wavlm-huge"), ["a", "b"])
     with pytest.raises(ConfigError, match="model.max_audio_s"):
         ModelConfig(max_audio_s=0.1).validate()
+
+
+def test_modality_dropout_drops_one_modality_of_a_share_of_samples_in_training_only():
+    """With modality_dropout 0.5, a quarter of the samples' logits ignore their text and another quarter their
+    speech (each modality's unimodal output is zeroed), never both; in eval mode every sample hears both."""
+    torch.manual_seed(0)
+    head = CrabHead(HeadConfig(speech_dim=6, text_dim=5, hidden_dim=4, classifier_dim=4, num_classes=3,
+                               attention_dropout=0.0, classifier_dropout=0.0, modality_dropout=0.5))
+    n = 400
+    speech, speech2, text, text2 = torch.randn(n, 7, 6), torch.randn(n, 7, 6), torch.randn(n, 3, 5), torch.randn(n, 3, 5)
+    smask, tmask = torch.ones(n, 7, dtype=torch.bool), torch.ones(n, 3, dtype=torch.bool)
+
+    def run(s, t):
+        torch.manual_seed(1)  # the same draw of dropped samples each time
+        with torch.no_grad():
+            return head(s, smask, t, tmask)
+
+    head.train()
+    base = run(speech, text)
+    ignores_text = (run(speech, text2) - base).abs().amax(1) < 1e-6
+    ignores_speech = (run(speech2, text) - base).abs().amax(1) < 1e-6
+    assert 70 <= int(ignores_text.sum()) <= 130 and 70 <= int(ignores_speech.sum()) <= 130  # 100 expected
+    assert not bool((ignores_text & ignores_speech).any())
+    head.eval()
+    base = run(speech, text)
+    assert bool(((run(speech, text2) - base).abs().amax(1) > 1e-6).all())
+    assert bool(((run(speech2, text) - base).abs().amax(1) > 1e-6).all())
+    with pytest.raises(ConfigError, match="head.modality_dropout must be in"):
+        HeadConfig(modality_dropout=1.0).validate()
+
+
+def test_wavlm_keeps_its_first_layers_and_round_trips(tiny_model_parts):
+    _, tokenizer = tiny_model_parts
+    config = ModelConfig(speech_encoder="random:wavlm-tiny", text_encoder="random:roberta-tiny",
+                         head=HeadConfig(hidden_dim=8, classifier_dim=8), speech_encoder_layers=1)
+    model = CrabModel.build(config, ["x", "y"]).eval()
+    assert len(model.speech_encoder.model.encoder.layers) == 1
+    rebuilt = CrabModel.from_architecture(model.architecture())
+    assert len(rebuilt.speech_encoder.model.encoder.layers) == 1
+    rebuilt.load_state_dict(model.state_dict())
+    values, amask, ids, tmask = _inputs(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(model(values, amask, ids, tmask), rebuilt.eval()(values, amask, ids, tmask))
+    with pytest.raises(ConfigError, match="speech_encoder_layers=3: the speech encoder has 2 layers"):
+        CrabModel.build(ModelConfig(speech_encoder="random:wavlm-tiny", speech_encoder_layers=3,
+                                    head=HeadConfig(modality="speech")), ["x", "y"])

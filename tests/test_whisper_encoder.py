@@ -129,3 +129,46 @@ def test_bundle_exports_without_split_graphs(tmp_path):
     assert entry["graphs"] == [] and "log-mel" in entry["locality"][0]
     ok, why = split_status(bundle)
     assert not ok and "not split" in why
+
+
+def test_fewer_layers_give_layer_n_through_the_final_norm_and_round_trip(whisper_encoder):
+    """`speech_encoder_layers=2` keeps 2 of tiny.en's 4 layers: the output is transformers' own hidden state of
+    layer 2 through the encoder's final LayerNorm, and the architecture rebuilds the 2-layer encoder."""
+    from crab_rt.model.config import HeadConfig, ModelConfig
+    from crab_rt.model.crab import CrabModel
+
+    config = ModelConfig(speech_encoder="whisper:tiny.en", head=HeadConfig(hidden_dim=8, classifier_dim=8,
+                                                                           modality="speech"),
+                         freeze_speech_encoder=True, speech_encoder_layers=2)
+    model = CrabModel.build(config, ["a", "b"]).eval()
+    assert len(model.speech_encoder.model.layers) == 2
+    assert model.architecture()["speech_encoder"]["encoder_layers"] == 2
+    values = torch.randn(1, 30 * 16000) * 0.1
+    with torch.no_grad():
+        ours, _ = model.speech_encoder(values, torch.ones(1, values.shape[1], dtype=torch.long))
+        mel = whisper_encoder.log_mel(values, torch.ones(1, 3000, dtype=torch.bool))
+        full = whisper_encoder.model(mel, output_hidden_states=True)
+        reference = whisper_encoder.model.layer_norm(full.hidden_states[2])
+    assert ours.shape == reference.shape == (1, 1500, 384)
+    assert float((ours - reference).abs().max()) < 1e-4
+    assert float((ours - full.last_hidden_state).abs().max()) > 0.1  # layer 2 is not layer 4
+    again = CrabModel.from_architecture(model.architecture())
+    again.load_state_dict(model.state_dict())  # strict: the dropped layers' weights are gone from both
+    short = values[:, :16000]
+    with torch.no_grad():
+        mask = torch.ones(1, 16000, dtype=torch.long)
+        assert torch.equal(model(short, mask, None, None), again.eval()(short, mask, None, None))
+
+
+@pytest.mark.parametrize("layers,match", [(5, "has 4 layers"), (0, "positive integer"), (True, "positive integer")])
+def test_speech_encoder_layers_errors_name_the_setting(layers, match):
+    from crab_rt.errors import ConfigError
+    from crab_rt.model.config import HeadConfig, ModelConfig
+    from crab_rt.model.crab import CrabModel
+
+    _tiny_en_folder()
+    config = ModelConfig(speech_encoder="whisper:tiny.en", head=HeadConfig(hidden_dim=8, classifier_dim=8,
+                                                                           modality="speech"),
+                         speech_encoder_layers=layers)
+    with pytest.raises(ConfigError, match=f"model.speech_encoder_layers.*{match}"):
+        CrabModel.build(config, ["a", "b"])

@@ -28,6 +28,10 @@ class HeadConfig:
         classifier_dropout: dropout between the classifier's two Linear layers.
         num_classes: number of emotion classes.
         modality: "both" (Crab), or "speech" / "text" for the unimodal ablations.
+        modality_dropout: in training, the share of samples that lose one modality (half of them the
+            speech, half the text: its unimodal block's output is zeroed before the cross-modal
+            attention), so the classifier cannot lean on whichever branch fits the training set
+            first (0: off, the paper's head). Only with modality "both"; inference never drops.
     """
 
     speech_dim: int = 1024
@@ -39,6 +43,7 @@ class HeadConfig:
     classifier_dropout: float = 0.5
     num_classes: int = 4
     modality: str = "both"
+    modality_dropout: float = 0.0
 
     def validate(self) -> HeadConfig:
         for name in ("speech_dim", "text_dim", "hidden_dim", "num_attention_heads", "classifier_dim"):
@@ -51,7 +56,7 @@ class HeadConfig:
             raise ConfigError(
                 f"head.num_attention_heads={self.num_attention_heads} must divide 2*hidden_dim={2 * self.hidden_dim}"
             )
-        for name in ("attention_dropout", "classifier_dropout"):
+        for name in ("attention_dropout", "classifier_dropout", "modality_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"head.{name} must be in [0, 1), got {value}")
@@ -103,6 +108,10 @@ class ModelConfig:
     `freeze_feature_encoder` freezes the speech encoder's CNN (the paper's
     setting); `freeze_speech_encoder` freezes all of it (a pretrained encoder
     used as a fixed feature extractor, as the demo uses Whisper tiny.en's).
+    `speech_encoder_layers` keeps the speech encoder's first N transformer layers (None: all): the head
+    then hears layer N's states (through the encoder's final LayerNorm where it has one). A pretrained
+    ASR encoder's middle layers carry more of a voice's prosody than its last, which its ASR training
+    pushes towards the words (docs/accuracy.md measures it for Whisper tiny.en), and fewer layers run faster.
     `speech_classifier` adds the voice-only classifier of provisional events.
     """
 
@@ -113,6 +122,7 @@ class ModelConfig:
     max_text_tokens: int = 128
     freeze_feature_encoder: bool = True
     freeze_speech_encoder: bool = False
+    speech_encoder_layers: int | None = None
     # A voice-only classifier on the speech encoder's states (crab_rt.model.speech_classifier), trained beside
     # Crab on detached states: the runtime's provisional events. Ignored without a speech encoder.
     speech_classifier: bool = True
@@ -125,5 +135,8 @@ class ModelConfig:
         for name in ("speech_encoder", "text_encoder"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"model.{name} must name a hub id, a folder or random:<preset>")
+        layers = self.speech_encoder_layers
+        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+            raise ConfigError(f"model.speech_encoder_layers must be a positive integer or absent, got {layers!r}")
         self.head.validate()
         return self

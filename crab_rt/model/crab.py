@@ -62,6 +62,8 @@ class CrabModel(nn.Module):
         config.validate()
         modality = config.head.modality
         speech = SpeechEncoder(load_hf_model(config.speech_encoder, "speech")) if modality != "text" else None
+        if speech is not None and config.speech_encoder_layers is not None:
+            speech.keep_layers(config.speech_encoder_layers)
         text = TextEncoder(load_hf_model(config.text_encoder, "text")) if modality != "speech" else None
         if speech is not None and speech.log_mel is not None and config.max_audio_s > 30.0:
             raise ConfigError(f"model.max_audio_s={config.max_audio_s}: Whisper's encoder takes at most 30 s")

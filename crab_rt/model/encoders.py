@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crab_rt.errors import ConfigError
 from crab_rt.model.presets import RANDOM_PREFIX, preset_config
 from crab_rt.model.whisper_encoder import (
     WHISPER_HOP,
@@ -90,6 +91,21 @@ class SpeechEncoder(nn.Module):
         convs = (self.model.conv1, self.model.conv2) if self.log_mel is not None else (self.model.feature_extractor,)
         for p in (p for m in convs for p in m.parameters()):
             p.requires_grad = False
+
+    def keep_layers(self, count: int) -> None:
+        """Keep the first `count` transformer layers and drop the rest (their weights too).
+
+        The model's config records the new depth, so `architecture()` rebuilds the same encoder.
+
+        Raises:
+            ConfigError: `count` is not in [1, the encoder's depth].
+        """
+        whisper = self.log_mel is not None
+        layers = self.model.layers if whisper else self.model.encoder.layers
+        if not 1 <= count <= len(layers):
+            raise ConfigError(f"model.speech_encoder_layers={count}: the speech encoder has {len(layers)} layers")
+        del layers[count:]
+        setattr(self.model.config, "encoder_layers" if whisper else "num_hidden_layers", count)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Number of encoder frames for each waveform length."""

@@ -136,6 +136,14 @@ class CrabHead(nn.Module):
         self.classifier_dropout = nn.Dropout(config.classifier_dropout)
         self.classifier_fc2 = nn.Linear(config.classifier_dim, config.num_classes)
 
+    def _drop_modality(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero the speech (first half of the `modality_dropout` share) or the text of random samples."""
+        draw = torch.rand(s.shape[0], device=s.device)
+        share = self.config.modality_dropout
+        keep_speech = draw >= share / 2
+        keep_text = (draw < share / 2) | (draw >= share)
+        return s * keep_speech[:, None, None].to(s.dtype), t * keep_text[:, None, None].to(t.dtype)
+
     def forward(
         self,
         speech: torch.Tensor | None,
@@ -152,6 +160,8 @@ class CrabHead(nn.Module):
                 taps["speech_unimodal"] = masked_mean(s, speech_mask)
             if t is not None:
                 taps["text_unimodal"] = masked_mean(t, text_mask)
+        if s is not None and t is not None and self.training and self.config.modality_dropout > 0:
+            s, t = self._drop_modality(s, t)
         if s is not None and t is not None:
             s, t = s + self.speech_to_text(s, t, text_mask), t + self.text_to_speech(t, s, speech_mask)
         pooled = []
