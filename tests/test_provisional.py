@@ -96,6 +96,7 @@ def test_the_voice_classifier_leaves_crab_training_unchanged(tiny_recipe, tmp_pa
     assert any(not torch.equal(trained[k], v) for k, v in runs[True][1].items())
     best = torch.load(tmp_path / "True" / "best.pt", weights_only=False)
     assert set(best["calibration"]) == {"split", "head", "speech_classifier"}
+    assert "voice_best" not in best  # the speech encoder trains: the classifier stays that of Crab's best epoch
     for entry in (best["calibration"]["head"], best["calibration"]["speech_classifier"]):
         assert 0.05 <= entry["temperature"] <= 20 and entry["num_samples"] == 10
         assert entry["nll_after"] <= entry["nll_before"] + 1e-9  # the fit minimises it
@@ -238,3 +239,38 @@ def test_listen_provisional_prints_both_stages_provisional_first(calibrated_bund
           "--format", "pretty", "-q"])
     pretty = capsys.readouterr().out.splitlines()
     assert sum("(provisional: voice only)" in line for line in pretty) == JFK_UTTERANCES
+
+
+@pytest.mark.slow
+def test_best_pt_holds_the_voice_classifier_of_its_own_best_dev_epoch(tiny_recipe, tmp_path):
+    """With a frozen speech encoder, Crab's weights in best.pt are from Crab's best dev epoch and the voice-only
+    classifier's from its own (a training encoder keeps Crab's epoch: the first test): evaluated
+    again on dev, best.pt's voice classifier scores the UAR of the epoch it names, and its temperature is fitted
+    on that epoch's dev logits."""
+    from crab_rt.data.manifest import read_manifest
+    from crab_rt.model.checkpoint import load_model
+    from crab_rt.train.calibration import calibration_summary, fit_temperature
+    from crab_rt.train.config import load_recipe
+    from crab_rt.train.distributed import World
+    from crab_rt.train.evaluate import predict_logits
+    from crab_rt.train.metrics import classification_report
+    from crab_rt.train.trainer import Trainer
+
+    config = load_recipe(str(tiny_recipe), [f"run.out_dir='{tmp_path}'", "optim.epochs=4",
+                                            "model.freeze_speech_encoder=true"])
+    trainer = Trainer(config, world=World())
+    trainer.fit()
+    history = [h["dev_voice_uar"] for h in trainer.history]
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["voice_best"]["epoch"] == 1 + history.index(max(history))
+    assert best["voice_best"]["value"] == max(history)
+    model, tokenizer, payload = load_model(tmp_path / "best.pt")
+    rows = [r for r in read_manifest(config.data.manifest, ["dev"]) if r.label is not None]
+    labels, logits, voice = predict_logits(model, tokenizer, rows, payload["model_settings"]["max_audio_s"])
+    assert classification_report(labels.tolist(), voice.argmax(1).tolist(), model.labels)["uar"] == max(history)
+    uars = [h["dev_uar"] for h in trainer.history]
+    assert best["best"]["epoch"] == 1 + uars.index(max(uars))
+    assert classification_report(labels.tolist(), logits.argmax(1).tolist(), model.labels)["uar"] == max(uars)
+    fitted = best["calibration"]["speech_classifier"]
+    expected = calibration_summary(voice, labels, fit_temperature(voice, labels))
+    assert fitted["temperature"] == pytest.approx(expected["temperature"], rel=1e-4)

@@ -50,11 +50,21 @@ def save_checkpoint(
     return path
 
 
-def update_checkpoint(path: str | Path, **entries: Any) -> Path:
-    """Add or replace top-level entries of a checkpoint, atomically (e.g. `calibration` after training)."""
+def update_checkpoint(path: str | Path, model_state_updates: dict[str, torch.Tensor] | None = None,
+                      **entries: Any) -> Path:
+    """Add or replace top-level entries of a checkpoint, atomically (e.g. `calibration` after training), and
+    replace the `model_state` tensors named in `model_state_updates`.
+
+    Raises:
+        KeyError: an update names a tensor the model state does not have.
+    """
     path = Path(path)
     payload = torch.load(path, map_location="cpu", weights_only=False)
     payload.update(entries)
+    for key, value in (model_state_updates or {}).items():
+        if key not in payload["model_state"]:
+            raise KeyError(f"{path}: the model state has no {key!r}")
+        payload["model_state"][key] = value
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -230,6 +230,13 @@ class Trainer:
         # The best epoch's dev labels and logits (Crab's, the voice classifier's or None): what `calibrate` fits on,
         # without a second pass over the dev split; kept in last.pt for a resumed run.
         self.best_dev: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        # With a frozen speech encoder the voice-only classifier keeps its own best epoch (dev UAR): best.pt gets
+        # its weights from that epoch when training ends, and its temperature is fitted on that epoch's dev logits
+        # (`voice_best_dev`). A speech encoder that trains changes its states every epoch, so the classifier must
+        # stay the one of Crab's best epoch, which reads that epoch's encoder.
+        self.voice_best: dict = {"metric": "uar", "value": -1.0, "epoch": None}
+        self.voice_best_state: dict[str, torch.Tensor] | None = None
+        self.voice_best_dev: np.ndarray | None = None
         if resume and self._sees_last_checkpoint():
             self._restore(self.out_dir / "last.pt")
 
@@ -275,6 +282,8 @@ class Trainer:
                 voice_scheduler_state=None if self.voice_scheduler is None else self.voice_scheduler.state_dict(),
                 best_dev=None if self.best_dev is None else
                 [None if a is None else torch.from_numpy(a) for a in self.best_dev],
+                voice_best=self.voice_best, voice_best_state=self.voice_best_state,
+                voice_best_dev=None if self.voice_best_dev is None else torch.from_numpy(self.voice_best_dev),
                 scaler_state=self.scaler.state_dict(),
                 torch_rng=torch.get_rng_state(),
                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -302,6 +311,9 @@ class Trainer:
         self.epoch, self.history, self.best = payload["epoch"], payload["history"], payload["best"]
         if payload.get("best_dev") is not None:
             self.best_dev = tuple(None if t is None else t.numpy() for t in payload["best_dev"])
+        if payload.get("voice_best") is not None:
+            self.voice_best, self.voice_best_state = payload["voice_best"], payload["voice_best_state"]
+            self.voice_best_dev = None if payload["voice_best_dev"] is None else payload["voice_best_dev"].numpy()
         if self.world.is_main:
             written = payload.get("world_size", 1)
             log.info("resumed from %s after epoch %d (written by %d process%s, continued by %d)", path, self.epoch,
@@ -480,6 +492,11 @@ class Trainer:
             if improved:
                 self.best = {"metric": metric, "value": dev[metric], "epoch": self.epoch}
                 self.best_dev = dev_outputs
+            if "voice_uar" in dev and self.train_states is not None and dev["voice_uar"] > self.voice_best["value"]:
+                self.voice_best = {"metric": "uar", "value": dev["voice_uar"], "epoch": self.epoch}
+                self.voice_best_state = {k: v.detach().to("cpu", copy=True)
+                                         for k, v in self.model.speech_classifier.state_dict().items()}
+                self.voice_best_dev = dev_outputs[2]
             if not main:
                 continue
             if improved:
@@ -493,12 +510,26 @@ class Trainer:
                 f"{'  *best' if improved else ''}  ({record['seconds']:.1f}s)"
             )
         if main and self.epoch == self.config.optim.epochs and self.best_dev is not None:
+            self.adopt_voice_best()
             self.calibrate()
         return self.best
 
+    def adopt_voice_best(self) -> None:
+        """Put the voice-only classifier of its own best dev epoch into best.pt (Crab's weights stay those of
+        Crab's best epoch); a no-op without the classifier."""
+        if self.voice_best_state is None:
+            return
+        from crab_rt.train.checkpoint import update_checkpoint
+
+        path = self.out_dir / "best.pt"
+        update_checkpoint(path, voice_best=self.voice_best,
+                          model_state_updates={f"speech_classifier.{k}": v for k, v in self.voice_best_state.items()})
+        log.info(f"voice-only classifier: best dev UAR {self.voice_best['value']:.4f} at epoch "
+                 f"{self.voice_best['epoch']}, its weights put in {path}")
+
     def calibrate(self) -> dict:
-        """Fit the temperatures of best.pt's head and voice classifier on the dev split (the best epoch's dev
-        logits, `best_dev`) and store them in best.pt.
+        """Fit the temperatures of best.pt's head and voice classifier on the dev split (the dev logits of
+        each one's best epoch, `best_dev` and `voice_best_dev`) and store them in best.pt.
 
         Returns:
             {"split": "dev", "head": summary, "speech_classifier": summary (when the model has one)}, each
@@ -510,6 +541,8 @@ class Trainer:
 
         path = self.out_dir / "best.pt"
         y, logits, voice = self.best_dev
+        if self.voice_best_dev is not None:
+            voice = self.voice_best_dev  # the logits of the voice classifier that adopt_voice_best put in best.pt
         calibration = {"split": "dev", "head": calibration_summary(logits, y, fit_temperature(logits, y))}
         if voice is not None:
             calibration["speech_classifier"] = calibration_summary(voice, y, fit_temperature(voice, y))

@@ -4,8 +4,10 @@ For each checkpoint, on a manifest's train, dev and test splits: the speech enco
 `speech_pooled` tap (after training; `--untrained` also probes the same architecture with random weights), each
 pooled over valid frames (mean and standard deviation), standardised, and fed to a class-balanced logistic
 regression fitted on train with C chosen by dev UAR. Also printed: how much the pooled encoder output varies
-across clips relative to its overall spread (near 0: every clip looks the same to the head). This is the
-evidence behind docs/accuracy.md's diagnosis; `python benchmarks/speech_probe.py --help`.
+across clips relative to its overall spread (near 0: every clip looks the same to the head). `--encoder SPEC`
+probes every layer of a speech encoder as `model.speech_encoder_layers` would cut it (layer N through the final
+norm), which is how the synthetic recipe's layer was chosen. This is the evidence behind docs/accuracy.md's
+diagnosis; `python benchmarks/speech_probe.py --help`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,46 @@ def _features(model, rows, max_audio_s: float) -> dict[str, np.ndarray]:
     return {"encoder": np.concatenate(enc), "speech_pooled": np.concatenate(tap)}
 
 
+def _pooled(encoder, normalize: bool, rows, labels, max_audio_s: float) -> np.ndarray:
+    """Mean and standard deviation over valid frames of `encoder`'s states, one row per clip."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from crab_rt.model.head import masked_mean
+    from crab_rt.train.data import Collator, EmotionDataset
+
+    ds = EmotionDataset(rows, labels, max_audio_s)
+    loader = DataLoader(ds, batch_size=16, collate_fn=Collator(None, normalize, max_audio_s))
+    out = []
+    with torch.no_grad():
+        for b in loader:
+            hidden, mask = encoder(b.input_values, b.audio_mask)
+            mean = masked_mean(hidden, mask)
+            std = masked_mean((hidden - mean[:, None]) ** 2, mask).sqrt()
+            out.append(torch.cat([mean, std], -1).numpy())
+    return np.concatenate(out)
+
+
+def probe_layers(spec: str, rows: dict, labels: list[str], max_audio_s: float) -> list[dict]:
+    """A linear probe on each layer of the speech encoder `spec` (its pretrained weights), layer 1 to the last."""
+    import copy
+
+    from crab_rt.model.crab import _wants_normalized_input
+    from crab_rt.model.encoders import SpeechEncoder, load_hf_model
+
+    full = SpeechEncoder(load_hf_model(spec, "speech")).eval()
+    normalize = _wants_normalized_input(spec, full)
+    y = {s: np.array([labels.index(r.label) for r in rs]) for s, rs in rows.items()}
+    depth = len(full.model.layers if full.log_mel is not None else full.model.encoder.layers)
+    results = []
+    for n in range(1, depth + 1):
+        encoder = copy.deepcopy(full)
+        encoder.keep_layers(n)
+        x = {s: _pooled(encoder, normalize, rs, labels, max_audio_s) for s, rs in rows.items()}
+        results.append({"layer": n, **_probe(x, y, labels)})
+    return results
+
+
 def _probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], labels) -> dict[str, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -59,9 +101,14 @@ def _probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], labels) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/speech_probe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True, help="manifest with train, dev and test splits")
-    p.add_argument("--checkpoint", action="append", required=True, help="a Crab checkpoint with speech (repeatable)")
+    p.add_argument("--checkpoint", action="append", default=[], help="a Crab checkpoint with speech (repeatable)")
+    p.add_argument("--encoder", action="append", default=[],
+                   help="a speech encoder spec (e.g. whisper:tiny.en) whose every layer is probed (repeatable)")
+    p.add_argument("--max-audio-s", type=float, default=12.0, help="clip length cap for --encoder (default: 12)")
     p.add_argument("--untrained", action="store_true", help="also probe each architecture with random weights")
     args = p.parse_args(argv)
+    if not args.checkpoint and not args.encoder:
+        p.error("give --checkpoint or --encoder")
     import torch
 
     from crab_rt.data.manifest import read_manifest
@@ -69,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from crab_rt.model.crab import CrabModel
 
     rows = {s: [r for r in read_manifest(args.manifest, [s]) if r.label] for s in ("train", "dev", "test")}
+    labels = sorted({r.label for rs in rows.values() for r in rs})
+    for spec in args.encoder:
+        for result in probe_layers(spec, rows, labels, args.max_audio_s):
+            print(f"{spec} layer {result.pop('layer')}: linear probe {result}")
     for checkpoint in args.checkpoint:
         model, _, payload = load_model(checkpoint, "cpu")
         max_audio_s = payload["model_settings"]["max_audio_s"]
