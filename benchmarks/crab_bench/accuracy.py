@@ -121,7 +121,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     seconds = {}
     predictions = {}
     for name, ablation in MODELS.items():
-        best, secs = train(manifest, Path(args.runs) / f"seed{seed}" / name, ablation, args.fresh)
+        best, secs = train(manifest, Path(args.runs) / f"spoken-{args.num}-seed{seed}" / name, ablation, args.fresh)
         seconds[name] = secs
         rows[name] = evaluate(best, manifest, splits)
         if name == "both":
@@ -129,7 +129,10 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     rows["provisional"] = {s: {**rows["both"][s]["provisional"], "confusion": None} for s in splits}
     calibration = {s: {"final": rows["both"][s]["calibration"]["head"],
                        "provisional": rows["both"][s]["calibration"]["speech_classifier"]} for s in splits}
-    return {"seed": seed, "manifest": str(manifest), "rows": rows, "selected": base["selected"],
+    from crab_rt.data.manifest import read_manifest
+
+    sizes = {s: sum(1 for r in read_manifest(manifest, [s]) if r.label is not None) for s in ("train", *splits)}
+    return {"seed": seed, "manifest": str(manifest), "split_sizes": sizes, "rows": rows, "selected": base["selected"],
             "ceilings": base["ceilings"], "train_seconds": seconds, "calibration": calibration,
             "_predictions": predictions}
 
@@ -181,17 +184,20 @@ def _cell(s: dict) -> str:
 def markdown(result: dict) -> str:
     seeds = ",".join(str(r["seed"]) for r in result["per_seed"])
     summary = result["summary"]
+    sizes = result["per_seed"][0].get("split_sizes", {})
+    test_clips = f"{sizes['test']}-clip" if "test" in sizes else "test"
     lines = [
         "# Accuracy: Crab against the classical SER baselines on the spoken synthetic corpus",
         "",
         f"`python benchmarks/accuracy.py --seeds {seeds} --num {result['num']}`, on {result['machine']['cpu']} "
         f"({result['machine']['cores']} cores), torch {result['machine']['versions'].get('torch', '?')}. "
         f"Corpus seeds {seeds.replace(',', ', ')}: {result['num']} clips each, espeak-ng speech, speaker-disjoint "
-        "splits (2 held-out speakers in test), transcripts by Whisper tiny.en. Each cell: the median over the seeds "
-        "(min-max). Crab: `crab-rt train --recipe synthetic` (Whisper tiny.en's encoder frozen, a random tiny "
-        "RoBERTa); baselines: `crab-rt baseline`. The ceilings are those of a classifier that knows each clip's "
-        "cue classes (naive Bayes with the train split's statistics): the best WAR in expectation, which one "
-        "47-clip split can miss (knowing both cues can score below knowing one).",
+        f"splits ({', '.join(f'{n} {k}' for k, n in sizes.items())} clips in seed {result['per_seed'][0]['seed']}; "
+        "2 held-out speakers in dev and 2 in test), transcripts by Whisper tiny.en. Each cell: the median over the "
+        "seeds (min-max). Crab: `crab-rt train --recipe synthetic` (the first 2 layers of Whisper tiny.en's encoder, "
+        "frozen; a random tiny RoBERTa); baselines: `crab-rt baseline`. The ceilings are those of a classifier that "
+        "knows each clip's cue classes (naive Bayes with the train split's statistics): the best WAR in expectation, "
+        f"which one {test_clips} split can miss (knowing both cues can score below knowing one).",
         "",
     ]
     for split in ("test", "dev"):
@@ -268,7 +274,8 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/accuracy.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2", help="corpus seeds, comma-separated (default: 0,1,2)")
-    p.add_argument("--num", type=int, default=320, help="clips per corpus (default: 320)")
+    p.add_argument("--num", type=int, default=320,
+                   help="clips per corpus (default: 320: 226 train, 47 dev and 47 test clips)")
     p.add_argument("--corpora", default="corpora", help="where the corpora are made and kept (default: corpora)")
     p.add_argument("--runs", default="runs/accuracy", help="where the models are trained and kept")
     p.add_argument("--fresh", action="store_true", help="retrain models that exist already")
