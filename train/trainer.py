@@ -510,26 +510,14 @@ class Trainer:
                 f"{'  *best' if improved else ''}  ({record['seconds']:.1f}s)"
             )
         if main and self.epoch == self.config.optim.epochs and self.best_dev is not None:
-            self.adopt_voice_best()
             self.calibrate()
         return self.best
 
-    def adopt_voice_best(self) -> None:
-        """Put the voice-only classifier of its own best dev epoch into best.pt (Crab's weights stay those of
-        Crab's best epoch); a no-op without the classifier."""
-        if self.voice_best_state is None:
-            return
-        from crab_rt.train.checkpoint import update_checkpoint
-
-        path = self.out_dir / "best.pt"
-        update_checkpoint(path, voice_best=self.voice_best,
-                          model_state_updates={f"speech_classifier.{k}": v for k, v in self.voice_best_state.items()})
-        log.info(f"voice-only classifier: best dev UAR {self.voice_best['value']:.4f} at epoch "
-                 f"{self.voice_best['epoch']}, its weights put in {path}")
-
     def calibrate(self) -> dict:
         """Fit the temperatures of best.pt's head and voice classifier on the dev split (the dev logits of
-        each one's best epoch, `best_dev` and `voice_best_dev`) and store them in best.pt.
+        each one's best epoch, `best_dev` and `voice_best_dev`) and store them in best.pt, in one write with
+        the voice-only classifier of its own best epoch when it has one (a frozen speech encoder; Crab's
+        weights stay those of Crab's best epoch).
 
         Returns:
             {"split": "dev", "head": summary, "speech_classifier": summary (when the model has one)}, each
@@ -541,12 +529,17 @@ class Trainer:
 
         path = self.out_dir / "best.pt"
         y, logits, voice = self.best_dev
-        if self.voice_best_dev is not None:
-            voice = self.voice_best_dev  # the logits of the voice classifier that adopt_voice_best put in best.pt
+        adopted: dict = {}
+        if self.voice_best_state is not None:
+            voice = self.voice_best_dev  # the logits of the voice classifier put in best.pt below
+            adopted = {"voice_best": self.voice_best, "model_state_updates": {
+                f"speech_classifier.{k}": v for k, v in self.voice_best_state.items()}}
+            log.info(f"voice-only classifier: best dev UAR {self.voice_best['value']:.4f} at epoch "
+                     f"{self.voice_best['epoch']}, its weights put in {path}")
         calibration = {"split": "dev", "head": calibration_summary(logits, y, fit_temperature(logits, y))}
         if voice is not None:
             calibration["speech_classifier"] = calibration_summary(voice, y, fit_temperature(voice, y))
-        update_checkpoint(path, calibration=calibration)
+        update_checkpoint(path, calibration=calibration, **adopted)
         for name, entry in calibration.items():
             if name != "split":
                 log.info(f"calibrated {name} on dev: temperature {entry['temperature']:.3f}, "
