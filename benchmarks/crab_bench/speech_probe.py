@@ -17,24 +17,27 @@ import argparse
 import numpy as np
 
 
-def _features(model, rows, max_audio_s: float) -> dict[str, np.ndarray]:
-    import torch
+def _batches(rows, labels, normalize: bool, max_audio_s: float):
+    """The clips of `rows` as training prepares them, 16 at a time."""
     from torch.utils.data import DataLoader
 
-    from crab_rt.model.head import masked_mean
     from crab_rt.train.data import Collator, EmotionDataset
 
-    ds = EmotionDataset(rows, model.labels, max_audio_s)
-    loader = DataLoader(ds, batch_size=16, collate_fn=Collator(None, model.normalize_waveform, max_audio_s))
+    ds = EmotionDataset(rows, labels, max_audio_s)
+    return DataLoader(ds, batch_size=16, collate_fn=Collator(None, normalize, max_audio_s))
+
+
+def _features(model, rows, max_audio_s: float) -> dict[str, np.ndarray]:
+    import torch
+
+    from crab_rt.model.speech_classifier import mean_and_spread
+
     enc, tap = [], []
     model.eval()
     with torch.no_grad():
-        for b in loader:
+        for b in _batches(rows, model.labels, model.normalize_waveform, max_audio_s):
             hidden, mask = model.speech_encoder(b.input_values, b.audio_mask)
-            m = mask.unsqueeze(-1).float()
-            mean = masked_mean(hidden, mask)
-            std = (((hidden - mean[:, None]) ** 2 * m).sum(1) / m.sum(1)).sqrt()
-            enc.append(torch.cat([mean, std], -1).numpy())
+            enc.append(mean_and_spread(hidden, mask, eps=0.0).numpy())
             s = model.head.speech_block(hidden, mask)
             tap.append(model.head.speech_pool(s, mask).numpy())
     return {"encoder": np.concatenate(enc), "speech_pooled": np.concatenate(tap)}
@@ -43,21 +46,12 @@ def _features(model, rows, max_audio_s: float) -> dict[str, np.ndarray]:
 def _pooled(encoder, normalize: bool, rows, labels, max_audio_s: float) -> np.ndarray:
     """Mean and standard deviation over valid frames of `encoder`'s states, one row per clip."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from crab_rt.model.head import masked_mean
-    from crab_rt.train.data import Collator, EmotionDataset
+    from crab_rt.model.speech_classifier import mean_and_spread
 
-    ds = EmotionDataset(rows, labels, max_audio_s)
-    loader = DataLoader(ds, batch_size=16, collate_fn=Collator(None, normalize, max_audio_s))
-    out = []
     with torch.no_grad():
-        for b in loader:
-            hidden, mask = encoder(b.input_values, b.audio_mask)
-            mean = masked_mean(hidden, mask)
-            std = masked_mean((hidden - mean[:, None]) ** 2, mask).sqrt()
-            out.append(torch.cat([mean, std], -1).numpy())
-    return np.concatenate(out)
+        return np.concatenate([mean_and_spread(*encoder(b.input_values, b.audio_mask), eps=0.0).numpy()
+                               for b in _batches(rows, labels, normalize, max_audio_s)])
 
 
 def probe_layers(spec: str, rows: dict, labels: list[str], max_audio_s: float) -> list[dict]:
@@ -70,7 +64,7 @@ def probe_layers(spec: str, rows: dict, labels: list[str], max_audio_s: float) -
     full = SpeechEncoder(load_hf_model(spec, "speech")).eval()
     normalize = _wants_normalized_input(spec, full)
     y = {s: np.array([labels.index(r.label) for r in rs]) for s, rs in rows.items()}
-    depth = len(full.model.layers if full.log_mel is not None else full.model.encoder.layers)
+    depth = len(full.layers)
     results = []
     for n in range(1, depth + 1):
         encoder = copy.deepcopy(full)

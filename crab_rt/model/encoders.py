@@ -92,6 +92,11 @@ class SpeechEncoder(nn.Module):
         for p in (p for m in convs for p in m.parameters()):
             p.requires_grad = False
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer layers, in order (Whisper keeps them on the model, WavLM and its kin on its encoder)."""
+        return self.model.layers if self.log_mel is not None else self.model.encoder.layers
+
     def keep_layers(self, count: int) -> None:
         """Keep the first `count` transformer layers and drop the rest (their weights too).
 
@@ -100,12 +105,11 @@ class SpeechEncoder(nn.Module):
         Raises:
             ConfigError: `count` is not in [1, the encoder's depth].
         """
-        whisper = self.log_mel is not None
-        layers = self.model.layers if whisper else self.model.encoder.layers
+        layers = self.layers
         if not 1 <= count <= len(layers):
             raise ConfigError(f"model.speech_encoder_layers={count}: the speech encoder has {len(layers)} layers")
         del layers[count:]
-        setattr(self.model.config, "encoder_layers" if whisper else "num_hidden_layers", count)
+        setattr(self.model.config, "encoder_layers" if self.log_mel is not None else "num_hidden_layers", count)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Number of encoder frames for each waveform length."""

@@ -12,11 +12,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SpeechClassifier", "VOICE_INIT_SEED"]
+__all__ = ["SpeechClassifier", "VOICE_INIT_SEED", "mean_and_spread"]
 
 # Its weights are drawn from their own seed, so adding the classifier leaves the rest of a model's
 # initialisation (and every later random draw) as it was.
 VOICE_INIT_SEED = 1234
+
+
+def mean_and_spread(speech: torch.Tensor, speech_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """[mean, standard deviation] over the valid frames of speech [B, F, D] (mask [B, F]) -> [B, 2D]; `eps` is
+    added to the variance under the root (a finite gradient for one frame)."""
+    weights = speech_mask.to(speech.dtype).unsqueeze(-1)
+    count = weights.sum(1).clamp_min(1.0)
+    mean = (speech * weights).sum(1) / count
+    var = (((speech - mean.unsqueeze(1)) ** 2) * weights).sum(1) / count
+    return torch.cat([mean, torch.sqrt(var + eps)], dim=-1)
 
 
 class SpeechClassifier(nn.Module):
@@ -41,9 +51,4 @@ class SpeechClassifier(nn.Module):
     def forward(self, speech: torch.Tensor, speech_mask: torch.Tensor, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits; `text` and `text_mask` are ignored (the head's call signature, for the backends)."""
-        weights = speech_mask.to(speech.dtype).unsqueeze(-1)
-        count = weights.sum(1).clamp_min(1.0)
-        mean = (speech * weights).sum(1) / count
-        var = (((speech - mean.unsqueeze(1)) ** 2) * weights).sum(1) / count
-        pooled = torch.cat([mean, torch.sqrt(var + 1e-6)], dim=-1)
-        return self.out(self.norm(pooled))
+        return self.out(self.norm(mean_and_spread(speech, speech_mask)))
