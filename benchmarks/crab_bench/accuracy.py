@@ -131,7 +131,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
                        "provisional": rows["both"][s]["calibration"]["speech_classifier"]} for s in splits}
     from crab_rt.data.manifest import read_manifest
 
-    sizes = {s: sum(1 for r in read_manifest(manifest, [s]) if r.label is not None) for s in ("train", *splits)}
+    labelled = [r.split for r in read_manifest(manifest) if r.label is not None]
+    sizes = {s: labelled.count(s) for s in ("train", *splits)}
     return {"seed": seed, "manifest": str(manifest), "split_sizes": sizes, "rows": rows, "selected": base["selected"],
             "ceilings": base["ceilings"], "train_seconds": seconds, "calibration": calibration,
             "_predictions": predictions}
