@@ -1,5 +1,6 @@
 """The Crab model: exact head size, padding invariance, taps, GRU and WavLM encoder equivalence."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -189,3 +190,32 @@ def test_wavlm_keeps_its_first_layers_and_round_trips(tiny_model_parts):
     with pytest.raises(ConfigError, match="speech_encoder_layers=3: the speech encoder has 2 layers"):
         CrabModel.build(ModelConfig(speech_encoder="random:wavlm-tiny", speech_encoder_layers=3,
                                     head=HeadConfig(modality="speech")), ["x", "y"])
+
+
+def test_speech_spread_feeds_the_classifier_the_frames_standard_deviation():
+    """With speech_spread the classifier's LayerNorm reads [speech pool, text pool, std of the speech frames
+    over the valid steps]: the std equals numpy's over the unpadded frames, padding changes nothing, and the
+    paper's head (False) keeps its width; a non-bool is refused."""
+    torch.manual_seed(0)
+    config = HeadConfig(speech_dim=6, text_dim=5, hidden_dim=4, classifier_dim=4, num_classes=3,
+                        attention_dropout=0.0, classifier_dropout=0.0, speech_spread=True)
+    head = CrabHead(config).eval()
+    assert head.classifier_norm.normalized_shape == (3 * 8,)
+    assert CrabHead(HeadConfig(speech_dim=6, text_dim=5, hidden_dim=4)).classifier_norm.normalized_shape == (16,)
+    speech, text = torch.randn(2, 9, 6), torch.randn(2, 3, 5)
+    smask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
+    tmask = torch.ones(2, 3, dtype=torch.bool)
+    seen = {}
+    head.classifier_norm.register_forward_hook(lambda _m, args, _out: seen.update(x=args[0]))
+    with torch.no_grad():
+        logits = head(speech, smask, text, tmask)
+        frames = head.speech_block(speech, smask)
+        frames = frames + head.speech_to_text(frames, head.text_block(text, tmask), tmask)
+    for b, n in enumerate((9, 5)):
+        expected = np.sqrt(frames[b, :n].numpy().astype(np.float64).var(0) + 1e-6)
+        np.testing.assert_allclose(seen["x"][b, 16:24].numpy(), expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the second sample alone, unpadded: the same logits
+        alone = head(speech[1:, :5], smask[1:, :5], text[1:], tmask[1:])
+    torch.testing.assert_close(alone, logits[1:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="head.speech_spread must be true or false"):
+        HeadConfig(speech_spread=1).validate()

@@ -32,6 +32,10 @@ class HeadConfig:
             speech, half the text: its unimodal block's output is zeroed before the cross-modal
             attention), so the classifier cannot lean on whichever branch fits the training set
             first (0: off, the paper's head). Only with modality "both"; inference never drops.
+        speech_spread: also give the classifier the speech frames' standard deviation over time (after
+            the cross-modal attention), beside their attention pool: statistics pooling, as x-vector and
+            ECAPA speaker models do. The pool says what the voice is like where the head looks; the spread
+            says how much pitch, loudness and rate move over the utterance (False: the paper's head).
     """
 
     speech_dim: int = 1024
@@ -44,6 +48,7 @@ class HeadConfig:
     num_classes: int = 4
     modality: str = "both"
     modality_dropout: float = 0.0
+    speech_spread: bool = False
 
     def validate(self) -> HeadConfig:
         for name in ("speech_dim", "text_dim", "hidden_dim", "num_attention_heads", "classifier_dim"):
@@ -60,6 +65,8 @@ class HeadConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"head.{name} must be in [0, 1), got {value}")
+        if not isinstance(self.speech_spread, bool):
+            raise ConfigError(f"head.speech_spread must be true or false, got {self.speech_spread!r}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"head.modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         return self

@@ -15,13 +15,20 @@ from torch import nn
 
 from crab_rt.model.config import HeadConfig
 
-__all__ = ["CrabHead", "MaskedBiGRU", "CrossModalAttention", "AttentionPooling", "masked_mean"]
+__all__ = ["CrabHead", "MaskedBiGRU", "CrossModalAttention", "AttentionPooling", "masked_mean", "masked_std"]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over time of x [B, T, D] counting only mask [B, T] positions."""
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def masked_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Standard deviation over time of x [B, T, D] counting only mask [B, T] positions; `eps` is added to the
+    variance under the root (a finite gradient where every valid step is equal, or there is one)."""
+    centred = x - masked_mean(x, mask).unsqueeze(1)
+    return torch.sqrt(masked_mean(centred * centred, mask) + eps)
 
 
 class MaskedBiGRU(nn.Module):
@@ -130,7 +137,7 @@ class CrabHead(nn.Module):
         if config.modality == "both":
             self.speech_to_text = CrossModalAttention(two_h, config.num_attention_heads, config.attention_dropout)
             self.text_to_speech = CrossModalAttention(two_h, config.num_attention_heads, config.attention_dropout)
-        pooled_dim = two_h * (int(self.use_speech) + int(self.use_text))
+        pooled_dim = two_h * (int(self.use_speech) + int(self.use_text) + int(self.use_speech and config.speech_spread))
         self.classifier_norm = nn.LayerNorm(pooled_dim)
         self.classifier_fc1 = nn.Linear(pooled_dim, config.classifier_dim)
         self.classifier_dropout = nn.Dropout(config.classifier_dropout)
@@ -169,7 +176,8 @@ class CrabHead(nn.Module):
             pooled.append(self.speech_pool(s, speech_mask))
         if t is not None:
             pooled.append(self.text_pool(t, text_mask))
-        z = self.classifier_fc1(self.classifier_norm(torch.cat(pooled, dim=-1)))
+        spread = [masked_std(s, speech_mask)] if s is not None and self.config.speech_spread else []
+        z = self.classifier_fc1(self.classifier_norm(torch.cat(pooled + spread, dim=-1)))
         logits = self.classifier_fc2(self.classifier_dropout(torch.relu(z)))
         if not return_taps:
             return logits

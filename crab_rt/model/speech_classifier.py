@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crab_rt.model.head import masked_mean, masked_std
+
 __all__ = ["SpeechClassifier", "VOICE_INIT_SEED", "mean_and_spread"]
 
 # Its weights are drawn from their own seed, so adding the classifier leaves the rest of a model's
@@ -22,11 +24,7 @@ VOICE_INIT_SEED = 1234
 def mean_and_spread(speech: torch.Tensor, speech_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """[mean, standard deviation] over the valid frames of speech [B, F, D] (mask [B, F]) -> [B, 2D]; `eps` is
     added to the variance under the root (a finite gradient for one frame)."""
-    weights = speech_mask.to(speech.dtype).unsqueeze(-1)
-    count = weights.sum(1).clamp_min(1.0)
-    mean = (speech * weights).sum(1) / count
-    var = (((speech - mean.unsqueeze(1)) ** 2) * weights).sum(1) / count
-    return torch.cat([mean, torch.sqrt(var + eps)], dim=-1)
+    return torch.cat([masked_mean(speech, speech_mask), masked_std(speech, speech_mask, eps)], dim=-1)
 
 
 class SpeechClassifier(nn.Module):
