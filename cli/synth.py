@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_config_option(p, "--num", SynthConfig, "num_utterances", "number of utterances", metavar="N")
     add_config_option(p, "--seed", SynthConfig, "seed", "random seed", metavar="S")
+    add_config_option(p, "--speakers", SynthConfig, "num_speakers",
+                      "synthetic speakers, drawn into the splits in proportion to their fractions",
+                      metavar="N")  # fmt: skip
     add_config_option(p, "--imbalance", SynthConfig, "imbalance_ratio", "largest/smallest class count", metavar="R")
     add_config_option(p, "--noise-snr-db", SynthConfig, "noise_snr_db", "speech-to-noise ratio in dB", metavar="X")
     add_config_option(p, "--voice", SynthConfig, "voice",

@@ -73,7 +73,7 @@ def test_the_config_fields_have_flags():
     assert fields("export") == {(ExportOptions, f) for f in export}
     build = {f.name for f in dataclasses.fields(BuildOptions)} - {"heartbeat_s"}
     assert fields("build-engines") == {(BuildOptions, f) for f in build}
-    synth = {"num_utterances", "seed", "imbalance_ratio", "noise_snr_db", "voice"}
+    synth = {"num_utterances", "seed", "num_speakers", "imbalance_ratio", "noise_snr_db", "voice"}
     assert fields("synth") == {(SynthConfig, f) for f in synth}
     transcribe = {"model", "language", "device", "local_files_only", "window"}
     assert fields("transcribe-manifest") == {(AsrConfig, f) for f in transcribe}
@@ -143,6 +143,7 @@ def test_an_invalid_flag_value_is_a_config_error():
         (["synth", "--out", "d", "--num", "40", "--imbalance", "2"], SynthConfig,
          {"num_utterances": 40, "imbalance_ratio": 2.0}),
         (["synth", "--out", "d", "--voice", "harmonic"], SynthConfig, {"voice": "harmonic"}),
+        (["synth", "--out", "d", "--speakers", "32"], SynthConfig, {"num_speakers": 32}),
         (["build-engines", "--bundle", "b"], BuildOptions, {}),
         (["build-engines", "--bundle", "b", "--gpu", "1", "--force", "--workspace-gb", "2", "--precision", "fp32"],
          BuildOptions, {"gpu_index": 1, "force": True, "workspace_gb": 2.0, "precision": "fp32"}),

@@ -375,14 +375,17 @@ def test_cli_synth_writes_corpus_and_conversation(tmp_path, capsys, voice):
     out = tmp_path / "cli"
     conv = tmp_path / "conv.wav"
     rc = main(["synth", "--out", str(out), "--num", "12", "--seed", "4", "--imbalance", "2", "--voice", voice,
-               "--noise-snr-db", "25", "--conversation", str(conv), "--turns", "3", "--quiet"])  # fmt: skip
+               "--noise-snr-db", "25", "--speakers", "4", "--conversation", str(conv), "--turns", "3",
+               "--quiet"])  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert f"synthetic corpus ({voice} voice): 12 clips" in captured.out
     assert f"Voice: '{voice}'" in (out / "README.txt").read_text()
     assert json.loads(conv.with_suffix(".json").read_text())["voice"] == voice
     assert "total" in captured.out and "neutral" in captured.out
-    assert len(read_manifest(out / "manifest.csv")) == 12
+    rows = read_manifest(out / "manifest.csv")
+    assert len(rows) == 12
+    assert {r.speaker for r in rows} == {f"synthetic-spk{i:02d}" for i in range(4)}  # 2 train, 1 dev, 1 test
     assert len(read_conversation_truth(conv)) == 3
 
 
@@ -393,6 +396,7 @@ def test_cli_synth_writes_corpus_and_conversation(tmp_path, capsys, voice):
         (["--imbalance", "0.5"], "imbalance_ratio=0.5"),
         (["--noise-snr-db", "500"], "noise_snr_db=500"),
         (["--conversation", "talk.txt"], "must end in .wav"),
+        (["--speakers", "2"], "num_speakers=2 is below 3"),
     ],
 )
 def test_cli_synth_bad_values_exit_2(tmp_path, capsys, argv, message):
