@@ -78,7 +78,8 @@ test:
 # `crab-rt baseline` prints the classical baselines (eGeMAPS, TF-IDF, late fusion) beside the three models; the
 # listen steps stream at real time (--realtime), so the latencies they print are live figures.
 demo: install
-	$(BIN)/crab-rt synth --out $(DEMO)/corpus --num 320 --seed 0 --conversation $(DEMO)/conversation.wav --quiet
+	$(BIN)/crab-rt synth --out $(DEMO)/corpus --num 320 --seed 0 --speakers 32 --conversation $(DEMO)/conversation.wav \
+	    --quiet
 	$(BIN)/crab-rt transcribe-manifest --manifest $(DEMO)/corpus/manifest.csv --out $(DEMO)/corpus/manifest_asr.csv \
 	    --asr tiny.en --asr-window auto --all --quiet
 	$(BIN)/crab-rt train --recipe synthetic --manifest $(DEMO)/corpus/manifest_asr.csv --out $(DEMO)/run --no-progress

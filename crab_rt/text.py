@@ -34,6 +34,10 @@ class TextTokenizer:
         self._tok.enable_truncation(self.max_length)
         pad = tokenizer.token_to_id("<pad>")
         self.pad_id = 0 if pad is None else int(pad)
+        # The token that word dropout writes in training: RoBERTa's <mask> (<unk> where a vocabulary lacks it).
+        mask = tokenizer.token_to_id("<mask>")
+        mask = tokenizer.token_to_id("<unk>") if mask is None else mask
+        self.mask_id = self.pad_id if mask is None else int(mask)
 
     @classmethod
     def from_file(cls, path: str | Path, max_length: int = 128) -> TextTokenizer:

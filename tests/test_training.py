@@ -207,3 +207,29 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     junk.write_bytes(b"not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(junk), "--manifest", "x.csv", "--split", "test"]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_word_dropout_masks_inner_tokens_only():
+    """drop_tokens replaces about `share` of each row's inner tokens by the mask id; <s>, </s> and padding never
+    change; share 0 returns the ids untouched. The config refuses 1.0, and the tokenizer's mask id is <mask>."""
+    from crab_rt.text import train_bpe_tokenizer
+    from crab_rt.train.data import drop_tokens
+
+    ids = torch.arange(5, 5 + 400 * 12).reshape(400, 12)
+    lengths = torch.randint(3, 13, (400,), generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(12).unsqueeze(0) < lengths.unsqueeze(1)
+    ids = torch.where(mask, ids, torch.ones_like(ids))  # pad id 1
+    assert drop_tokens(ids, mask, 0.0, 4) is ids
+    torch.manual_seed(3)
+    out = drop_tokens(ids, mask, 0.3, 4)
+    changed = out != ids
+    assert bool((out[changed] == 4).all())
+    rows = torch.arange(400)
+    assert not bool(changed[:, 0].any()) and not bool(changed[rows, lengths - 1].any())
+    assert not bool(changed[~mask].any())
+    inner = int((lengths - 2).sum())
+    assert 0.26 < int(changed.sum()) / inner < 0.34  # 0.3 of the inner tokens, binomial on about 2600
+    with pytest.raises(ConfigError, match="data.text_token_dropout must be in \\[0, 1\\), got 1.0"):
+        load_recipe("synthetic", ["data.text_token_dropout=1.0"])
+    tokenizer = train_bpe_tokenizer(["it was fantastic", "so quiet"], vocab_size=300)
+    assert tokenizer.mask_id == tokenizer._tok.token_to_id("<mask>") == 4

@@ -49,6 +49,9 @@ class DataConfig:
     test_splits: tuple[str, ...] = ("test",)
     cache_audio: bool = False  # keep decoded audio in memory (small corpora)
     num_workers: int = 0
+    # In training, each transcript token (not <s> or </s>) becomes <mask> with this probability (word dropout:
+    # the text branch cannot fit a training transcript by its filler words, and meets ASR-like holes); 0: off.
+    text_token_dropout: float = 0.0
 
     def validate(self) -> DataConfig:
         if not self.manifest:
@@ -61,6 +64,8 @@ class DataConfig:
             raise ConfigError("data.train_splits and data.dev_splits must not be empty")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if isinstance(self.text_token_dropout, bool) or not 0.0 <= self.text_token_dropout < 1.0:
+            raise ConfigError(f"data.text_token_dropout must be in [0, 1), got {self.text_token_dropout!r}")
         return self
 
 

@@ -19,7 +19,7 @@ from crab_rt.data.manifest import ManifestRow
 from crab_rt.features import pad_waveforms
 from crab_rt.text import TextTokenizer
 
-__all__ = ["EmotionDataset", "Collator", "Batch"]
+__all__ = ["EmotionDataset", "Collator", "Batch", "drop_tokens"]
 
 
 class EmotionDataset(Dataset):
@@ -105,3 +105,17 @@ class Collator:
             torch.tensor([it["label"] for it in items], dtype=torch.long),
             torch.tensor([it["index"] for it in items], dtype=torch.long),
         )
+
+
+def drop_tokens(ids: torch.Tensor, mask: torch.Tensor, share: float, replacement: int) -> torch.Tensor:
+    """Word dropout: each valid token of ids [B, L] (mask [B, L]) but the first and the last of its row (the
+    tokenizer's <s> and </s>) becomes `replacement` with probability `share`, drawn from torch's current
+    random stream; padding is never touched. Returns a new tensor (ids itself when share is 0)."""
+    if share <= 0:
+        return ids
+    valid = mask.to(torch.bool)
+    lengths = valid.sum(1, keepdim=True)
+    position = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    inner = valid & (position > 0) & (position < lengths - 1)
+    drop = inner & (torch.rand(ids.shape, device=ids.device) < share)
+    return torch.where(drop, torch.full_like(ids, replacement), ids)

@@ -32,7 +32,7 @@ from crab_rt.model.presets import RANDOM_PREFIX
 from crab_rt.text import TextTokenizer, train_bpe_tokenizer
 from crab_rt.train.checkpoint import save_checkpoint
 from crab_rt.train.config import TrainConfig
-from crab_rt.train.data import Collator, EmotionDataset
+from crab_rt.train.data import Collator, EmotionDataset, drop_tokens
 from crab_rt.train.distributed import (
     MicroBatch,
     World,
@@ -355,7 +355,10 @@ class Trainer:
         amp_dtype = self.amp_dtype or torch.float32
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp_dtype is not None):
             states = None if self.train_states is None else self.train_states.batch(batch.indices)
-            logits, legs_out, voice_logits = self.objective(batch.input_values, batch.audio_mask, batch.input_ids,
+            ids = batch.input_ids
+            if self.tokenizer is not None and self.config.data.text_token_dropout > 0:
+                ids = drop_tokens(ids, batch.text_mask, self.config.data.text_token_dropout, self.tokenizer.mask_id)
+            logits, legs_out, voice_logits = self.objective(batch.input_values, batch.audio_mask, ids,
                                                             batch.text_mask, states, use_legs)
             ce = weighted_cross_entropy(logits, batch.labels, self.weights)
             rows = batch.labels.shape[0] if weight else 0
