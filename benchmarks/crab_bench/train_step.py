@@ -94,7 +94,7 @@ def _train_config(config: TrainStepConfig):
     return load_recipe(config.recipe, overrides)
 
 
-def _trainer(train_config, model, device):
+def _trainer(train_config, model, device, tokenizer):
     """A `Trainer` around `model` without a corpus: what `Trainer.__init__` sets up, less the data."""
     import torch
 
@@ -104,7 +104,7 @@ def _trainer(train_config, model, device):
     from crab_rt.train.trainer import Trainer, TrainingObjective
 
     trainer = Trainer.__new__(Trainer)
-    trainer.config, trainer.device, trainer.model = train_config, device, model
+    trainer.config, trainer.device, trainer.model, trainer.tokenizer = train_config, device, model, tokenizer
     trainer.train_states = trainer.dev_states = None  # no corpus: the step runs the encoders
     labels = list(train_config.data.labels)
     loss, opt = train_config.loss, train_config.optim
@@ -126,16 +126,21 @@ def _trainer(train_config, model, device):
     return trainer
 
 
-def _batch(config: TrainStepConfig, model, labels: list[str], rng):
+def _tokenizer(config: TrainStepConfig, model):
+    """A small BPE tokenizer for the made-up texts (None without a text encoder)."""
+    from crab_rt.text import train_bpe_tokenizer
+
+    if model.text_encoder is None:
+        return None
+    return train_bpe_tokenizer([" ".join(_WORDS)] * 4, vocab_size=300, max_length=config.text_tokens)
+
+
+def _batch(config: TrainStepConfig, model, tokenizer, labels: list[str], rng):
     import numpy as np
 
     from crab_rt.audio import SAMPLE_RATE
-    from crab_rt.text import train_bpe_tokenizer
     from crab_rt.train.data import Collator
 
-    tokenizer = None
-    if model.text_encoder is not None:
-        tokenizer = train_bpe_tokenizer([" ".join(_WORDS)] * 4, vocab_size=300, max_length=config.text_tokens)
     n = int(round(config.audio_s * SAMPLE_RATE))
     long_text = " ".join(_WORDS * (config.text_tokens // len(_WORDS) + 2))  # more tokens than the cut
     items = [{"index": i, "audio": (0.1 * rng.standard_normal(n)).astype(np.float32), "text": long_text,
@@ -182,8 +187,10 @@ def measure_train_step(config: TrainStepConfig, model=None, log=print) -> dict:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = _trainer(train_config, model, device)
-    batch = _batch(config, model, list(train_config.data.labels), np.random.default_rng(config.seed)).to(device)
+    tokenizer = _tokenizer(config, model)
+    trainer = _trainer(train_config, model, device, tokenizer)
+    batch = _batch(config, model, tokenizer, list(train_config.data.labels),
+                   np.random.default_rng(config.seed)).to(device)
     accum = train_config.optim.grad_accum_steps
 
     def sync():
