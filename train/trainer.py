@@ -356,7 +356,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp_dtype is not None):
             states = None if self.train_states is None else self.train_states.batch(batch.indices)
             ids = batch.input_ids
-            if self.tokenizer is not None and self.config.data.text_token_dropout > 0:
+            if self.tokenizer is not None:  # word dropout; drop_tokens returns ids as they are at share 0
                 ids = drop_tokens(ids, batch.text_mask, self.config.data.text_token_dropout, self.tokenizer.mask_id)
             logits, legs_out, voice_logits = self.objective(batch.input_values, batch.audio_mask, ids,
                                                             batch.text_mask, states, use_legs)

@@ -141,8 +141,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     speakers = {s: len({r.speaker for r in labelled if r.split == s}) for s in ("train", *splits)}
     return {"seed": seed, "manifest": str(manifest), "split_sizes": sizes, "split_speakers": speakers, "rows": rows,
             "selected": base["selected"], "ceilings": base["ceilings"], "train_seconds": seconds,
-            "calibration": calibration,
-            "_predictions": predictions}
+            "calibration": calibration, "_predictions": predictions}
 
 
 def summarize(per_seed: list[dict]) -> dict:
